@@ -1,0 +1,67 @@
+"""The `kpigate` command: one subcommand per module, each exposing add_arguments() and run()."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help). Each module defines
+#   add_arguments(parser: argparse.ArgumentParser) -> None
+#   run(args: argparse.Namespace) -> int
+# and the module's docstring becomes the subcommand's description. Modules import lazily so
+# `kpigate replay` does not pay for MLflow or the router.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "replay": ("kpigate.replay", "replay KPI windows (JSON Lines) through the decision gate"),
+    "demo": ("kpigate.demo", "run the fraud case study end to end on the embedded default"),
+}
+
+EPILOG = """\
+examples:
+  kpigate replay windows.jsonl                 judge recorded windows with the default policy
+  kpigate replay --policy policy.yaml w.jsonl  judge them with your policy
+  kpigate demo                                 the case study on local components
+
+Run `kpigate COMMAND --help` for a command's options.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kpigate",
+        description="Progressive delivery for ML models, gated by quality KPIs: a new model "
+        "version moves through 5 -> 25 -> 50 -> 100%% of traffic and is promoted, held or "
+        "rolled back on anytime-valid evidence.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub_parser = sub.add_parser(
+            name,
+            help=help_text,
+            description=(module.__doc__ or help_text).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub_parser)
+        sub_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.run(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

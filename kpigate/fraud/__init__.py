@@ -1,0 +1,1 @@
+"""The fraud-detection case study: transaction schema, synthetic data and the two models."""

@@ -1,0 +1,304 @@
+"""The rollout policy: stages, KPIs, margins and error budgets, loaded from YAML and validated."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from `90`, `"90s"`, `"10m"`, `"1.5h"`; bare numbers are seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 10m, 90s or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration; write e.g. 10m, 90s or 1h")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Category(StrEnum):
+    PERFORMANCE = "performance"
+    OPERATIONAL = "operational"
+    BUSINESS = "business"
+    ETHICAL = "ethical"
+
+
+class KpiType(StrEnum):
+    RATE = "rate"
+    QUANTILE = "quantile"
+    AUC = "auc"
+    GAP = "gap"
+
+
+class Direction(StrEnum):
+    HIGHER = "higher"
+    LOWER = "lower"
+
+
+class Action(StrEnum):
+    ROLLBACK = "rollback"
+    HOLD = "hold"
+    ALERT = "alert"
+
+
+class Scope(StrEnum):
+    # rollout: anytime-valid evidence accumulated over every window of the rollout.
+    # window: the latest window alone; for transient operational signals (a latency spike
+    # should hold the rollout while it lasts, not forever), so only hold/alert may use it.
+    ROLLOUT = "rollout"
+    WINDOW = "window"
+
+
+class Method(StrEnum):
+    SEQUENTIAL = "sequential"
+    SIGMA = "sigma"
+
+
+class TimeoutAction(StrEnum):
+    ROLLBACK = "rollback"
+    SUSPEND = "suspend"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Stage(_Strict):
+    """One traffic step: the candidate's share, how long it soaks, how often it is judged."""
+
+    traffic: float = Field(gt=0, le=100, description="candidate share of traffic, percent")
+    soak: Duration = Field(default=1800.0, description="minimum time at this stage")
+    interval: Duration = Field(default=300.0, description="time between evaluations")
+
+    @property
+    def looks(self) -> int:
+        """Evaluations in the soak window; promotion is considered from the last of them."""
+        return max(1, round(self.soak / self.interval))
+
+    @model_validator(mode="after")
+    def _interval_fits(self) -> Stage:
+        if self.interval > self.soak:
+            raise ValueError(
+                f"interval ({self.interval:g}s) is longer than the soak ({self.soak:g}s)"
+            )
+        return self
+
+
+class SigmaRule(_Strict):
+    """The paper's rule: candidate KPI outside the baseline's mu +/- k sigma fails."""
+
+    k: float = Field(default=2.0, gt=0)
+    history_windows: int = Field(
+        default=3,
+        ge=2,
+        description="baseline windows used for mu and sigma when the KPI does not give them",
+    )
+    ewma_lambda: float | None = Field(
+        default=None, gt=0, le=1, description="judge the EWMA instead of the raw value"
+    )
+
+
+class Kpi(_Strict):
+    """One quality KPI: how to read it, which way is better, and what a failure triggers."""
+
+    name: str = Field(min_length=1)
+    category: Category = Category.PERFORMANCE
+    type: KpiType = KpiType.RATE
+    direction: Direction = Direction.HIGHER
+    margin: float = Field(default=0.01, ge=0, description="non-inferiority margin")
+    margin_type: Literal["absolute", "relative"] = "absolute"
+    action: Action = Action.ROLLBACK
+    scope: Scope = Scope.ROLLOUT
+    gating: bool | None = Field(
+        default=None, description="must be shown non-inferior to promote (default: not alerts)"
+    )
+    rollback_beyond_margin: bool = Field(
+        default=False,
+        description="roll back only on evidence of harm beyond the margin (default: any harm)",
+    )
+    min_samples: int = Field(default=100, ge=1, description="burn-in per arm before judging")
+    quantile: float | None = Field(default=None, gt=0, lt=1)
+    segments: tuple[str, ...] = Field(
+        default=(), description="segment values judged as separate hypotheses (name{value})"
+    )
+    baseline_mean: float | None = Field(default=None, description="mu for method sigma")
+    baseline_sd: float | None = Field(default=None, gt=0, description="sigma for method sigma")
+    description: str = ""
+
+    @property
+    def is_gating(self) -> bool:
+        return self.action is not Action.ALERT if self.gating is None else self.gating
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", value):
+            raise ValueError("use letters, digits, '_', '-' or '.' (segments go in `segments`)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Kpi:
+        if self.type is KpiType.QUANTILE and self.quantile is None:
+            raise ValueError("a quantile KPI needs `quantile` (for example 0.95)")
+        if self.type is not KpiType.QUANTILE and self.quantile is not None:
+            raise ValueError("`quantile` only applies to KPIs of type quantile")
+        if self.scope is Scope.WINDOW and self.action is Action.ROLLBACK:
+            raise ValueError(
+                "scope `window` cannot roll back: a per-window test repeated at every look "
+                "would spend the false-rollback budget many times; use scope `rollout`"
+            )
+        if (self.baseline_mean is None) != (self.baseline_sd is None):
+            raise ValueError("give both baseline_mean and baseline_sd, or neither")
+        return self
+
+    def hypotheses(self) -> list[str]:
+        """Keys under which window data for this KPI arrive: one per segment value."""
+        if not self.segments:
+            return [self.name]
+        return [f"{self.name}{{{segment}}}" for segment in self.segments]
+
+
+def _default_stages() -> tuple[Stage, ...]:
+    return tuple(Stage(traffic=t) for t in (5, 25, 50, 100))
+
+
+class Policy(_Strict):
+    """A whole rollout's rules. Every field has a default except the KPIs."""
+
+    name: str = "rollout"
+    method: Method = Method.SEQUENTIAL
+    alpha: float = Field(
+        default=0.05, gt=0, lt=1, description="false-rollback budget for the whole rollout"
+    )
+    promotion_alpha: float = Field(
+        default=0.05, gt=0, lt=1, description="false-promotion budget (non-inferiority)"
+    )
+    stages: tuple[Stage, ...] = Field(default_factory=_default_stages, min_length=1)
+    holdback: float = Field(
+        default=5.0,
+        ge=0,
+        lt=50,
+        description="percent kept on the baseline at 100% until the rollout ends; 0 compares "
+        "with the baseline's recorded history instead",
+    )
+    max_holds: int = Field(default=6, ge=0, description="inconclusive looks after the soak")
+    on_max_holds: TimeoutAction = TimeoutAction.SUSPEND
+    max_staleness: Duration = Field(default=900.0, description="older evidence is missing")
+    harm_scale: float = Field(
+        default=2.0,
+        gt=0,
+        description="spread of the harm mixture, in margins (sets how fast large harm is caught)",
+    )
+    sigma: SigmaRule = Field(default_factory=SigmaRule)
+    kpis: tuple[Kpi, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Policy:
+        traffic = [s.traffic for s in self.stages]
+        for before, after in zip(traffic, traffic[1:], strict=False):
+            if after <= before:
+                raise ValueError(f"stages must increase: {before:g}% is followed by {after:g}%")
+        if traffic[-1] != 100:
+            raise ValueError(f"the last stage must be 100% (it is {traffic[-1]:g}%)")
+        names = [k.name for k in self.kpis]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"KPI names must be unique: {', '.join(duplicates)}")
+        return self
+
+    def stage_for(self, traffic: float) -> Stage | None:
+        return next((s for s in self.stages if s.traffic == traffic), None)
+
+    def candidate_weight(self, stage: Stage) -> float:
+        """The candidate's actual share at a stage: the last stage keeps the holdback."""
+        if stage.traffic >= 100:
+            return 100.0 - self.holdback
+        return stage.traffic
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be used; the message names the file, the field and the problem."""
+
+
+def _location(loc: Iterable[int | str], data: Any) -> str:
+    """`kpis[1].margin` rather than pydantic's `kpis.1.margin`, with the KPI's name if known."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and item < len(node):
+                node = node[item]
+                if isinstance(node, dict) and "name" in node:
+                    label = f"[{item}] ({node['name']})"
+            parts.append(label)
+        else:
+            parts.append(("." if parts else "") + item)
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+def policy_from_dict(data: Any, source: str = "<policy>") -> Policy:
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: a policy is a mapping of fields, got {type(data).__name__}")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown field (check the spelling)"
+            problems.append(f"{source}: {_location(err['loc'], data)}: {message}")
+        raise PolicyError("\n".join(problems)) from None
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file; any problem raises PolicyError naming file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read the policy file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError(f"{path}: not valid YAML{where}: {problem}") from None
+    return policy_from_dict(data, str(path))
+
+
+def default_policy(
+    kpi_names: Iterable[str], alpha: float = 0.05, margin: float = 0.01
+) -> Policy:
+    """The replay default: every KPI a rate where higher is better, absolute margin, rollback."""
+    kpis = [Kpi(name=n, margin=margin, min_samples=1) for n in kpi_names]
+    return Policy(name="default", alpha=alpha, kpis=tuple(kpis))

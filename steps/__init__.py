@@ -1,0 +1,1 @@
+"""Pipeline steps, each a small containerized entry point (installed as kpigate.steps)."""

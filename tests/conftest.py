@@ -1,0 +1,5 @@
+"""Shared pytest setup. Slow fixtures (servers) live in plugin modules listed here."""
+
+from __future__ import annotations
+
+pytest_plugins: list[str] = []

@@ -1,0 +1,1 @@
+"""Hera workflow definitions (installed as kpigate.workflows)."""
