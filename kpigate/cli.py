@@ -27,7 +27,8 @@ Run `kpigate COMMAND --help` for a command's options.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """All subcommands are listed; only the selected one's module is imported."""
     parser = argparse.ArgumentParser(
         prog="kpigate",
         description="Progressive delivery for ML models, gated by quality KPIs: a new model "
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
+        if name != selected:
+            sub.add_parser(name, help=help_text)
+            continue
         module = importlib.import_module(module_name)
         sub_parser = sub.add_parser(
             name,
@@ -51,9 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(selected if selected in COMMANDS else None)
     args = parser.parse_args(argv)
-    if args.command is None:
+    if args.command is None or not hasattr(args, "_module"):
         parser.print_help()
         return 2
     try:

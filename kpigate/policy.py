@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from enum import StrEnum
@@ -143,6 +144,11 @@ class Kpi(_Strict):
         description="roll back only on evidence of harm beyond the margin (default: any harm)",
     )
     min_samples: int = Field(default=100, ge=1, description="burn-in per arm before judging")
+    detect: float | None = Field(
+        default=None,
+        gt=0,
+        description="harm (KPI units) to catch fastest; default harm_scale x margin",
+    )
     quantile: float | None = Field(default=None, gt=0, lt=1)
     segments: tuple[str, ...] = Field(
         default=(), description="segment values judged as separate hypotheses (name{value})"
@@ -158,12 +164,14 @@ class Kpi(_Strict):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", value):
-            raise ValueError("use letters, digits, '_', '-' or '.' (segments go in `segments`)")
+        if re.search(r"\s", value):
+            raise ValueError("a KPI name cannot contain spaces")
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Kpi:
+        if self.segments and "{" in self.name:
+            raise ValueError("a KPI with `segments` cannot have braces in its name")
         if self.type is KpiType.QUANTILE and self.quantile is None:
             raise ValueError("a quantile KPI needs `quantile` (for example 0.95)")
         if self.type is not KpiType.QUANTILE and self.quantile is not None:
@@ -173,6 +181,8 @@ class Kpi(_Strict):
                 "scope `window` cannot roll back: a per-window test repeated at every look "
                 "would spend the false-rollback budget many times; use scope `rollout`"
             )
+        if self.margin == 0 and self.detect is None:
+            raise ValueError("margin is 0, so give `detect`: the size of harm to catch fastest")
         if (self.baseline_mean is None) != (self.baseline_sd is None):
             raise ValueError("give both baseline_mean and baseline_sd, or neither")
         return self
@@ -221,7 +231,7 @@ class Policy(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
         traffic = [s.traffic for s in self.stages]
-        for before, after in zip(traffic, traffic[1:], strict=False):
+        for before, after in itertools.pairwise(traffic):
             if after <= before:
                 raise ValueError(f"stages must increase: {before:g}% is followed by {after:g}%")
         if traffic[-1] != 100:
@@ -296,9 +306,7 @@ def load_policy(path: str | Path) -> Policy:
     return policy_from_dict(data, str(path))
 
 
-def default_policy(
-    kpi_names: Iterable[str], alpha: float = 0.05, margin: float = 0.01
-) -> Policy:
+def default_policy(kpi_names: Iterable[str], alpha: float = 0.05, margin: float = 0.01) -> Policy:
     """The replay default: every KPI a rate where higher is better, absolute margin, rollback."""
-    kpis = [Kpi(name=n, margin=margin, min_samples=1) for n in kpi_names]
+    kpis = [Kpi(name=n, margin=margin) for n in kpi_names]
     return Policy(name="default", alpha=alpha, kpis=tuple(kpis))

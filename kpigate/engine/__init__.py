@@ -1,0 +1,39 @@
+"""The decision engine: pure functions from policy and KPI evidence to PROMOTE, HOLD or ROLLBACK."""
+
+from kpigate.engine.evidence import (
+    ArmData,
+    Histogram,
+    Observation,
+    Rate,
+    ScoreHistograms,
+    SegmentRates,
+    Window,
+)
+from kpigate.engine.gate import (
+    Decision,
+    GateDecision,
+    GatePlan,
+    KpiReport,
+    RolloutState,
+    Verdict,
+    compile_plan,
+    judge,
+)
+
+__all__ = [
+    "ArmData",
+    "Decision",
+    "GateDecision",
+    "GatePlan",
+    "Histogram",
+    "KpiReport",
+    "Observation",
+    "Rate",
+    "RolloutState",
+    "ScoreHistograms",
+    "SegmentRates",
+    "Verdict",
+    "Window",
+    "compile_plan",
+    "judge",
+]
