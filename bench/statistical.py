@@ -126,9 +126,9 @@ def _run_engine(setting: Setting) -> Outcome:
             )
             state, decision = judge(plan, state, Window(t + 1, stage, {"recall": obs}))
             seen += float(n_c[r, t])
-            if (t + 1) % LOOKS_PER_STAGE == 0 and decision.decision is not Decision.ROLLBACK:
-                if decision.kpis["recall"].verdict is Verdict.PASS:
-                    certified[t // LOOKS_PER_STAGE] += 1
+            stage_end = (t + 1) % LOOKS_PER_STAGE == 0
+            if stage_end and decision.kpis["recall"].verdict is Verdict.PASS:
+                certified[t // LOOKS_PER_STAGE] += 1
             if decision.decision is Decision.PROMOTE:
                 promoted = True
             if decision.decision is Decision.ROLLBACK:

@@ -29,6 +29,7 @@ or a bad policy.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -103,7 +104,7 @@ def _buckets(data: Any, where: str) -> Histogram:
     if not math.isinf(pairs[-1][0]):
         raise LineError(f'{where} needs a "+Inf" bucket holding the total count')
     counts = [c for _, c in pairs]
-    if any(b < a for a, b in zip(counts, counts[1:], strict=False)):
+    if any(b < a for a, b in itertools.pairwise(counts)):
         raise LineError(f"{where}: counts must be cumulative (non-decreasing with the bound)")
     return Histogram(tuple(b for b, _ in pairs), tuple(counts))
 
