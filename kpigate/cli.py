@@ -15,6 +15,8 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("kpigate.replay", "replay KPI windows (JSON Lines) through the decision gate"),
     "demo": ("kpigate.demo", "run the fraud case study end to end on the embedded default"),
+    "serve": ("kpigate.serve.cli", "serve champion and candidate behind the canary/shadow router"),
+    "traffic": ("kpigate.traffic", "replay generated transactions and delayed labels at a router"),
 }
 
 EPILOG = """\

@@ -1,0 +1,1 @@
+"""The model router: weighted, sticky canary/shadow serving with a prediction log and metrics."""

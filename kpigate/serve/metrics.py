@@ -1,0 +1,157 @@
+"""The router's Prometheus metrics; names, labels and meaning are documented in docs/metrics.md.
+
+Every label has a bounded set of values (arm, model version, decision, outcome, segment). The
+label children are cached because `.labels()` costs more than the increment on the hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Fine enough near 0 (fraud scores crowd there) that ROC AUC from cumulative buckets is close to
+# the exact one; see docs/metrics.md for the formula.
+SCORE_BUCKETS = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08,
+    0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7,
+    0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.0,
+)  # fmt: skip
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+# Labels arrive from seconds (a replay) to weeks (chargebacks) after the prediction.
+LAG_BUCKETS = (
+    1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400,
+    2 * 86400, 4 * 86400, 7 * 86400, 14 * 86400, 30 * 86400, 60 * 86400,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+FEEDBACK_RESULTS = ("joined", "unknown", "duplicate", "invalid", "late")
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.latency = Histogram(
+            "kpigate_request_latency_seconds",
+            "Time from receiving a /predict request to its answer, per answering arm and version.",
+            ["arm", "model_version"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.model_errors = Counter(
+            "kpigate_model_errors_total",
+            "Scoring failures per arm and version; kind is exception, timeout or stopped.",
+            ["arm", "model_version", "kind"], registry=r,
+        )  # fmt: skip
+        self.fallbacks = Counter(
+            "kpigate_fallbacks_total",
+            "Candidate-routed requests answered by the baseline after a candidate error.",
+            ["model_version"], registry=r,
+        )  # fmt: skip
+        self.invalid = Counter(
+            "kpigate_invalid_requests_total",
+            "Requests refused with a 4xx status, per endpoint.",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
+        self.decisions = Counter(
+            "kpigate_decisions_total",
+            "Decisions made, per arm, version, decision (approve|decline) and shadow (true|false).",
+            ["arm", "model_version", "decision", "shadow"], registry=r,
+        )  # fmt: skip
+        self.outcomes = Counter(
+            "kpigate_outcomes_total",
+            "Confusion counts of labeled predictions: outcome tp|fp|tn|fn per arm, version, "
+            "shadow and segment (all, region=.., payment_method=.., amount_band=..).",
+            ["arm", "model_version", "shadow", "segment", "outcome"], registry=r,
+        )  # fmt: skip
+        self.labeled_score = Histogram(
+            "kpigate_labeled_score",
+            "Scores of labeled predictions per true class (label 0|1), for ROC AUC from buckets.",
+            ["arm", "model_version", "shadow", "label"], buckets=SCORE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.label_lag = Histogram(
+            "kpigate_label_lag_seconds",
+            "Seconds from a served prediction to its joined label, per label.",
+            ["label"], buckets=LAG_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.feedback = Counter(
+            "kpigate_feedback_labels_total",
+            "Labels received on /feedback per result: joined|unknown|duplicate|invalid|late.",
+            ["result"], registry=r,
+        )  # fmt: skip
+        self.shadow_compared = Counter(
+            "kpigate_shadow_comparisons_total",
+            "Requests scored by both arms in shadow mode.",
+            ["baseline_version", "candidate_version"], registry=r,
+        )  # fmt: skip
+        self.shadow_disagreed = Counter(
+            "kpigate_shadow_disagreements_total",
+            "Shadow comparisons where the two arms' decisions differ.",
+            ["baseline_version", "candidate_version"], registry=r,
+        )  # fmt: skip
+        self.weight = Gauge(
+            "kpigate_candidate_weight_percent",
+            "The candidate's share of entities in percent (0 when detached).", registry=r,
+        )  # fmt: skip
+        self.mode = Gauge("kpigate_mode", "1 for the current routing mode.", ["mode"], registry=r)
+        self.model_info = Gauge(
+            "kpigate_model_info", "1 for each loaded arm and its version.",
+            ["arm", "model_version"], registry=r,
+        )  # fmt: skip
+        self.batch_rows = Histogram(
+            "kpigate_batch_rows", "Rows per micro-batched predict call.",
+            ["arm"], buckets=BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.log_written = Counter(
+            "kpigate_predlog_rows_written_total", "Prediction log rows written.", registry=r
+        )
+        self.log_dropped = Counter(
+            "kpigate_predlog_rows_dropped_total",
+            "Prediction log rows dropped because the buffer was full (database down too long).",
+            registry=r,
+        )  # fmt: skip
+        self.log_pending = Gauge(
+            "kpigate_predlog_pending_rows", "Rows buffered, not yet written.", registry=r
+        )
+        for result in FEEDBACK_RESULTS:
+            self.feedback.labels(result)
+        self._cache: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = metric.labels(*labels)
+        return found
+
+    def observe_served(self, arm: str, version: str, seconds: float) -> None:
+        self.child(self.latency, arm, version).observe(seconds)
+
+    def count_decision(self, arm: str, version: str, decision: str, shadow: bool) -> None:
+        self.child(self.decisions, arm, version, decision, _flag(shadow)).inc()
+
+    def count_outcome(self, row: dict[str, Any], label: int, lag_s: float | None) -> None:
+        """Account one newly joined prediction row (called exactly once per row)."""
+        predicted = row["decision"] == "decline"
+        outcome = ("tp" if label else "fp") if predicted else ("fn" if label else "tn")
+        base = (row["arm"], row["model_version"], _flag(bool(row["shadow"])))
+        for segment in (
+            "all",
+            f"region={row['region']}",
+            f"payment_method={row['payment_method']}",
+            f"amount_band={row['amount_band']}",
+        ):
+            self.child(self.outcomes, *base, segment, outcome).inc()
+        self.child(self.labeled_score, *base, str(label)).observe(row["score"])
+        if lag_s is not None:
+            self.child(self.label_lag, str(label)).observe(max(lag_s, 0.0))
+
+    def set_routing(self, weight: float, mode: str, modes: tuple[str, ...]) -> None:
+        self.weight.set(weight)
+        for m in modes:
+            self.mode.labels(m).set(1 if m == mode else 0)

@@ -1,0 +1,208 @@
+"""The router's OpenAPI 3.1 document, written by hand from the fixed transaction schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kpigate.fraud.schema import CATEGORICAL, ENTITY_KEY, FEATURES
+from kpigate.serve.config import MODES
+
+
+def _instance_schema() -> dict[str, Any]:
+    props: dict[str, Any] = {
+        ENTITY_KEY: {"type": ["string", "integer"], "description": "entity key for sticky routing"}
+    }
+    for name in FEATURES:
+        vocab = CATEGORICAL.get(name)
+        props[name] = {"type": "string", "enum": list(vocab)} if vocab else {"type": "number"}
+    return {
+        "type": "object",
+        "properties": props,
+        "required": [ENTITY_KEY, *FEATURES],
+        "additionalProperties": False,
+    }
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
+    if schema is not None:
+        out.update(_json(schema))
+    return out
+
+
+def build_openapi() -> dict[str, Any]:
+    ref = {"$ref": "#/components/schemas/Prediction"}
+    state = {"$ref": "#/components/schemas/RouterState"}
+    error = {"$ref": "#/components/schemas/Error"}
+    admin_security: list[dict[str, list[str]]] = [{"adminToken": []}]
+    auth_errors = {
+        "401": _resp("missing or wrong admin token", error),
+        "503": _resp("admin API disabled (no token configured)", error),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "kpigate router", "version": "1"},
+        "paths": {
+            "/predict": {
+                "post": {
+                    "summary": "Score one transaction or a batch",
+                    "requestBody": _json(
+                        {
+                            "oneOf": [
+                                {"$ref": "#/components/schemas/Instance"},
+                                {
+                                    "type": "object",
+                                    "properties": {
+                                        "instances": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/Instance"},
+                                        }
+                                    },
+                                    "required": ["instances"],
+                                },
+                            ]
+                        }
+                    ),
+                    "responses": {
+                        "200": _resp(
+                            "a Prediction, or {predictions: [Prediction]} for a batch",
+                            {
+                                "oneOf": [
+                                    ref,
+                                    {
+                                        "type": "object",
+                                        "properties": {
+                                            "predictions": {"type": "array", "items": ref}
+                                        },
+                                    },
+                                ]
+                            },
+                        ),
+                        "422": _resp("invalid instance; `field` names the field", error),
+                        "500": _resp("the baseline failed", error),
+                    },
+                }
+            },
+            "/feedback": {
+                "post": {
+                    "summary": "Labels by request id (one, a list, or {labels: [...]})",
+                    "requestBody": _json({"$ref": "#/components/schemas/Label"}),
+                    "responses": {
+                        "200": _resp(
+                            "counts of joined, unknown, duplicate, invalid and late labels",
+                            {"$ref": "#/components/schemas/FeedbackReport"},
+                        )
+                    },
+                }
+            },
+            "/admin/state": {
+                "get": {
+                    "summary": "Current weight, mode and models",
+                    "security": admin_security,
+                    "responses": {"200": _resp("state", state), **auth_errors},
+                },
+                "put": {
+                    "summary": "Set weight (percent) and/or mode; applies at once, persisted",
+                    "security": admin_security,
+                    "requestBody": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "weight": {"type": "number", "minimum": 0, "maximum": 100},
+                                "mode": {"type": "string", "enum": list(MODES)},
+                            },
+                        }
+                    ),
+                    "responses": {
+                        "200": _resp("new state", state),
+                        "409": _resp("no candidate loaded", error),
+                        "422": _resp("invalid weight or mode", error),
+                        **auth_errors,
+                    },
+                },
+            },
+            "/admin/detach": {
+                "post": {
+                    "summary": "Weight 0 and stop scoring the candidate (shadow included)",
+                    "security": admin_security,
+                    "responses": {"200": _resp("new state", state), **auth_errors},
+                }
+            },
+            "/admin/reload": {
+                "post": {
+                    "summary": "Re-resolve the champion and candidate aliases in the registry",
+                    "security": admin_security,
+                    "responses": {
+                        "200": _resp("new state", state),
+                        "502": _resp("a model failed to load", error),
+                        **auth_errors,
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (docs/metrics.md)",
+                    "responses": {"200": {"description": "text format 0.0.4"}},
+                }
+            },
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _resp("alive")}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: baseline loaded, prediction log writing",
+                    "responses": {"200": _resp("ready"), "503": _resp("not ready", error)},
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Instance": _instance_schema(),
+                "Prediction": {
+                    "type": "object",
+                    "properties": {
+                        "request_id": {"type": "string"},
+                        "score": {"type": "number", "description": "P(fraud)"},
+                        "decision": {"type": "string", "enum": ["approve", "decline"]},
+                        "model_version": {"type": "string"},
+                        "arm": {"type": "string", "enum": ["baseline", "candidate"]},
+                        "fallback": {"type": "boolean"},
+                    },
+                },
+                "Label": {
+                    "type": "object",
+                    "properties": {
+                        "request_id": {"type": "string"},
+                        "label": {"type": "integer", "enum": [0, 1]},
+                    },
+                    "required": ["request_id", "label"],
+                },
+                "FeedbackReport": {
+                    "type": "object",
+                    "properties": {
+                        k: {"type": "integer"}
+                        for k in ("received", "joined", "unknown", "duplicate", "invalid", "late")
+                    }
+                    | {"problems": {"type": "array", "items": {"type": "object"}}},
+                },
+                "RouterState": {
+                    "type": "object",
+                    "properties": {
+                        "weight": {"type": "number"},
+                        "mode": {"type": "string", "enum": list(MODES)},
+                        "detached": {"type": "boolean"},
+                        "effective_weight": {"type": "number"},
+                        "baseline": {"type": "object"},
+                        "candidate": {"type": "object"},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "properties": {"error": {"type": "string"}, "field": {"type": "string"}},
+                },
+            },
+        },
+    }

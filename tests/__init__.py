@@ -1,0 +1,1 @@
+"""Test package, so plugins can be named tests.<module> in conftest.pytest_plugins."""

@@ -1,0 +1,196 @@
+"""Pytest plugin for router tests: real uvicorn servers on loopback, small in-process models.
+
+Servers run in a thread of the test process so tests can inject models (slow, failing, fixed
+scores) through the router's ModelLoader interface; the HTTP path, SQLite file and threads are
+all real.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import uvicorn
+
+from kpigate.fraud.schema import FEATURES, LABEL
+from kpigate.serve.app import create_app
+from kpigate.serve.config import TOKEN_ENV, ServeConfig
+from kpigate.serve.loader import AliasNotFoundError, ScoringModel
+from kpigate.traffic import generate_transactions
+
+ADMIN_TOKEN = "test-admin-token-4f1c"
+
+
+@dataclass
+class FixedModel:
+    """Scores from a function of the feature frame; optionally slow or broken."""
+
+    version: str
+    threshold: float = 0.5
+    score: Callable[[pd.DataFrame], np.ndarray[Any, Any]] = field(
+        default=lambda frame: np.full(len(frame), 0.1)
+    )
+    delay_s: float = 0.0
+    fail: bool = False
+    calls: int = 0
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray[Any, Any]:
+        self.calls += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError(f"model {self.version} is broken on purpose")
+        return self.score(frame)
+
+
+def constant(value: float) -> Callable[[pd.DataFrame], np.ndarray[Any, Any]]:
+    return lambda frame: np.full(len(frame), value)
+
+
+class StaticLoader:
+    """A ModelLoader over in-process models by alias; a missing alias behaves like MLflow's."""
+
+    def __init__(self, models: dict[str, ScoringModel]) -> None:
+        self.models = models
+
+    def load(self, alias: str) -> ScoringModel:
+        if alias not in self.models:
+            raise AliasNotFoundError(f"no model under alias '{alias}' in this test loader")
+        return self.models[alias]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RouterServer:
+    """A router app on uvicorn in a background thread, on a free loopback port."""
+
+    def __init__(self, config: ServeConfig, loader: Any) -> None:
+        self.config = config
+        self.app = create_app(config, loader)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
+
+    @property
+    def core(self) -> Any:
+        return self.app.state.core
+
+    def start(self) -> RouterServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"router did not start on {self.url} (see log above)")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, timeout=10, headers=headers)
+
+    def admin(self) -> httpx.Client:
+        return self.client(ADMIN_TOKEN)
+
+
+def transactions(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Request bodies (no label) from the traffic generator."""
+    out = []
+    for tx in generate_transactions(n, seed):
+        tx.pop(LABEL)
+        out.append(tx)
+    return out
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels` in a /metrics text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+@pytest.fixture(scope="session", autouse=False)
+def admin_token() -> Iterator[str]:
+    old = os.environ.get(TOKEN_ENV)
+    os.environ[TOKEN_ENV] = ADMIN_TOKEN
+    yield ADMIN_TOKEN
+    if old is None:
+        os.environ.pop(TOKEN_ENV, None)
+    else:
+        os.environ[TOKEN_ENV] = old
+
+
+@pytest.fixture
+def start_router(tmp_path: Path, admin_token: str) -> Iterator[Callable[..., RouterServer]]:
+    """Start routers on a fresh SQLite file (shared by the routers of one test, so a restart
+    can be tested); all are stopped at teardown."""
+    started: list[RouterServer] = []
+
+    def start(models: dict[str, ScoringModel] | None = None, **overrides: Any) -> RouterServer:
+        if models is None:
+            models = {"champion": FixedModel("1"), "candidate": FixedModel("2")}
+        config = replace(ServeConfig(db_url=f"sqlite:///{tmp_path / 'router.db'}"), **overrides)
+        server = RouterServer(config, StaticLoader(models)).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_router(
+    tmp_path_factory: pytest.TempPathFactory, admin_token: str
+) -> Iterator[RouterServer]:
+    """One canary router at 30% for tests that only read: baseline v1 scores 0.1, candidate v2
+    scores 0.9, so the answer shows which arm served."""
+    db = tmp_path_factory.mktemp("shared-router") / "router.db"
+    models = {
+        "champion": FixedModel("1", score=constant(0.1)),
+        "candidate": FixedModel("2", score=constant(0.9)),
+    }
+    config = ServeConfig(db_url=f"sqlite:///{db}", initial_weight=30.0, initial_mode="canary")
+    server = RouterServer(config, StaticLoader(models)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def training_frame() -> tuple[pd.DataFrame, np.ndarray[Any, Any]]:
+    """3000 generated rows as model input (categoricals as codes) and labels."""
+    from kpigate.serve.instances import parse_instance
+
+    rows, labels = [], []
+    for tx in generate_transactions(3000, seed=7):
+        labels.append(tx.pop(LABEL))
+        rows.append(parse_instance(tx).row)
+    return pd.DataFrame(rows, columns=list(FEATURES)), np.asarray(labels)
