@@ -96,6 +96,13 @@ class Stage(_Strict):
     traffic: float = Field(gt=0, le=100, description="candidate share of traffic, percent")
     soak: Duration = Field(default=1800.0, description="minimum time at this stage")
     interval: Duration = Field(default=300.0, description="time between evaluations")
+    promote_when: Literal["noninferior", "no_harm"] = Field(
+        default="noninferior",
+        description="noninferior: every gating KPI certified within its margin; no_harm: "
+        "every gating KPI judged (past burn-in, with data) and none failing. A 5% stage "
+        "rarely holds enough labels to certify a tight margin; no_harm lets it advance on "
+        "safety while later stages certify",
+    )
 
     @property
     def looks(self) -> int:
@@ -139,9 +146,9 @@ class Kpi(_Strict):
     gating: bool | None = Field(
         default=None, description="must be shown non-inferior to promote (default: not alerts)"
     )
-    rollback_beyond_margin: bool = Field(
+    fail_beyond_margin: bool = Field(
         default=False,
-        description="roll back only on evidence of harm beyond the margin (default: any harm)",
+        description="fail only on evidence of harm beyond the margin (default: any harm)",
     )
     min_samples: int = Field(default=100, ge=1, description="burn-in per arm before judging")
     detect: float | None = Field(

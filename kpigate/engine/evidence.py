@@ -125,13 +125,14 @@ def _smoothed(successes: float, trials: float) -> float:
     return (successes + 1.0) / (trials + 2.0)
 
 
-def compare_rates(candidate: Rate, baseline: Rate) -> Comparison:
+def compare_rates(candidate: Rate, baseline: Rate, reference: Rate) -> Comparison:
     if candidate.trials <= 0 or baseline.trials <= 0:
         raise NotComparable("an arm has no trials")
-    # The variance comes from the pooled rate, not each arm's own: weights that depend on an
-    # arm's own noise would favour windows where that arm happened to look better.
-    pooled = _smoothed(candidate.successes + baseline.successes, candidate.trials + baseline.trials)
-    variance = pooled * (1.0 - pooled) * (1.0 / candidate.trials + 1.0 / baseline.trials)
+    # The variance uses a reference rate that excludes this window's candidate data (see
+    # compare()): weights that moved with the candidate's own noise would favour windows where
+    # it happened to look better, and more harm could then weigh less.
+    rate = _smoothed(reference.successes, reference.trials)
+    variance = rate * (1.0 - rate) * (1.0 / candidate.trials + 1.0 / baseline.trials)
     return Comparison(
         candidate.successes / candidate.trials, baseline.successes / baseline.trials, variance
     )
@@ -172,12 +173,13 @@ def _density_at(value: float, hist: Histogram) -> float:
     raise NotComparable("the quantile falls in an empty or unbounded bucket; add finer buckets")
 
 
-def compare_quantiles(q: float, candidate: Histogram, baseline: Histogram) -> Comparison:
+def compare_quantiles(
+    q: float, candidate: Histogram, baseline: Histogram, reference: Histogram
+) -> Comparison:
     if candidate.samples <= 0 or baseline.samples <= 0:
         raise NotComparable("an arm has no observations")
-    pooled = candidate + baseline
-    density = _density_at(histogram_quantile(q, pooled), pooled)
-    # Asymptotic variance of a sample quantile: q(1-q) / (n f(x_q)^2), f from the pooled arms.
+    density = _density_at(histogram_quantile(q, reference), reference)
+    # Asymptotic variance of a sample quantile: q(1-q) / (n f(x_q)^2), f from the reference.
     unit = q * (1.0 - q) / density**2
     return Comparison(
         histogram_quantile(q, candidate),
@@ -209,9 +211,11 @@ def _auc_variance(auc: float, n_pos: float, n_neg: float) -> float:
     return max(spread, 1e-12) / (n_pos * n_neg)
 
 
-def compare_aucs(candidate: ScoreHistograms, baseline: ScoreHistograms) -> Comparison:
+def compare_aucs(
+    candidate: ScoreHistograms, baseline: ScoreHistograms, reference: ScoreHistograms
+) -> Comparison:
     cand, base = auc_from_histograms(candidate), auc_from_histograms(baseline)
-    pooled = min(max(auc_from_histograms(candidate + baseline), 1e-6), 1.0 - 1e-6)
+    pooled = min(max(auc_from_histograms(reference), 1e-6), 1.0 - 1e-6)
     variance = _auc_variance(
         pooled, candidate.positives.samples, candidate.negatives.samples
     ) + _auc_variance(pooled, baseline.positives.samples, baseline.negatives.samples)
@@ -224,14 +228,12 @@ def _gap(arm: SegmentRates) -> float:
     return arm.a.successes / arm.a.trials - arm.b.successes / arm.b.trials
 
 
-def compare_gaps(candidate: SegmentRates, baseline: SegmentRates) -> Comparison:
+def compare_gaps(
+    candidate: SegmentRates, baseline: SegmentRates, reference: SegmentRates
+) -> Comparison:
     cand, base = _gap(candidate), _gap(baseline)
-    pa = _smoothed(
-        candidate.a.successes + baseline.a.successes, candidate.a.trials + baseline.a.trials
-    )
-    pb = _smoothed(
-        candidate.b.successes + baseline.b.successes, candidate.b.trials + baseline.b.trials
-    )
+    pa = _smoothed(reference.a.successes, reference.a.trials)
+    pb = _smoothed(reference.b.successes, reference.b.trials)
     variance = 0.0
     for arm in (candidate, baseline):
         variance += pa * (1 - pa) / arm.a.trials + pb * (1 - pb) / arm.b.trials
@@ -251,16 +253,40 @@ def value_of(arm: ArmData, quantile: float | None = None) -> float:
     return _gap(arm)
 
 
-def compare(candidate: ArmData, baseline: ArmData, quantile: float | None = None) -> Comparison:
-    """Dispatch on the data's form; both arms must have the same form."""
-    if isinstance(candidate, Rate) and isinstance(baseline, Rate):
-        return compare_rates(candidate, baseline)
-    if isinstance(candidate, Histogram) and isinstance(baseline, Histogram):
+def compare(
+    candidate: ArmData,
+    baseline: ArmData,
+    quantile: float | None = None,
+    reference: ArmData | None = None,
+) -> Comparison:
+    """Candidate vs baseline in one window; both arms must have the same form.
+
+    `reference` (both arms of all earlier windows, summed) sets the variance. Without one (the
+    first window) the baseline's own window stands in: either way the variance does not depend
+    on this window's candidate data, so the weights are predictable and the evidence moves
+    monotonically with the candidate's results.
+    """
+    ref = baseline if reference is None else reference
+    if isinstance(candidate, Rate) and isinstance(baseline, Rate) and isinstance(ref, Rate):
+        return compare_rates(candidate, baseline, ref)
+    if (
+        isinstance(candidate, Histogram)
+        and isinstance(baseline, Histogram)
+        and isinstance(ref, Histogram)
+    ):
         if quantile is None:
             raise NotComparable("a histogram KPI needs a quantile")
-        return compare_quantiles(quantile, candidate, baseline)
-    if isinstance(candidate, ScoreHistograms) and isinstance(baseline, ScoreHistograms):
-        return compare_aucs(candidate, baseline)
-    if isinstance(candidate, SegmentRates) and isinstance(baseline, SegmentRates):
-        return compare_gaps(candidate, baseline)
+        return compare_quantiles(quantile, candidate, baseline, ref)
+    if (
+        isinstance(candidate, ScoreHistograms)
+        and isinstance(baseline, ScoreHistograms)
+        and isinstance(ref, ScoreHistograms)
+    ):
+        return compare_aucs(candidate, baseline, ref)
+    if (
+        isinstance(candidate, SegmentRates)
+        and isinstance(baseline, SegmentRates)
+        and isinstance(ref, SegmentRates)
+    ):
+        return compare_gaps(candidate, baseline, ref)
     raise NotComparable("the two arms report different kinds of data")

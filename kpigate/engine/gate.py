@@ -230,8 +230,11 @@ def _update(
             reference = state.baseline  # no concurrent baseline: its recorded history
         else:
             return state, None, "no baseline data in this window"
+    earlier = None
+    if state.candidate is not None and state.baseline is not None:
+        earlier = _add(state.candidate, state.baseline)
     try:
-        comparison = compare(obs.candidate, reference, hyp.kpi.quantile)
+        comparison = compare(obs.candidate, reference, hyp.kpi.quantile, earlier)
     except (NotComparable, ValueError) as exc:
         return state, None, f"not comparable: {exc}"
     if not (comparison.variance > 0 and math.isfinite(comparison.variance)):
@@ -313,7 +316,7 @@ def _classify(
     scale = kpi.detect if kpi.detect is not None else policy.harm_scale * delta
     rho = 1.0 / (scale * scale)
     theta = delta if delta > 0 else 0.5 * scale
-    delta_r = delta if kpi.rollback_beyond_margin else 0.0
+    delta_r = delta if kpi.fail_beyond_margin else 0.0
     evidence: dict[str, float]
     if kpi.scope is Scope.ROLLOUT:
         info, weighted = state.info, state.weighted
@@ -524,6 +527,12 @@ def _score(
         soaking = f"soaking: look {look} of {stage.looks} at {stage.traffic:g}%"
         return Decision.HOLD, (soaking,), False
     gating = [h.key for h in plan.hypotheses if h.kpi.is_gating]
+    if stage.promote_when == "no_harm":
+        # Judged means past burn-in with data this window; a failure would have returned above.
+        waiting = [f"{k}: {reports[k].reason}" for k in gating if reports[k].ci is None]
+        if not waiting:
+            return Decision.PROMOTE, ("no gating KPI shows harm (stage gate: no_harm)",), False
+        return Decision.HOLD, tuple(waiting), False
     waiting = [
         f"{k}: {reports[k].reason}" for k in gating if reports[k].verdict is not Verdict.PASS
     ]
