@@ -59,7 +59,10 @@ def _normal_cdf(x: float) -> float:
 
 def _cumulative(bounds: list[float], counts: np.ndarray) -> dict[str, int]:
     running = np.cumsum(counts)
-    return {("+Inf" if math.isinf(b) else f"{b:g}"): int(c) for b, c in zip(bounds, running)}
+    return {
+        ("+Inf" if math.isinf(b) else f"{b:g}"): int(c)
+        for b, c in zip(bounds, running, strict=True)
+    }
 
 
 def _histogram(rng: np.random.Generator, n: int, bounds: list[float], cdf: Any) -> dict[str, int]:
