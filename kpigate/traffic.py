@@ -59,7 +59,7 @@ def generate_transactions(n: int, seed: int = 0, drift: float = 0.0) -> Iterator
         avg_spend = round(math.exp(rng.gauss(3.6, 0.6)), 2)
         deviation = abs(math.log(amount + 1) - math.log(avg_spend + 1))
         logit = (
-            -6.4
+            -7.9
             + 4.0 * device_risk
             + 0.7 * velocity
             + 0.9 * deviation

@@ -89,7 +89,14 @@ class RouterServer:
                 self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
             )
         )
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="uvicorn-test", daemon=True)
+        self.exit_code: int | str | None = None
+
+    def _run(self) -> None:
+        try:
+            self.server.run()
+        except SystemExit as exc:  # uvicorn exits 3 when the lifespan (model loading) fails
+            self.exit_code = exc.code
 
     @property
     def core(self) -> Any:
@@ -100,7 +107,9 @@ class RouterServer:
         deadline = time.monotonic() + 20
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"router did not start on {self.url} (see log above)")
+                raise RuntimeError(
+                    f"router did not start on {self.url} (exit {self.exit_code}; see log above)"
+                )
             time.sleep(0.01)
         return self
 
@@ -157,7 +166,8 @@ def start_router(tmp_path: Path, admin_token: str) -> Iterator[Callable[..., Rou
     def start(models: dict[str, ScoringModel] | None = None, **overrides: Any) -> RouterServer:
         if models is None:
             models = {"champion": FixedModel("1"), "candidate": FixedModel("2")}
-        config = replace(ServeConfig(db_url=f"sqlite:///{tmp_path / 'router.db'}"), **overrides)
+        overrides.setdefault("db_url", f"sqlite:///{tmp_path / 'router.db'}")
+        config = replace(ServeConfig(), **overrides)
         server = RouterServer(config, StaticLoader(models)).start()
         started.append(server)
         return server
@@ -194,3 +204,53 @@ def training_frame() -> tuple[pd.DataFrame, np.ndarray[Any, Any]]:
         labels.append(tx.pop(LABEL))
         rows.append(parse_instance(tx).row)
     return pd.DataFrame(rows, columns=list(FEATURES)), np.asarray(labels)
+
+
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REQUIRE_POSTGRES_ENV = "KPIGATE_REQUIRE_POSTGRES"
+
+
+def postgres_or_skip() -> str:
+    """The test PostgreSQL URL; skips when it is unreachable unless KPIGATE_REQUIRE_POSTGRES=1."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:
+        message = (
+            f"PostgreSQL not reachable at {POSTGRES_URL} ({type(exc).__name__}); start it "
+            f"(trust auth, user postgres, database test) or unset {REQUIRE_POSTGRES_ENV}"
+        )
+        if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    finally:
+        engine.dispose()
+    return POSTGRES_URL
+
+
+@dataclass(frozen=True)
+class Database:
+    url: str | None  # None: the router's SQLite file under tmp_path
+    prefix: str
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> Iterator[Database]:
+    """The prediction log on a SQLite file and on PostgreSQL (fresh table prefix per test,
+    dropped afterwards)."""
+    import uuid
+
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    if request.param == "sqlite":
+        yield Database(None, prefix)
+        return
+    url = postgres_or_skip()
+    yield Database(url, prefix)
+    from kpigate.serve.predlog import Tables, make_engine
+
+    engine = make_engine(url)
+    Tables(prefix).drop(engine)
+    engine.dispose()

@@ -90,6 +90,14 @@ def run(args: argparse.Namespace) -> int:
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    server.run()
-    # uvicorn swallows a failed startup (e.g. the champion cannot load) after logging it.
+    try:
+        server.run()
+    except SystemExit as exc:
+        # uvicorn exits 3 after logging a failed startup, e.g. a champion that cannot load.
+        print(
+            f"kpigate serve: the router did not start (exit {exc.code}); the error is logged "
+            "above. Check --tracking-uri, --model-name and the champion alias.",
+            file=sys.stderr,
+        )
+        return 1
     return 0 if server.started else 1
