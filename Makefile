@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-replay setup system clean
+.PHONY: demo test lint typecheck unit bench bench-replay bench-router setup system clean
 
 demo: $(STAMP)
 	$(BIN)/kpigate demo
@@ -41,10 +41,13 @@ unit: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/statistical.py $(BENCH_ARGS)
+	$(BIN)/python bench/statistical.py --write docs/statistics.md $(BENCH_ARGS)
 
 bench-replay: $(STAMP)
-	$(BIN)/python bench/replay_speed.py $(BENCH_ARGS)
+	$(BIN)/python bench/replay_speed.py --write docs/replay-speed.md $(BENCH_ARGS)
+
+bench-router: $(STAMP)
+	$(BIN)/python bench/router_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

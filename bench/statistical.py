@@ -25,6 +25,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from kpigate.engine import (
 )
 from kpigate.policy import Kpi, Method, Policy, SigmaRule
 
+MARKER = "<!-- measured: everything below is written by bench/statistical.py -->"
 BASE_RECALL = 0.876
 DRIFT_SD = 0.008
 STAGES = (5.0, 25.0, 50.0, 100.0)
@@ -323,13 +325,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.python_version()}; {len(settings)} settings in {elapsed:.0f} s.",
         "",
         f"Command: `python bench/statistical.py --rollouts {args.rollouts} "
-        f"--power-rollouts {args.power_rollouts}` (what `make bench` runs).",
+        f"--power-rollouts {args.power_rollouts}` (`make bench` runs it with these arguments).",
     ]
     text = "\n".join(report)
     print(text)
     if args.write:
-        with open(args.write, "w") as out:
-            out.write(text + "\n")
+        # Keep the hand-written introduction above the marker; replace the measured part.
+        path = Path(args.write)
+        intro = path.read_text().split(MARKER)[0] if path.exists() else ""
+        path.write_text(intro + MARKER + "\n\n" + text + "\n")
     failed = [name for name, ok, _ in checks if not ok]
     if failed:
         print(f"\n{len(failed)} target(s) missed: " + "; ".join(failed), file=sys.stderr)
