@@ -11,7 +11,12 @@ import pandas as pd
 import pytest
 
 from kpigate.serve.config import ServeConfig
-from kpigate.serve.loader import AliasNotFoundError, MlflowAliasLoader, ModelLoadError
+from kpigate.serve.loader import (
+    AliasNotFoundError,
+    MlflowAliasLoader,
+    ModelLoadError,
+    fraud_probability,
+)
 from tests.serve_fixtures import RouterServer, transactions
 
 
@@ -56,7 +61,10 @@ def test_loader_resolves_aliases_and_thresholds(
     assert (champion.version, champion.threshold) == ("1", 0.4)
     assert (candidate.version, candidate.threshold) == ("2", 0.3)
     x, _ = training_frame
-    assert np.asarray(champion.predict_proba(x.head(5))).shape == (5, 2)
+    for model in (champion, candidate):
+        scores = fraud_probability(model, x.head(50))
+        exact = model.estimator.predict_proba(x.head(50))[:, 1]  # type: ignore[attr-defined]
+        np.testing.assert_allclose(scores, exact, rtol=1e-6)
 
 
 def test_missing_alias_or_model_is_a_clear_error(registry: str) -> None:

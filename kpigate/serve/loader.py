@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,15 +53,50 @@ def fraud_probability(model: ScoringModel, frame: pd.DataFrame) -> np.ndarray[An
 
 @dataclass
 class LoadedModel:
-    """A ScoringModel around any object with sklearn's predict_proba."""
+    """A ScoringModel around any object with sklearn's predict_proba.
+
+    `threads` caps the model's own thread pool: the router gets its parallelism from batching,
+    and OpenMP threads spinning on a busy 2-core machine made one XGBoost predict take 9 ms
+    instead of 0.3 ms.
+    """
 
     estimator: Any
     version: str
     threshold: float = 0.5
+    threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and hasattr(self.estimator, "set_params"):
+            # An estimator without n_jobs keeps its own threading.
+            with contextlib.suppress(ValueError, TypeError):
+                self.estimator.set_params(n_jobs=self.threads)
+        self._booster = _xgb_binary_booster(self.estimator)
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray[Any, Any]:
-        return np.asarray(self.estimator.predict_proba(frame[list(FEATURES)]))
+        if list(frame.columns) != _COLUMNS:  # selecting columns costs 0.2 ms in pandas 3
+            frame = frame[_COLUMNS]
+        if self._booster is not None:
+            # Same probabilities as predict_proba(frame)[:, 1]; skips the DMatrix and pandas dtype
+            # handling that cost about 0.6 ms per call in xgboost 3.2, more than 64 rows' trees.
+            return np.asarray(
+                self._booster.inplace_predict(frame.to_numpy(np.float32), validate_features=False)
+            )
+        return np.asarray(self.estimator.predict_proba(frame))
 
+
+def _xgb_binary_booster(estimator: Any) -> Any:
+    """The Booster of an XGBoost binary:logistic classifier, else None."""
+    if type(estimator).__name__ != "XGBClassifier":
+        return None
+    if getattr(estimator, "objective", None) != "binary:logistic":
+        return None
+    try:
+        return estimator.get_booster()
+    except Exception:
+        return None
+
+
+_COLUMNS = list(FEATURES)
 
 # Flavors with a native sklearn-style predict_proba, tried in order. pyfunc would return labels
 # for classifiers, so it is not used.
