@@ -188,3 +188,33 @@ def test_istio_typo_in_a_patch_is_caught() -> None:
         "json", [{"op": "add", "path": "/spec/http/0/mirrorPercentage", "value": {"vaule": 5}}]
     )
     assert any("vaule" in e for e in crd_errors(typo.apply(vs)))
+
+
+def test_the_workflow_backend_flags_parse_into_settings() -> None:
+    import argparse
+
+    from kpigate.backends.cli import add_backend_arguments, settings_from_args
+    from kpigate.workflows.progressive_delivery import BACKEND_ARGS
+
+    parser = argparse.ArgumentParser()
+    add_backend_arguments(parser)
+    values = {
+        "--backend": "istio",
+        "--namespace": "",
+        "--resource": "",
+        "--baseline": "stable",
+        "--candidate": "canary",
+        "--kserve-form": "canary",
+        "--router-url": "http://router:8080",
+    }
+    assert set(values) == set(BACKEND_ARGS)
+    args = parser.parse_args([item for pair in values.items() for item in pair])
+    settings = settings_from_args(args, default_resource="fraud")
+    assert settings == BackendSettings(
+        kind="istio",
+        router_url="http://router:8080",
+        resource="fraud",
+        kserve_form="canary",
+        baseline="stable",
+        candidate="canary",
+    )
