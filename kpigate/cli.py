@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("kpigate.demo", "run the fraud case study end to end on the embedded default"),
     "serve": ("kpigate.serve.cli", "serve champion and candidate behind the canary/shadow router"),
     "traffic": ("kpigate.traffic", "replay generated transactions and delayed labels at a router"),
+    "render-workflow": ("kpigate.workflows.render", "render the Argo workflow from a policy"),
 }
 
 EPILOG = """\

@@ -1,0 +1,254 @@
+"""The rendered WorkflowTemplate: golden file, Argo schema, gating on Succeeded and decisions."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kpigate.cli import main
+from kpigate.policy import Kpi, Policy, Stage, load_policy
+from kpigate.workflows.order import dag_tasks, dependencies, ordered_steps
+from kpigate.workflows.progressive_delivery import ARGUMENTS, manifest
+from kpigate.workflows.render import CONFIGMAP_FILE, WORKFLOW_FILE, rendered_files
+from tests.manifest_schemas import MANIFESTS, argo_errors
+
+POLICY_FILE = MANIFESTS / "policy.yaml"
+
+
+@pytest.fixture(scope="module")
+def checked_in() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((MANIFESTS / WORKFLOW_FILE).read_text())
+    return data
+
+
+def test_checked_in_manifests_match_a_fresh_render() -> None:
+    for relative, text in rendered_files(POLICY_FILE).items():
+        assert (MANIFESTS / relative).read_text() == text, (
+            f"manifests/{relative} is stale: run `kpigate render-workflow`"
+        )
+
+
+def test_render_cli_check_reports_stale_files(tmp_path: Path, capsys: Any) -> None:
+    out = str(tmp_path)
+    assert main(["render-workflow", "--policy", str(POLICY_FILE), "--out", out, "--check"]) == 1
+    assert main(["render-workflow", "--policy", str(POLICY_FILE), "--out", out]) == 0
+    assert main(["render-workflow", "--policy", str(POLICY_FILE), "--out", out, "--check"]) == 0
+    assert (tmp_path / CONFIGMAP_FILE).read_text() == (MANIFESTS / CONFIGMAP_FILE).read_text()
+    assert main(["render-workflow", "--policy", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read the policy file" in capsys.readouterr().err
+
+
+def test_default_policy_loads_and_covers_table_2() -> None:
+    policy = load_policy(POLICY_FILE)
+    assert [s.traffic for s in policy.stages] == [5, 25, 50, 100]
+    assert {k.category.value for k in policy.kpis} == {
+        "performance",
+        "operational",
+        "business",
+        "ethical",
+    }
+
+
+def test_rendered_template_matches_the_argo_schema(checked_in: dict[str, Any]) -> None:
+    assert argo_errors(checked_in) == []
+
+
+@pytest.mark.parametrize(
+    ("where", "typo"),
+    [
+        ((), "entrypiont"),
+        (("templates", 0), "retryStrateg"),
+        (("templates", 0, "container"), "comand"),
+    ],
+)
+def test_an_injected_typo_is_rejected(
+    checked_in: dict[str, Any], where: tuple[Any, ...], typo: str
+) -> None:
+    broken = copy.deepcopy(checked_in)
+    node: Any = broken["spec"]
+    for key in where:
+        node = node[key]
+    node[typo] = "x"
+    assert any(typo in e for e in argo_errors(broken))
+
+
+def test_configmap_is_a_valid_kubernetes_object() -> None:
+    import kubernetes_validate
+
+    configmap = yaml.safe_load((MANIFESTS / CONFIGMAP_FILE).read_text())
+    kubernetes_validate.validate(configmap, "1.30", strict=True)
+    assert configmap["data"]["policy.yaml"] == POLICY_FILE.read_text()
+
+
+def _by_name(tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {t["name"]: t for t in tasks}
+
+
+def test_every_edge_waits_for_success_and_the_gate_decision(checked_in: dict[str, Any]) -> None:
+    tasks = _by_name(dag_tasks(checked_in))
+    for task in tasks.values():
+        depends = task.get("depends")
+        if task["name"] == "registry-approval":
+            assert depends is None
+            continue
+        # Exactly one predecessor, and only its success counts (never a bare name, which
+        # Argo also satisfies when the predecessor was skipped).
+        assert re.fullmatch(r"[\w-]+\.Succeeded", depends or ""), task
+    chain = [("registry-approval", "approved", "== true")]
+    for slug in ("5", "25", "50"):
+        chain.append((f"gate-{slug}", "decision", "== promote"))
+    for (gate, output, condition), slug in zip(chain, ("5", "25", "50", None), strict=True):
+        reference = f"{{{{tasks.{gate}.outputs.parameters.{output}}}}}"
+        if slug is None:  # the last stage goes through the approval gate
+            approve = tasks["approve-100"]
+            assert approve["depends"] == f"{gate}.Succeeded"
+            assert approve["when"] == f"{reference} {condition}"
+            deploy = tasks["deploy-100"]
+            assert deploy["depends"] == "approve-100.Succeeded"
+            assert deploy["when"] == "{{tasks.approve-100.outputs.parameters.approve}} == yes"
+            continue
+        deploy = tasks[f"deploy-{slug}"]
+        assert deploy["depends"] == f"{gate}.Succeeded"
+        assert deploy["when"] == f"{reference} {condition}"
+        assert tasks[f"soak-{slug}"]["depends"] == f"deploy-{slug}.Succeeded"
+        assert tasks[f"gate-{slug}"]["depends"] == f"soak-{slug}.Succeeded"
+        assert tasks[f"gate-{slug}"]["template"] == "judge-stage"
+    promote = tasks["promote"]
+    assert promote["depends"] == "gate-100.Succeeded"
+    assert promote["when"] == "{{tasks.gate-100.outputs.parameters.decision}} == promote"
+
+
+def test_every_decision_but_promote_rolls_back_and_fails(checked_in: dict[str, Any]) -> None:
+    tasks = _by_name(dag_tasks(checked_in))
+    for slug in ("5", "25", "50", "100"):
+        rollback = tasks[f"rollback-{slug}"]
+        assert rollback["depends"] == f"gate-{slug}.Succeeded"
+        assert (
+            rollback["when"] == f"{{{{tasks.gate-{slug}.outputs.parameters.decision}}}} != promote"
+        )
+        assert rollback["arguments"]["parameters"] == [{"name": "action", "value": "rollback"}]
+        assert tasks[f"rollback-{slug}-end"]["template"] == "rolled-back"
+    declined = tasks["declined-100"]
+    assert declined["when"] == "{{tasks.approve-100.outputs.parameters.approve}} != yes"
+    assert tasks["declined-100-end"]["template"] == "rolled-back"
+    assert tasks["rejected"]["template"] == "rolled-back"
+    templates = {t["name"]: t for t in checked_in["spec"]["templates"]}
+    # The end of a rolled-back rollout exits non-zero, so the workflow ends Failed.
+    assert (
+        templates["rolled-back"]["container"]["command"][-1] == "import sys; sys.exit(sys.argv[1])"
+    )
+
+
+def test_hold_loops_within_the_stage_and_can_suspend(checked_in: dict[str, Any]) -> None:
+    templates = {t["name"]: t for t in checked_in["spec"]["templates"]}
+    judge = templates["judge-stage"]
+    steps = {s["name"]: s for group in judge["steps"] for s in group}
+    assert [group[0]["name"] for group in judge["steps"]] == [
+        "evaluate",
+        "wait",
+        "collect",
+        "rejudge",
+    ]
+    assert steps["evaluate"]["template"] == "evaluate-gate"
+    assert steps["wait"]["template"] == "wait-for-operator"
+    assert steps["wait"]["when"] == "{{steps.evaluate.outputs.parameters.suspend}} == true"
+    assert templates["wait-for-operator"]["suspend"] == {}
+    hold = "{{steps.evaluate.outputs.parameters.decision}} == hold"
+    assert steps["collect"]["when"] == hold and steps["rejudge"]["when"] == hold
+    assert {"name": "looks", "value": "1"} in steps["collect"]["arguments"]["parameters"]
+    assert steps["rejudge"]["template"] == "judge-stage"  # recursion
+    expression = judge["outputs"]["parameters"][0]["valueFrom"]["expression"]
+    assert "steps.rejudge.outputs.parameters.decision" in expression
+
+
+def test_manual_approval_asks_yes_or_no(checked_in: dict[str, Any]) -> None:
+    templates = {t["name"]: t for t in checked_in["spec"]["templates"]}
+    ask = templates["manual-approval"]
+    (param,) = ask["inputs"]["parameters"]
+    assert param["name"] == "approve" and param["enum"] == ["yes", "no"]
+    assert param["default"] == "no"
+    assert ask["outputs"]["parameters"][0]["valueFrom"] == {"supplied": {}}
+
+
+def test_exit_handler_mutex_retries_and_policy_volume(checked_in: dict[str, Any]) -> None:
+    spec = checked_in["spec"]
+    templates = {t["name"]: t for t in spec["templates"]}
+    assert spec["onExit"] == "exit-handler"
+    (step,) = templates["exit-handler"]["steps"][0]
+    assert step["when"] == "{{workflow.status}} != Succeeded"
+    assert step["arguments"]["parameters"] == [{"name": "action", "value": "rollback"}]
+    assert spec["synchronization"] == {
+        "mutexes": [{"name": "kpigate-rollout-{{workflow.parameters.model-name}}"}]
+    }
+    assert spec["volumes"] == [
+        {"name": "policy", "configMap": {"name": "{{workflow.parameters.policy-configmap}}"}}
+    ]
+    networked = [t for t in spec["templates"] if "container" in t and t["name"] != "rolled-back"]
+    assert len(networked) == 5
+    for template in networked:
+        retry = template["retryStrategy"]
+        assert retry["limit"] == 3 and retry["backoff"]["factor"] == 2, template["name"]
+        assert template["container"]["command"][:2] == ["python", "-m"]
+
+
+def test_arguments_are_described_for_the_argo_ui(checked_in: dict[str, Any]) -> None:
+    parameters = checked_in["spec"]["arguments"]["parameters"]
+    assert [p["name"] for p in parameters] == list(ARGUMENTS)
+    for parameter in parameters:
+        assert len(parameter.get("description", "")) > 20, parameter["name"]
+        if parameter["name"] != "model-version":  # the one required argument
+            assert "value" in parameter, parameter["name"]
+    used = set(re.findall(r"workflow\.parameters\.([\w-]+)", yaml.safe_dump(checked_in["spec"])))
+    assert used == set(ARGUMENTS)
+
+
+def test_evidence_uri_is_the_same_for_every_step(checked_in: dict[str, Any]) -> None:
+    uris = set()
+    for template in checked_in["spec"]["templates"]:
+        args = template.get("container", {}).get("args", [])
+        if "--evidence" in args:
+            uris.add(args[args.index("--evidence") + 1])
+    assert uris == {
+        "{{workflow.parameters.evidence-store}}/{{workflow.parameters.model-name}}/"
+        "{{workflow.parameters.model-version}}/{{workflow.name}}"
+    }
+
+
+def test_step_order_of_the_default_policy() -> None:
+    assert ordered_steps(load_policy(POLICY_FILE)) == [
+        "registry-approval",
+        *[
+            f"{step}@{t}"
+            for t in (5, 25, 50)
+            for step in ("deploy-stage", "soak-and-collect", "evaluate-gate")
+        ],
+        "approval-gate@100",
+        "deploy-stage@100",
+        "soak-and-collect@100",
+        "evaluate-gate@100",
+        "promote-or-rollback@promote",
+    ]
+
+
+def test_stages_are_unrolled_from_the_policy() -> None:
+    policy = Policy(
+        stages=(Stage(traffic=12.5, soak=600, interval=300), Stage(traffic=100)),
+        holdback=0,
+        kpis=(Kpi(name="recall"),),
+    )
+    tasks = _by_name(dag_tasks(manifest(policy)))
+    assert tasks["deploy-12-5"]["arguments"]["parameters"] == [{"name": "weight", "value": "12.5"}]
+    assert tasks["soak-12-5"]["arguments"]["parameters"][1] == {"name": "looks", "value": "2"}
+    assert tasks["deploy-100"]["arguments"]["parameters"] == [{"name": "weight", "value": "100"}]
+    assert ordered_steps(policy)[1:4] == [
+        "deploy-stage@12-5",
+        "soak-and-collect@12-5",
+        "evaluate-gate@12-5",
+    ]
+    assert all(dependencies(t) for n, t in tasks.items() if n != "registry-approval")
+    assert argo_errors(manifest(policy)) == []

@@ -1,0 +1,544 @@
+"""The Argo WorkflowTemplate "progressive-delivery", built with Hera from a rollout policy.
+
+Shape (stages unrolled from policy.stages):
+
+    registry-approval
+      -> for each stage t:  deploy-t -> soak-t -> gate-t (judge-stage: evaluate, HOLD loops)
+           gate-t PROMOTE  -> next stage (before the last one: optional manual approval)
+           gate-t other    -> rollback-t -> rolled-back-t (fails the workflow on purpose)
+      -> promote (after the last stage's PROMOTE)
+    onExit: roll back when the workflow did not succeed (failed, errored or stopped)
+
+Every edge is gated on `<task>.Succeeded` (never a bare `depends: <task>`, which Argo also
+satisfies when the task was skipped) and, after a gate, on the gate's decision.
+
+Evidence (the per-window KPI counts collected so far) lives outside the pods, at the URI passed
+to soak-and-collect, evaluate-gate and promote-or-rollback as `--evidence`:
+`<evidence-store>/<model-name>/<model-version>/<workflow name>`. With the default store
+`mlflow://models` that is the candidate version's MLflow run artifacts; a path on a mounted
+volume works too. Keyed by the workflow's name, it survives step boundaries, step retries,
+resume after a suspend and `argo retry` (same name), while `argo resubmit` (a new name)
+starts a fresh rollout from the first stage with fresh evidence, as it redeploys from there.
+Argo artifacts would not do: a retried step cannot read outputs of its own failed attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hera.workflows import (
+    DAG,
+    Container,
+    Env,
+    Parameter,
+    RetryStrategy,
+    SecretEnv,
+    Step,
+    Steps,
+    Suspend,
+    Task,
+    WorkflowTemplate,
+)
+from hera.workflows import models as m
+
+from kpigate import __version__
+from kpigate.policy import Policy
+
+TEMPLATE_NAME = "progressive-delivery"
+SERVICE_ACCOUNT = "kpigate-steps"
+POLICY_DIR = "/etc/kpigate/policy"
+POLICY_FILE = f"{POLICY_DIR}/policy.yaml"  # the ConfigMap must hold the key policy.yaml
+OUT_DIR = "/tmp/outputs"
+ADMIN_TOKEN_SECRET = "kpigate-router-admin"  # key `token`; optional unless backend=router
+DEFAULT_IMAGE = f"kpigate-step:{__version__}"
+
+# name -> (default or None when required, description, enum)
+ARGUMENTS: dict[str, tuple[str | None, str, list[str] | None]] = {
+    "model-name": ("fraud", "Registered model name in the MLflow registry.", None),
+    "model-version": (
+        None,
+        "Model version to roll out, as registered in MLflow (e.g. 7). The MLflow trigger fills "
+        "it in from the registry event.",
+        None,
+    ),
+    "policy-configmap": (
+        "kpigate-policy",
+        "ConfigMap holding the rollout policy under the key policy.yaml (create it with: "
+        "kubectl create configmap kpigate-policy --from-file=policy.yaml=manifests/policy.yaml).",
+        None,
+    ),
+    "backend": (
+        "router",
+        "Traffic backend that moves the candidate's share: the kpigate router, a KServe "
+        "InferenceService, a Seldon Core v1 SeldonDeployment or an Istio VirtualService.",
+        ["router", "kserve", "seldon", "istio"],
+    ),
+    "traffic-mode": (
+        "canary",
+        "canary: the candidate answers its share of requests; shadow: it scores a copy of "
+        "them while the baseline answers (router, Istio, Seldon; not KServe).",
+        ["canary", "shadow"],
+    ),
+    "backend-namespace": (
+        "",
+        "Namespace of the InferenceService, SeldonDeployment or VirtualService "
+        "(empty: the workflow's namespace). Not used by the router backend.",
+        None,
+    ),
+    "backend-resource": (
+        "",
+        "Name of the InferenceService, SeldonDeployment or VirtualService (empty: the model "
+        "name). Not used by the router backend.",
+        None,
+    ),
+    "backend-baseline": (
+        "baseline",
+        "Seldon predictor name / Istio subset of the baseline (the current champion).",
+        None,
+    ),
+    "backend-candidate": (
+        "candidate",
+        "Seldon predictor name / Istio subset of the candidate.",
+        None,
+    ),
+    "kserve-form": (
+        "canaryTrafficPercent",
+        "KServe only: spec.predictor.canaryTrafficPercent, or the v0.20 spec.canary list.",
+        ["canaryTrafficPercent", "canary"],
+    ),
+    "router-url": (
+        "http://kpigate-router:8080",
+        "Base URL of the kpigate router (admin API for the router backend; /metrics for the "
+        "router metrics source). The admin token comes from the Secret "
+        f"{ADMIN_TOKEN_SECRET} (key token).",
+        None,
+    ),
+    "metrics-source": (
+        "router",
+        "Where KPI window counts come from: the router's /metrics directly, or Prometheus.",
+        ["router", "prometheus"],
+    ),
+    "prometheus-url": (
+        "http://prometheus-operated.monitoring:9090",
+        "Prometheus base URL, used when metrics-source is prometheus.",
+        None,
+    ),
+    "tracking-uri": (
+        "http://mlflow.mlflow:5000",
+        "MLflow tracking and registry URI (also set as MLFLOW_TRACKING_URI in every step).",
+        None,
+    ),
+    "evidence-store": (
+        "mlflow://models",
+        "Where KPI evidence is kept between steps, retries and reruns: mlflow://models keeps "
+        "it in the candidate version's MLflow run artifacts; a path (e.g. /evidence on a "
+        "mounted volume) works too. The rollout's evidence is "
+        "<store>/<model-name>/<model-version>/<workflow name>.",
+        None,
+    ),
+    "manual-approval": (
+        "false",
+        "true: suspend before the last (100%) stage until an operator resumes with "
+        "approve=yes; approve=no rolls back.",
+        ["false", "true"],
+    ),
+    "image": (DEFAULT_IMAGE, "Step container image (images/step.Dockerfile).", None),
+}
+
+
+def wf(name: str) -> str:
+    """A reference to a WorkflowTemplate argument."""
+    return "{{workflow.parameters." + name + "}}"
+
+
+def task_output(task: str, name: str) -> str:
+    """A reference to a DAG task's output parameter."""
+    return "{{tasks." + task + ".outputs.parameters." + name + "}}"
+
+
+EVIDENCE = f"{wf('evidence-store')}/{wf('model-name')}/{wf('model-version')}/{{{{workflow.name}}}}"
+
+# Backend settings, as passed to deploy-stage and promote-or-rollback (kpigate.backends.cli).
+BACKEND_ARGS = {
+    "--backend": wf("backend"),
+    "--namespace": wf("backend-namespace"),
+    "--resource": wf("backend-resource"),
+    "--baseline": wf("backend-baseline"),
+    "--candidate": wf("backend-candidate"),
+    "--kserve-form": wf("kserve-form"),
+    "--router-url": wf("router-url"),
+}
+
+RETRY = RetryStrategy(
+    limit=3,
+    retry_policy="Always",
+    backoff=m.Backoff(duration="10s", factor=m.IntOrString(root=2), max_duration="5m"),
+)
+
+
+def stage_slug(traffic: float) -> str:
+    """A task-name-safe label for a stage: 5 -> "5", 12.5 -> "12-5"."""
+    return f"{traffic:g}".replace(".", "-")
+
+
+def _step_container(
+    name: str,
+    module: str,
+    flags: dict[str, str],
+    inputs: Sequence[str] = (),
+    outputs: dict[str, str] | None = None,
+    retry: bool = True,
+) -> Container:
+    """A step that runs `python -m kpigate.steps.<module>` with the policy mounted."""
+    return Container(
+        name=name,
+        image=wf("image"),
+        command=["python", "-m", f"kpigate.steps.{module}"],
+        args=[item for flag, value in flags.items() for item in (flag, value)],
+        inputs=[Parameter(name=n) for n in inputs],
+        outputs=[
+            Parameter(name=n, value_from=m.ValueFrom(path=f"{OUT_DIR}/{f}"))
+            for n, f in (outputs or {}).items()
+        ],
+        env=[
+            Env(name="MLFLOW_TRACKING_URI", value=wf("tracking-uri")),
+            Env(name="PYTHONUNBUFFERED", value="1"),
+            SecretEnv(
+                name="KPIGATE_ADMIN_TOKEN",
+                secret_name=ADMIN_TOKEN_SECRET,
+                secret_key="token",
+                optional=True,
+            ),
+        ],
+        volume_mounts=[m.VolumeMount(name="policy", mount_path=POLICY_DIR, read_only=True)],
+        retry_strategy=RETRY if retry else None,
+    )
+
+
+def _decision(task: str) -> str:
+    return task_output(task, "decision")
+
+
+def build(policy: Policy) -> WorkflowTemplate:
+    """The WorkflowTemplate for a policy's stages; the steps read the policy itself at run time
+    from the ConfigMap, so only the number and weights of the stages are fixed here."""
+    arguments = [
+        Parameter(name=n, description=d, enum=e)
+        if v is None
+        else Parameter(name=n, value=v, description=d, enum=e)
+        for n, (v, d, e) in ARGUMENTS.items()
+    ]
+    with WorkflowTemplate(
+        name=TEMPLATE_NAME,
+        annotations={
+            "workflows.argoproj.io/description": (
+                "Progressive delivery of an MLflow model version through "
+                + " -> ".join(f"{s.traffic:g}%" for s in policy.stages)
+                + " of traffic, gated by quality KPIs (kpigate)."
+            ),
+            "kpigate.io/policy": policy.name,
+        },
+        labels={"app.kubernetes.io/part-of": "kpigate"},
+        entrypoint="rollout",
+        on_exit="exit-handler",
+        service_account_name=SERVICE_ACCOUNT,
+        arguments=arguments,
+        # One rollout per model at a time: a second one waits for the first to finish.
+        synchronization=m.Synchronization(
+            mutexes=[m.Mutex(name=f"kpigate-rollout-{wf('model-name')}")]
+        ),
+        volumes=[
+            m.Volume(name="policy", config_map=m.ConfigMapVolumeSource(name=wf("policy-configmap")))
+        ],
+    ) as template:
+        registry_approval = _step_container(
+            "registry-approval",
+            "registry_approval",
+            {
+                "--model-name": wf("model-name"),
+                "--model-version": wf("model-version"),
+                "--policy": POLICY_FILE,
+                "--tracking-uri": wf("tracking-uri"),
+                "--out-dir": OUT_DIR,
+            },
+            outputs={"version": "version", "approved": "approved", "reason": "reason"},
+        )
+        deploy_stage = _step_container(
+            "deploy-stage",
+            "deploy_stage",
+            {
+                **BACKEND_ARGS,
+                "--weight": "{{inputs.parameters.weight}}",
+                "--mode": wf("traffic-mode"),
+            },
+            inputs=["weight"],
+        )
+        soak_and_collect = _step_container(
+            "soak-and-collect",
+            "soak_and_collect",
+            {
+                "--policy": POLICY_FILE,
+                "--stage": "{{inputs.parameters.stage}}",
+                "--looks": "{{inputs.parameters.looks}}",
+                "--source": wf("metrics-source"),
+                "--router-url": wf("router-url"),
+                "--prometheus-url": wf("prometheus-url"),
+                "--evidence": EVIDENCE,
+            },
+            inputs=["stage", "looks"],
+        )
+        evaluate_gate = _step_container(
+            "evaluate-gate",
+            "evaluate_gate",
+            {
+                "--policy": POLICY_FILE,
+                "--evidence": EVIDENCE,
+                "--stage": "{{inputs.parameters.stage}}",
+                "--out-dir": OUT_DIR,
+            },
+            inputs=["stage"],
+            outputs={
+                "decision": "decision",
+                "suspend": "suspend",
+                "explanation": "explanation.json",
+            },
+        )
+        promote_or_rollback = _step_container(
+            "promote-or-rollback",
+            "promote_or_rollback",
+            {
+                "--action": "{{inputs.parameters.action}}",
+                "--model-name": wf("model-name"),
+                "--model-version": wf("model-version"),
+                **BACKEND_ARGS,
+                "--evidence": EVIDENCE,
+            },
+            inputs=["action"],
+        )
+        # Ends a rolled-back rollout as Failed, with the reason as the node's message, so a
+        # rollback never looks like a quiet success in the UI, the CLI or a CI gate.
+        rolled_back = Container(
+            name="rolled-back",
+            image=wf("image"),
+            command=["python", "-c", "import sys; sys.exit(sys.argv[1])"],
+            args=["{{inputs.parameters.reason}}"],
+            inputs=[Parameter(name="reason")],
+        )
+        wait_for_operator = Suspend(name="wait-for-operator")
+        ask_approval = Suspend(
+            name="manual-approval",
+            intermediate_parameters=[
+                Parameter(
+                    name="approve",
+                    default="no",
+                    enum=["yes", "no"],
+                    description="yes: go to the last stage (100%); no: roll back",
+                )
+            ],
+        )
+
+        # HOLD loops inside the stage: evaluate; when the step says so (the policy's hold limit
+        # reached and on_max_holds: suspend), wait for `argo resume`; on HOLD collect one more
+        # interval and judge again. The stage's decision is the first non-HOLD one.
+        with Steps(
+            name="judge-stage",
+            inputs=[Parameter(name="stage")],
+            outputs=[
+                Parameter(
+                    name="decision",
+                    value_from=m.ValueFrom(
+                        expression=(
+                            "steps.evaluate.outputs.parameters.decision == 'hold'"
+                            " ? steps.rejudge.outputs.parameters.decision"
+                            " : steps.evaluate.outputs.parameters.decision"
+                        )
+                    ),
+                )
+            ],
+        ):
+            stage = {"stage": "{{inputs.parameters.stage}}"}
+            Step(name="evaluate", template=evaluate_gate, arguments=stage)
+            Step(
+                name="wait",
+                template=wait_for_operator,
+                when="{{steps.evaluate.outputs.parameters.suspend}} == true",
+            )
+            hold = "{{steps.evaluate.outputs.parameters.decision}} == hold"
+            Step(
+                name="collect",
+                template=soak_and_collect,
+                arguments={"stage": "{{inputs.parameters.stage}}", "looks": "1"},
+                when=hold,
+            )
+            Step(
+                name="rejudge",
+                template="judge-stage",
+                arguments={"stage": "{{inputs.parameters.stage}}"},
+                when=hold,
+            )
+
+        with Steps(
+            name="approval-gate",
+            inputs=[Parameter(name="required")],
+            outputs=[
+                Parameter(
+                    name="approve",
+                    value_from=m.ValueFrom(
+                        expression=(
+                            "inputs.parameters.required == 'true'"
+                            " ? steps.ask.outputs.parameters.approve : 'yes'"
+                        )
+                    ),
+                )
+            ],
+        ):
+            Step(
+                name="ask",
+                template=ask_approval,
+                when="{{inputs.parameters.required}} == true",
+            )
+
+        with Steps(name="exit-handler"):
+            Step(
+                name="rollback-unless-succeeded",
+                template=promote_or_rollback,
+                arguments={"action": "rollback"},
+                when="{{workflow.status}} != Succeeded",
+            )
+
+        with DAG(name="rollout"):
+            _rollout_tasks(
+                policy,
+                registry_approval,
+                deploy_stage,
+                soak_and_collect,
+                promote_or_rollback,
+                rolled_back,
+            )
+    return template
+
+
+def _rollout_tasks(
+    policy: Policy,
+    registry_approval: Container,
+    deploy_stage: Container,
+    soak_and_collect: Container,
+    promote_or_rollback: Container,
+    rolled_back: Container,
+) -> None:
+    Task(name="registry-approval", template=registry_approval)
+    # The step exits 1 on rejection; should it ever succeed without approving, end Failed too.
+    approved = task_output("registry-approval", "approved")
+    Task(
+        name="rejected",
+        template=rolled_back,
+        arguments={
+            "reason": "registry-approval rejected the version: "
+            + task_output("registry-approval", "reason")
+        },
+        depends="registry-approval.Succeeded",
+        when=f"{approved} != true",
+    )
+    after, when = "registry-approval.Succeeded", f"{approved} == true"
+    last = len(policy.stages) - 1
+    for index, stage in enumerate(policy.stages):
+        slug = stage_slug(stage.traffic)
+        if index == last:
+            # Optional manual approval before the last stage: "no" rolls back.
+            approve = f"approve-{slug}"
+            Task(
+                name=approve,
+                template="approval-gate",
+                arguments={"required": wf("manual-approval")},
+                depends=after,
+                when=when,
+            )
+            answer = task_output(approve, "approve")
+            _roll_back(
+                f"declined-{slug}",
+                promote_or_rollback,
+                rolled_back,
+                depends=f"{approve}.Succeeded",
+                when=f"{answer} != yes",
+                reason=f"rolled back: the operator declined the {stage.traffic:g}% stage",
+            )
+            after, when = f"{approve}.Succeeded", f"{answer} == yes"
+        weight = policy.candidate_weight(stage)
+        Task(
+            name=f"deploy-{slug}",
+            template=deploy_stage,
+            arguments={"weight": f"{weight:g}"},
+            depends=after,
+            when=when,
+        )
+        Task(
+            name=f"soak-{slug}",
+            template=soak_and_collect,
+            arguments={"stage": f"{stage.traffic:g}", "looks": str(stage.looks)},
+            depends=f"deploy-{slug}.Succeeded",
+        )
+        gate = f"gate-{slug}"
+        Task(
+            name=gate,
+            template="judge-stage",
+            arguments={"stage": f"{stage.traffic:g}"},
+            depends=f"soak-{slug}.Succeeded",
+        )
+        # Anything but PROMOTE rolls back: a decision the template does not know must not
+        # end in a quiet success.
+        _roll_back(
+            f"rollback-{slug}",
+            promote_or_rollback,
+            rolled_back,
+            depends=f"{gate}.Succeeded",
+            when=f"{_decision(gate)} != promote",
+            reason=f"rolled back at the {stage.traffic:g}% stage: the gate decided "
+            + _decision(gate),
+        )
+        after, when = f"{gate}.Succeeded", f"{_decision(gate)} == promote"
+    Task(
+        name="promote",
+        template=promote_or_rollback,
+        arguments={"action": "promote"},
+        depends=after,
+        when=when,
+    )
+
+
+def _roll_back(
+    name: str,
+    promote_or_rollback: Container,
+    rolled_back: Container,
+    depends: str,
+    when: str,
+    reason: str,
+) -> None:
+    Task(
+        name=name,
+        template=promote_or_rollback,
+        arguments={"action": "rollback"},
+        depends=depends,
+        when=when,
+    )
+    Task(
+        name=f"{name}-end",
+        template=rolled_back,
+        arguments={"reason": reason},
+        depends=f"{name}.Succeeded",
+    )
+
+
+def render(policy: Policy) -> str:
+    """The WorkflowTemplate as YAML, exactly as checked in under manifests/argo/."""
+    header = (
+        "# Generated by `kpigate render-workflow` from manifests/policy.yaml: do not edit.\n"
+        "# Source: workflows/progressive_delivery.py\n"
+    )
+    text: str = build(policy).to_yaml()
+    return header + text
+
+
+def manifest(policy: Policy) -> dict[str, Any]:
+    data: dict[str, Any] = build(policy).to_dict()
+    return data
