@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("kpigate.serve.cli", "serve champion and candidate behind the canary/shadow router"),
     "traffic": ("kpigate.traffic", "replay generated transactions and delayed labels at a router"),
     "render-workflow": ("kpigate.workflows.render", "render the Argo workflow from a policy"),
+    "submit": ("kpigate.workflows.submit", "start a rollout on Argo Workflows"),
 }
 
 EPILOG = """\
