@@ -15,7 +15,7 @@ from kpigate.serve.loader import AliasNotFoundError, ModelLoader, ModelLoadError
 from kpigate.serve.metrics import RouterMetrics
 from kpigate.serve.predlog import PredictionLog
 from kpigate.serve.routing import RoutingState, route
-from kpigate.serve.scoring import Batcher
+from kpigate.serve.scoring import Batcher, ModelStopped
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,8 @@ class RouterCore:
             )
         except TimeoutError:
             kind = "timeout"
+        except ModelStopped:
+            kind = "stopped"  # detached or replaced while this request waited
         except Exception as exc:
             kind = "exception"
             log.warning("candidate %s failed: %s: %s", version, type(exc).__name__, exc)

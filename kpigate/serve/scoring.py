@@ -8,6 +8,7 @@ rows. XGBoost scores 64 rows in about the time of one, and the event loop never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -45,12 +46,13 @@ class Batcher:
         self._running = False
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         self.rows = 0
 
     def score(self, row: Sequence[float]) -> asyncio.Future[float]:
         """A future for P(fraud) of one row; it carries the model's exception if predict fails."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[float] = loop.create_future()
         if self._closed:
             future.set_exception(ModelStopped(f"the {self.arm} model is no longer served"))
@@ -95,13 +97,22 @@ class Batcher:
         return result
 
     def close(self) -> None:
-        """Fail queued requests (they fall back or error) and let the worker thread finish."""
+        """Fail queued requests (they fall back or error) and let the worker thread finish.
+
+        Safe from any thread (the admin API detaches from a worker thread): the queue and its
+        futures belong to the event loop, so they are failed there."""
         self._closed = True
+        if self._loop is not None:
+            # RuntimeError: the loop is closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._fail_pending)
+        self._executor.shutdown(wait=False)
+
+    def _fail_pending(self) -> None:
         pending, self._pending = self._pending, []
         for _, future in pending:
             if not future.done():
                 future.set_exception(ModelStopped(f"the {self.arm} model is no longer served"))
-        self._executor.shutdown(wait=False)
 
     def stats(self) -> dict[str, Any]:
         return {"batches": self.batches, "rows": self.rows}
