@@ -204,7 +204,10 @@ def run_python(url: str, body: dict[str, Any], clients: int, duration: int, name
 
     latencies, errors = asyncio.run(main())
     latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+
+    def pick(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
     return Result(
         name,
         clients,

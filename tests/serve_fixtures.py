@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ def constant(value: float) -> Callable[[pd.DataFrame], np.ndarray[Any, Any]]:
 class StaticLoader:
     """A ModelLoader over in-process models by alias; a missing alias behaves like MLflow's."""
 
-    def __init__(self, models: dict[str, ScoringModel]) -> None:
+    def __init__(self, models: Mapping[str, ScoringModel]) -> None:
         self.models = models
 
     def load(self, alias: str) -> ScoringModel:
@@ -163,7 +163,7 @@ def start_router(tmp_path: Path, admin_token: str) -> Iterator[Callable[..., Rou
     can be tested); all are stopped at teardown."""
     started: list[RouterServer] = []
 
-    def start(models: dict[str, ScoringModel] | None = None, **overrides: Any) -> RouterServer:
+    def start(models: Mapping[str, ScoringModel] | None = None, **overrides: Any) -> RouterServer:
         if models is None:
             models = {"champion": FixedModel("1"), "candidate": FixedModel("2")}
         overrides.setdefault("db_url", f"sqlite:///{tmp_path / 'router.db'}")

@@ -50,7 +50,7 @@ def registry(
     client.set_registered_model_alias("fraud", "candidate", "2")
     client.set_model_version_tag("fraud", "1", "threshold", "0.4")
     yield uri
-    mlflow.set_tracking_uri(None)
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None restores the default
 
 
 def test_loader_resolves_aliases_and_thresholds(
