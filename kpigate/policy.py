@@ -132,6 +132,25 @@ class SigmaRule(_Strict):
     )
 
 
+class RegistryRules(_Strict):
+    """What registry-approval checks before any traffic moves."""
+
+    approval_alias: str | None = Field(
+        default="candidate",
+        description="a version holding this alias is approved (the kpigate.approved=true tag "
+        "always approves)",
+    )
+    require_signature_match: bool = Field(
+        default=True, description="the candidate's input schema must equal the champion's"
+    )
+    min_offline: dict[str, float] = Field(
+        default_factory=dict, description="offline metric -> minimum, e.g. recall: 0.8"
+    )
+    max_offline: dict[str, float] = Field(
+        default_factory=dict, description="offline metric -> maximum, e.g. fpr: 0.02"
+    )
+
+
 class Kpi(_Strict):
     """One quality KPI: how to read it, which way is better, and what a failure triggers."""
 
@@ -159,6 +178,14 @@ class Kpi(_Strict):
     quantile: float | None = Field(default=None, gt=0, lt=1)
     segments: tuple[str, ...] = Field(
         default=(), description="segment values judged as separate hypotheses (name{value})"
+    )
+    metric: str | None = Field(
+        default=None,
+        description="router reading (see kpigate/sources/catalogue.py); default: the KPI name",
+    )
+    segment: str = Field(default="all", description="segment a rate is read in, e.g. region=eu")
+    gap_segments: tuple[str, str] | None = Field(
+        default=None, description="the two segments of a gap KPI, e.g. [amount_band=high, ...]"
     )
     baseline_mean: float | None = Field(default=None, description="mu for method sigma")
     baseline_sd: float | None = Field(default=None, gt=0, description="sigma for method sigma")
@@ -233,6 +260,7 @@ class Policy(_Strict):
         description="spread of the harm mixture, in margins (sets how fast large harm is caught)",
     )
     sigma: SigmaRule = Field(default_factory=SigmaRule)
+    registry: RegistryRules = Field(default_factory=RegistryRules)
     kpis: tuple[Kpi, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

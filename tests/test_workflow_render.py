@@ -160,7 +160,9 @@ def test_hold_loops_within_the_stage_and_can_suspend(checked_in: dict[str, Any])
     assert templates["wait-for-operator"]["suspend"] == {}
     hold = "{{steps.evaluate.outputs.parameters.decision}} == hold"
     assert steps["collect"]["when"] == hold and steps["rejudge"]["when"] == hold
-    assert {"name": "looks", "value": "1"} in steps["collect"]["arguments"]["parameters"]
+    # One more window than the stage has (an output of evaluate-gate): idempotent on retry.
+    looks = {"name": "looks", "value": "{{steps.evaluate.outputs.parameters.looks}}"}
+    assert looks in steps["collect"]["arguments"]["parameters"]
     assert steps["rejudge"]["template"] == "judge-stage"  # recursion
     expression = judge["outputs"]["parameters"][0]["valueFrom"]["expression"]
     assert "steps.rejudge.outputs.parameters.decision" in expression
@@ -243,7 +245,8 @@ def test_stages_are_unrolled_from_the_policy() -> None:
     )
     tasks = _by_name(dag_tasks(manifest(policy)))
     assert tasks["deploy-12-5"]["arguments"]["parameters"] == [{"name": "weight", "value": "12.5"}]
-    assert tasks["soak-12-5"]["arguments"]["parameters"][1] == {"name": "looks", "value": "2"}
+    # The first window only: the judge loop collects the rest of the soak look by look.
+    assert tasks["soak-12-5"]["arguments"]["parameters"][1] == {"name": "looks", "value": "1"}
     assert tasks["deploy-100"]["arguments"]["parameters"] == [{"name": "weight", "value": "100"}]
     assert ordered_steps(policy)[1:4] == [
         "deploy-stage@12-5",

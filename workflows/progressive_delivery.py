@@ -170,9 +170,15 @@ BACKEND_ARGS = {
     "--router-url": wf("router-url"),
 }
 
+# Steps exit 2 on bad input and 3 when they refuse (e.g. an unapproved version): retrying cannot
+# change either, so only crashes, pod errors and network failures are retried.
 RETRY = RetryStrategy(
     limit=3,
     retry_policy="Always",
+    expression=(
+        "lastRetry.status == 'Error' || "
+        "(asInt(lastRetry.exitCode) != 2 && asInt(lastRetry.exitCode) != 3)"
+    ),
     backoff=m.Backoff(duration="10s", factor=m.IntOrString(root=2), max_duration="5m"),
 )
 
@@ -301,6 +307,7 @@ def build(policy: Policy) -> WorkflowTemplate:
             outputs={
                 "decision": "decision",
                 "suspend": "suspend",
+                "looks": "looks",
                 "explanation": "explanation.json",
             },
         )
@@ -340,7 +347,11 @@ def build(policy: Policy) -> WorkflowTemplate:
 
         # HOLD loops inside the stage: evaluate; when the step says so (the policy's hold limit
         # reached and on_max_holds: suspend), wait for `argo resume`; on HOLD collect one more
-        # interval and judge again. The stage's decision is the first non-HOLD one.
+        # interval and judge again. The stage's decision is the first non-HOLD one. The soak is
+        # this loop too (the gate holds with "soaking" until the soak's last look), so a harmful
+        # candidate is rolled back at the first look with enough evidence. `looks` (from
+        # evaluate-gate) is the stage's window count plus one: collecting up to it is
+        # idempotent, so a retried collect step never adds a second window.
         with Steps(
             name="judge-stage",
             inputs=[Parameter(name="stage")],
@@ -368,7 +379,10 @@ def build(policy: Policy) -> WorkflowTemplate:
             Step(
                 name="collect",
                 template=soak_and_collect,
-                arguments={"stage": "{{inputs.parameters.stage}}", "looks": "1"},
+                arguments={
+                    "stage": "{{inputs.parameters.stage}}",
+                    "looks": "{{steps.evaluate.outputs.parameters.looks}}",
+                },
                 when=hold,
             )
             Step(
@@ -475,7 +489,8 @@ def _rollout_tasks(
         Task(
             name=f"soak-{slug}",
             template=soak_and_collect,
-            arguments={"stage": f"{stage.traffic:g}", "looks": str(stage.looks)},
+            # The first window only; judge-stage collects the rest of the soak look by look.
+            arguments={"stage": f"{stage.traffic:g}", "looks": "1"},
             depends=f"deploy-{slug}.Succeeded",
         )
         gate = f"gate-{slug}"

@@ -1,0 +1,1 @@
+"""Metrics sources: where soak-and-collect reads per-window KPI counts (one module each)."""
