@@ -31,8 +31,9 @@ LATENCY_P95 = (
     "(rate(kpigate_request_latency_seconds_bucket{selector}[10m])))"
 )
 RECALL = (
-    'sum by (arm) (increase(kpigate_outcomes_total{{segment="all",outcome="tp"}}[10m])) / '
-    'sum by (arm) (increase(kpigate_outcomes_total{{segment="all",outcome=~"tp|fn"}}[10m]))'
+    'sum by (arm) (increase(kpigate_outcomes_total{{segment="all",outcome="tp"{selector}}}[10m]))'
+    " / sum by (arm) "
+    '(increase(kpigate_outcomes_total{{segment="all",outcome=~"tp|fn"{selector}}}[10m]))'
 )
 
 
