@@ -11,7 +11,8 @@ CANDIDATE = "candidate"
 # The tag an approver (human or CI) sets on a version to let the rollout start.
 APPROVAL_TAG = "kpigate.approved"
 # Tags written at registration so the router and the gates need no training code.
-THRESHOLD_TAG = "kpigate.threshold"
+# Plain "threshold": the router's loader (kpigate.serve.loader) reads the same tag.
+THRESHOLD_TAG = "threshold"
 FLAVOR_TAG = "kpigate.flavor"
 
 

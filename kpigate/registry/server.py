@@ -32,6 +32,21 @@ DEFAULT_SERVER_ENV: Mapping[str, str] = {
 DEFAULT_START_TIMEOUT_S = 120.0
 
 
+def sqlalchemy_store_uri(uri: str) -> str:
+    """Pick a PostgreSQL driver that is installed.
+
+    SQLAlchemy reads a bare postgresql:// as psycopg2, but kpigate's serve extra installs
+    psycopg 3; without this a correct URI fails deep inside the server's startup.
+    """
+    if not uri.startswith(("postgresql://", "postgres://")):
+        return uri
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg"):
+        return "postgresql+psycopg://" + uri.split("://", 1)[1]
+    return uri
+
+
 def free_loopback_port() -> int:
     """A port that was free a moment ago; the server binds it right after, so races are rare."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -60,7 +75,9 @@ class MlflowServer:
         self._own_tmp = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kpigate-mlflow-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.backend_store_uri = backend_store_uri or f"sqlite:///{self.workdir / 'mlflow.db'}"
+        self.backend_store_uri = sqlalchemy_store_uri(
+            backend_store_uri or f"sqlite:///{self.workdir / 'mlflow.db'}"
+        )
         self.artifacts_dir = self.workdir / "artifacts"
         self.port = port or free_loopback_port()
         self.env = {**DEFAULT_SERVER_ENV, **(env or {})}
@@ -72,6 +89,11 @@ class MlflowServer:
     @property
     def tracking_uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the server process, which is also its process group id."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def running(self) -> bool:
@@ -99,9 +121,15 @@ class MlflowServer:
             str(self.artifacts_dir),
         ]
 
-    def start(self) -> str:
-        """Start the server and block until /health answers; returns the tracking URI."""
+    def start(self, *, wait: bool = True) -> str:
+        """Start the server and block until /health answers; returns the tracking URI.
+
+        With wait=False it returns at once, so a caller can train models during the ~6-25 s
+        the server needs to boot, then call wait_healthy().
+        """
         if self.running:
+            if wait:
+                self.wait_healthy()
             return self.tracking_uri
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env}
@@ -116,18 +144,24 @@ class MlflowServer:
                 start_new_session=True,
             )
         atexit.register(self.stop)
+        if wait:
+            self.wait_healthy()
+        return self.tracking_uri
+
+    def wait_healthy(self) -> None:
+        """Block until /health answers; on failure stop the server and raise RegistryError."""
         try:
             self._wait_healthy()
         except BaseException:
             self.stop()
             raise
-        return self.tracking_uri
 
     def _wait_healthy(self) -> None:
+        if self._proc is None:
+            raise RegistryError("mlflow server was never started; call start() first")
         deadline = time.monotonic() + self.start_timeout_s
         url = f"{self.tracking_uri}/health"
         while time.monotonic() < deadline:
-            assert self._proc is not None
             if self._proc.poll() is not None:
                 raise RegistryError(
                     f"mlflow server exited with code {self._proc.returncode} before it became "
