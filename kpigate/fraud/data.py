@@ -40,7 +40,7 @@ IntArray = npt.NDArray[np.int64]
 
 # Rows are drawn in fixed blocks, each from its own seeded stream, so row i is the same whatever
 # chunk_size the caller asks for, and a 10k frame equals the first 10k rows of a 10M stream.
-_BLOCK: Final = 65_536
+_BLOCK: Final = 32_768
 DEFAULT_CHUNK_SIZE: Final = 100_000
 DEFAULT_CARDS: Final = 100_000
 
@@ -220,7 +220,7 @@ def generate_chunks(
 ) -> Iterator[pd.DataFrame]:
     """Yield `n` transactions as DataFrames of at most `chunk_size` rows, in txn_id order.
 
-    Memory stays around one chunk plus one internal block (65,536 rows), whatever `n` is.
+    Memory stays around one chunk plus one internal block (32,768 rows), whatever `n` is.
     """
     if n < 0 or chunk_size <= 0 or n_cards <= 0:
         raise ValueError(
@@ -296,7 +296,8 @@ def to_requests(frame: pd.DataFrame) -> list[dict[str, Any]]:
         record: dict[str, Any] = {ENTITY_KEY: card_key(card)}
         for name, values in cols.items():
             value = values[i]
-            record[name] = round(float(value), 4) if isinstance(value, float) else value
+            # Full precision: a rounded feature can cross a split and change the score.
+            record[name] = float(value) if isinstance(value, float) else value
         out.append(record)
     return out
 

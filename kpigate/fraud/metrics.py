@@ -56,6 +56,14 @@ def classification_metrics(
     }
 
 
+def _codes(column: pd.Series) -> tuple[npt.NDArray[np.int64], list[str]]:
+    # Categorical codes when we have them: comparing strings over 200k rows costs seconds.
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return column.cat.codes.to_numpy(dtype=np.int64), [str(c) for c in column.cat.categories]
+    codes, uniques = pd.factorize(column.astype(str), sort=True)
+    return codes.astype(np.int64), [str(u) for u in uniques]
+
+
 def offline_metrics(
     frame: pd.DataFrame, scores: npt.ArrayLike, threshold: float
 ) -> dict[str, float]:
@@ -68,9 +76,11 @@ def offline_metrics(
     out["fraud_rate"] = float(y.mean()) if len(y) else float("nan")
     flagged = s >= threshold
     for segment in SEGMENTS:
-        values = frame[segment].astype(str).to_numpy()
-        for value in np.unique(values):
-            mask = values == value
+        codes, names = _codes(frame[segment])
+        for code, value in enumerate(names):
+            mask = codes == code
+            if not mask.any():
+                continue
             tp, fp, tn, fn = confusion(y[mask], flagged[mask])
             out[f"recall_{segment}_{value}"] = _ratio(tp, tp + fn)
             out[f"fpr_{segment}_{value}"] = _ratio(fp, fp + tn)

@@ -77,9 +77,12 @@ def register_model(
                 "registered_model_name": name,
             }
             if model.flavor == "xgboost":
-                info = mlflow.xgboost.log_model(model.booster, model_format="ubj", **common)
+                info = mlflow.xgboost.log_model(model.estimator, model_format="ubj", **common)
             else:
-                info = mlflow.lightgbm.log_model(model.booster, **common)
+                # skops, not pickle: loading a registered model must not run arbitrary code.
+                info = mlflow.lightgbm.log_model(
+                    model.estimator, serialization_format="skops", **common
+                )
             mlflow.log_dict(metrics, "offline_metrics.json")
     registered = info.registered_model_version
     if registered is None:
@@ -122,13 +125,12 @@ def load_model(
         dst = cache_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="kpigate-model-"))
         local = registry.download_model(name, mv.version, dst)
         if flavor == "xgboost":
-            booster = mlflow.xgboost.load_model(local)
-            booster.set_param({"nthread": 1})  # one request, one core: threads only add overhead
+            estimator = mlflow.xgboost.load_model(local)
         else:
-            booster = mlflow.lightgbm.load_model(local)
+            estimator = mlflow.lightgbm.load_model(local)
     return FraudModel(
         flavor=flavor,
-        booster=booster,
+        estimator=estimator,
         threshold=threshold,
         role=mv.tags.get(ROLE_TAG, "model"),
         name=name,
