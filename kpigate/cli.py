@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "traffic": ("kpigate.traffic", "replay generated transactions and delayed labels at a router"),
     "render-workflow": ("kpigate.workflows.render", "render the Argo workflow from a policy"),
     "submit": ("kpigate.workflows.submit", "start a rollout on Argo Workflows"),
+    "rollout": ("kpigate.runner", "run a rollout locally: the workflow's steps, in order"),
+    "relay": ("kpigate.relay.cli", "receive MLflow registry webhooks and start rollouts"),
 }
 
 EPILOG = """\
@@ -26,6 +28,9 @@ examples:
   kpigate replay windows.jsonl                 judge recorded windows with the default policy
   kpigate replay --policy policy.yaml w.jsonl  judge them with your policy
   kpigate demo                                 the case study on local components
+  kpigate serve --model-name fraud             the router (champion vs candidate)
+  kpigate rollout --policy p.yaml --model-name fraud   a rollout on this machine
+  kpigate render-workflow                      the Argo WorkflowTemplate into manifests/
 
 Run `kpigate COMMAND --help` for a command's options.
 """

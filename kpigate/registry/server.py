@@ -27,6 +27,9 @@ DEFAULT_SERVER_ENV: Mapping[str, str] = {
     # The job runner (GenAI scorers) forks about eight huey workers; kpigate uses none of it,
     # and webhooks are delivered from the web process. Pass "true" in env= to bring it back.
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    # MLflow caches the webhook list per event for 60 s by default: a relay registered just
+    # after an event of the same kind would miss its first deliveries.
+    "MLFLOW_WEBHOOK_CACHE_TTL": "1",
 }
 # A cold `mlflow server` (imports plus schema migrations) takes 15-25 s on a busy 2-core box.
 DEFAULT_START_TIMEOUT_S = 120.0

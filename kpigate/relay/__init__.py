@@ -1,0 +1,1 @@
+"""The relay: MLflow registry webhooks in, verified and deduplicated, rollouts out."""

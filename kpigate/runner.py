@@ -1,0 +1,240 @@
+"""Run a rollout locally: the WorkflowTemplate's steps, in its order, in this process.
+
+registry-approval, then per stage deploy-stage -> soak-and-collect -> evaluate-gate (looping
+look by look while the gate holds), then promote-or-rollback: the same step functions the
+containers run, against the local registry, the kpigate router and its metrics, with the same
+policy file. What runs on Argo can be run and debugged on a laptop.
+
+Resumable: the evidence store is the rollout's memory. Rerun the same command after a crash and
+stages already promoted are skipped, the current stage's windows are kept, nothing is repeated.
+One rollout per model at a time (a lock file); a second start for the same model exits 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kpigate.backends.base import TrafficBackend
+from kpigate.engine import Decision, GateDecision
+from kpigate.policy import Policy, PolicyError, load_policy
+from kpigate.registry.base import Registry
+from kpigate.sources.base import MetricsSource
+from kpigate.steps.deploy_stage import deploy
+from kpigate.steps.evaluate_gate import judge_evidence
+from kpigate.steps.promote_or_rollback import Outcome, promote, rollback
+from kpigate.steps.registry_approval import approve
+from kpigate.steps.soak_and_collect import soak
+from kpigate.store import EvidenceStore
+
+
+class RolloutBusy(RuntimeError):
+    """Another rollout of the same model holds the lock."""
+
+
+@contextmanager
+def model_lock(directory: Path, model: str) -> Iterator[None]:
+    """An exclusive, non-blocking lock per model; released even if the process is killed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{model}.lock"
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RolloutBusy(f"a rollout of '{model}' is already running ({holder})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass
+class LocalRunner:
+    policy: Policy
+    registry: Registry
+    backend: TrafficBackend
+    source: MetricsSource
+    store: EvidenceStore
+    model_name: str
+    rollout_id: str
+    mode: str = "canary"
+    interval_s: float | None = None  # override the policy's evaluation interval (demos)
+    approve_last_stage: Callable[[], bool] | None = None  # None: no manual approval
+    sleep: Callable[[float], None] = time.sleep
+    on_decision: Callable[[GateDecision], None] = lambda decision: None
+    on_window: Callable[[dict[str, Any]], None] | None = None
+    trace: list[str] = field(default_factory=list)
+
+    def _step(self, name: str) -> None:
+        self.trace.append(name)
+
+    def _promoted_stages(self) -> set[float]:
+        """Stages whose gate already decided PROMOTE, according to the evidence."""
+        records = self.store.read()
+        done: set[float] = set()
+        for stage in {float(r["stage"]) for r in records}:
+            upto = [r for r in records if float(r["stage"]) <= stage]
+            if judge_evidence(self.policy, upto, stage).decision is Decision.PROMOTE:
+                done.add(stage)
+        return done
+
+    def _judge_stage(self, traffic: float) -> GateDecision:
+        """Collect look by look until the gate stops holding (the soak is part of the loop)."""
+        stage = self.policy.stage_for(traffic)
+        assert stage is not None
+        interval = self.interval_s if self.interval_s is not None else stage.interval
+        looks = 1
+        while True:
+            self._step(f"soak-and-collect@{traffic:g}")
+            soak(
+                self.policy,
+                self.store,
+                self.source,
+                traffic,
+                looks,
+                interval,
+                self.rollout_id,
+                sleep=self.sleep,
+                on_window=self.on_window,
+            )
+            self._step(f"evaluate-gate@{traffic:g}")
+            records = self.store.read()
+            decision = judge_evidence(self.policy, records, traffic)
+            self.on_decision(decision)
+            if decision.decision is not Decision.HOLD:
+                return decision
+            if decision.suspend:
+                return decision
+            looks = sum(1 for r in records if float(r["stage"]) == traffic) + 1
+
+    def run(self, version: str) -> Outcome:
+        self._step("registry-approval")
+        approval = approve(self.registry, self.model_name, version, self.policy.registry)
+        if not approval.approved:
+            return Outcome("rejected", approval.version, approval.reason)
+        version = approval.version
+        promoted = self._promoted_stages()
+        for stage in self.policy.stages:
+            if stage.traffic >= 100:
+                self._step("approval-gate@100")
+                if self.approve_last_stage is not None and not self.approve_last_stage():
+                    self._step("promote-or-rollback@rollback")
+                    return rollback(
+                        self.backend,
+                        self.registry,
+                        self.model_name,
+                        version,
+                        "an operator declined the last stage",
+                    )
+            if stage.traffic in promoted:
+                continue
+            self._step(f"deploy-stage@{stage.traffic:g}")
+            deploy(self.backend, self.policy.candidate_weight(stage), self.mode)
+            decision = self._judge_stage(stage.traffic)
+            if decision.decision is Decision.HOLD:  # suspended for an operator
+                return Outcome("suspended", version, "; ".join(decision.reasons))
+            if decision.decision is Decision.ROLLBACK:
+                self._step("promote-or-rollback@rollback")
+                return rollback(
+                    self.backend,
+                    self.registry,
+                    self.model_name,
+                    version,
+                    "; ".join(decision.reasons),
+                )
+        self._step("promote-or-rollback@promote")
+        return promote(self.backend, self.registry, self.model_name, version)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", required=True, help="rollout policy YAML")
+    parser.add_argument("--model-name", required=True, help="registered model name")
+    parser.add_argument("--model-version", default="", help="number or alias (default: candidate)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    parser.add_argument("--router-url", default="http://127.0.0.1:8080", help="kpigate router")
+    parser.add_argument("--source", choices=["router", "prometheus"], default="router")
+    parser.add_argument("--prometheus-url", default="")
+    parser.add_argument("--mode", choices=["canary", "shadow"], default="canary")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="seconds per evaluation window (default: the policy's)",
+    )
+    parser.add_argument(
+        "--evidence", default="", help="evidence file (default: .kpigate/<model>-<version>.jsonl)"
+    )
+    parser.add_argument("--state-dir", default=".kpigate", help="locks and default evidence")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kpigate.backends.base import BackendSettings
+    from kpigate.backends.factory import make_backend
+    from kpigate.registry.base import RegistryError
+    from kpigate.registry.mlflow import MlflowRegistry
+    from kpigate.sources.router import RouterScrapeSource
+    from kpigate.store.file import FileStore
+
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        print(f"kpigate rollout: bad policy:\n{exc}", file=sys.stderr)
+        return 2
+    registry = MlflowRegistry(args.tracking_uri)
+    state_dir = Path(args.state_dir)
+    try:
+        version = registry.resolve(args.model_name, args.model_version or "candidate").version
+    except RegistryError as exc:
+        print(f"kpigate rollout: {exc}", file=sys.stderr)
+        return 1
+    evidence = args.evidence or str(state_dir / f"{args.model_name}-{version}.jsonl")
+    source: MetricsSource
+    if args.source == "prometheus":
+        from kpigate.sources.prometheus import PrometheusSource
+
+        source = PrometheusSource(args.prometheus_url, max_staleness_s=policy.max_staleness)
+    else:
+        source = RouterScrapeSource(args.router_url)
+
+    def show(decision: GateDecision) -> None:
+        print(
+            f"window {decision.window:>3} at {decision.stage:>5g}%: "
+            f"{decision.decision.value.upper():<8} {decision.reasons[0]}",
+            flush=True,
+        )
+
+    runner = LocalRunner(
+        policy=policy,
+        registry=registry,
+        backend=make_backend(BackendSettings(kind="router", router_url=args.router_url)),
+        source=source,
+        store=FileStore(evidence),
+        model_name=args.model_name,
+        rollout_id=f"{args.model_name}-{version}",
+        mode=args.mode,
+        interval_s=args.interval,
+        on_decision=show,
+    )
+    try:
+        with model_lock(state_dir, args.model_name):
+            print(f"rollout of {args.model_name} version {version}; evidence in {evidence}")
+            outcome = runner.run(version)
+    except RolloutBusy as exc:
+        print(f"kpigate rollout: {exc}", file=sys.stderr)
+        return 3
+    print(f"{outcome.action.upper()}: {outcome.reason}")
+    return {"promote": 0, "rollback": 0, "suspended": 4}.get(outcome.action, 3)

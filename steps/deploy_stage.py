@@ -1,0 +1,61 @@
+"""deploy-stage: give the candidate its traffic share for the stage through a traffic backend.
+
+Backends: the kpigate router (admin API), KServe, Seldon Core v1 and Istio (kpigate/backends/).
+Idempotent: setting the weight the backend already has changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kpigate.backends.base import BackendError, TrafficBackend
+from kpigate.backends.cli import add_backend_arguments, settings_from_args
+from kpigate.backends.factory import make_backend
+from kpigate.steps.common import BAD_INPUT, DONE, RETRY, fail, say
+
+
+def deploy(backend: TrafficBackend, weight: float, mode: str) -> float:
+    """Set mirror mode first so the new weight never reaches clients in the wrong mode."""
+    backend.set_mirror(mode == "shadow")
+    backend.set_weight(weight)
+    return backend.get_weight()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weight", type=float, required=True, help="candidate share, percent")
+    parser.add_argument(
+        "--mode",
+        choices=["canary", "shadow"],
+        default="canary",
+        help="canary: the candidate answers its share; shadow: it scores a copy",
+    )
+    parser.add_argument("--model-name", default="", help="default resource name for Kubernetes")
+    add_backend_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.weight <= 100:
+        problem = ValueError(f"--weight must be in [0, 100], got {args.weight}")
+        return fail("deploy-stage", problem, BAD_INPUT)
+    try:
+        backend = make_backend(settings_from_args(args, default_resource=args.model_name))
+        applied = deploy(backend, args.weight, args.mode)
+    except BackendError as exc:
+        return fail("deploy-stage", exc, RETRY)
+    say(f"candidate weight {applied:g}% ({args.mode}) on {args.backend}")
+    return DONE
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kpigate.steps.deploy_stage",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""evaluate-gate: judge everything collected so far in this rollout; PROMOTE, HOLD or ROLLBACK.
+
+Replays the rollout's evidence (every window of every stage) through the decision engine, the
+same code as `kpigate replay`, and writes the latest decision with its explanation. The step
+is a pure function of the evidence, so a retry or rerun gives the same answer.
+
+Outputs (files under --out-dir): decision (promote|hold|rollback), suspend (true|false),
+looks (the windows this stage needs for one more look, for the HOLD loop), explanation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from kpigate.engine import Decision, GateDecision
+from kpigate.policy import Policy
+from kpigate.replay import LineError, Replayer, decision_record, replay_lines
+from kpigate.steps.common import (
+    BAD_INPUT,
+    DONE,
+    StepError,
+    add_out_dir,
+    fail,
+    read_policy,
+    say,
+    write_outputs,
+)
+from kpigate.store import StoreError, open_store
+
+
+def judge_evidence(policy: Policy, records: list[dict[str, Any]], stage: float) -> GateDecision:
+    """The latest decision over all windows; HOLD when this stage has no window yet."""
+    replayer = Replayer(policy)
+    decision: GateDecision | None = None
+    lines = (json.dumps(r) for r in records)
+    for _, _, latest in replay_lines(lines, replayer):
+        decision = latest
+    if decision is None or decision.stage != stage:
+        if decision is not None and decision.final:
+            return decision  # the rollout already ended (e.g. rolled back earlier)
+        return GateDecision(
+            window=0 if decision is None else decision.window,
+            stage=stage,
+            decision=Decision.HOLD,
+            reasons=(f"no evidence collected at {stage:g}% yet",),
+            kpis={},
+            look=0,
+            holds=0,
+        )
+    return decision
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", required=True, help="rollout policy YAML")
+    parser.add_argument("--evidence", required=True, help="evidence store: mlflow://... or path")
+    parser.add_argument("--stage", type=float, required=True, help="traffic percent of the stage")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow (for mlflow:// evidence)")
+    add_out_dir(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        policy = read_policy(args.policy)
+        records = open_store(args.evidence, args.tracking_uri).read()
+        decision = judge_evidence(policy, records, args.stage)
+    except (StepError, StoreError) as exc:
+        return fail("evaluate-gate", exc, BAD_INPUT)
+    except LineError as exc:
+        return fail("evaluate-gate", StepError(f"evidence {args.evidence} is corrupt: {exc}"))
+    stage_windows = sum(1 for r in records if float(r.get("stage", -1)) == args.stage)
+    explanation = decision_record("", decision)
+    write_outputs(
+        args.out_dir,
+        decision=decision.decision.value,
+        suspend=str(decision.suspend).lower(),
+        looks=stage_windows + 1,
+        explanation=explanation,
+    )
+    say(f"{decision.decision.value.upper()} at {args.stage:g}% (window {decision.window}):")
+    for reason in decision.reasons:
+        say(f"  {reason}")
+    return DONE
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kpigate.steps.evaluate_gate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""promote-or-rollback: finish the rollout one way or the other.
+
+promote   the candidate takes all traffic and the registry's `champion` alias moves to it
+          (one alias update: the alias is never half-moved);
+rollback  all traffic back to the baseline (weight 0), the candidate detached from serving,
+          and the version tagged `kpigate.rollout=rolled_back` with the reason.
+
+Both are idempotent: the workflow's exit handler may roll back a rollout that a gate already
+rolled back, and a retry repeats nothing harmful.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+from kpigate.backends.base import BackendError, TrafficBackend
+from kpigate.backends.cli import add_backend_arguments, settings_from_args
+from kpigate.backends.factory import make_backend
+from kpigate.registry.base import CHAMPION, Registry, RegistryError
+from kpigate.steps.common import BAD_INPUT, DONE, RETRY, fail, say
+from kpigate.store import StoreError, open_store
+
+OUTCOME_TAG = "kpigate.rollout"
+REASON_TAG = "kpigate.rollout_reason"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: str
+    version: str
+    reason: str
+
+
+def promote(backend: TrafficBackend, registry: Registry, name: str, version: str) -> Outcome:
+    backend.set_mirror(False)
+    backend.set_weight(100.0)
+    registry.set_alias(name, CHAMPION, version)
+    registry.set_tag(name, version, OUTCOME_TAG, "promoted")
+    return Outcome("promote", version, f"version {version} is now {CHAMPION}")
+
+
+def rollback(
+    backend: TrafficBackend, registry: Registry | None, name: str, version: str, reason: str
+) -> Outcome:
+    # Traffic first: the baseline must serve everything even if the registry is down.
+    backend.set_weight(0.0)
+    backend.detach()
+    if registry is not None and version:
+        registry.set_tag(name, version, OUTCOME_TAG, "rolled_back")
+        registry.set_tag(name, version, REASON_TAG, reason[:4000])
+    return Outcome("rollback", version, reason)
+
+
+def last_reason(evidence_uri: str, tracking_uri: str | None) -> str:
+    """The reason of the last ROLLBACK/HOLD in the evidence, if it can be read."""
+    if not evidence_uri:
+        return "rolled back"
+    try:
+        records = open_store(evidence_uri, tracking_uri).read()
+    except StoreError:
+        return "rolled back (evidence unreadable)"
+    return f"rolled back after window {records[-1]['window']}" if records else "rolled back"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--action", choices=["promote", "rollback"], required=True)
+    parser.add_argument("--model-name", required=True)
+    parser.add_argument("--model-version", default="", help="version number (not an alias)")
+    parser.add_argument("--evidence", default="", help="evidence store of the rollout")
+    parser.add_argument("--reason", default="", help="why (default: from the evidence)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    add_backend_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        backend = make_backend(settings_from_args(args, default_resource=args.model_name))
+    except BackendError as exc:
+        return fail("promote-or-rollback", exc, BAD_INPUT)
+    from kpigate.registry.mlflow import MlflowRegistry
+
+    try:
+        registry = MlflowRegistry(args.tracking_uri)
+        if args.action == "promote":
+            if not args.model_version:
+                return fail(
+                    "promote-or-rollback", ValueError("promote needs --model-version"), BAD_INPUT
+                )
+            outcome = promote(backend, registry, args.model_name, args.model_version)
+        else:
+            reason = args.reason or last_reason(args.evidence, args.tracking_uri)
+            outcome = rollback(backend, registry, args.model_name, args.model_version, reason)
+    except (BackendError, RegistryError) as exc:
+        return fail("promote-or-rollback", exc, RETRY)
+    say(f"{outcome.action.upper()}: {outcome.reason}")
+    return DONE
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kpigate.steps.promote_or_rollback",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""registry-approval: may this model version start a rollout?
+
+Checks, against the registry: the version resolves (number or alias); it is approved (the
+`kpigate.approved=true` tag, or the policy's approval alias, `candidate` by default); its input
+signature equals the champion's (the router feeds both the same features); its offline metrics
+meet the policy's `registry.min_offline` / `registry.max_offline`.
+
+Outputs (files under --out-dir): version, approved (true|false), reason. A rejection is an
+answer, not a failure: the step exits 0 with approved=false and the workflow ends with the
+reason. A registry that cannot be reached exits 1 (retried).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+from kpigate.policy import RegistryRules
+from kpigate.registry.base import CHAMPION, ModelNotFound, Registry, RegistryError
+from kpigate.steps.common import (
+    BAD_INPUT,
+    DONE,
+    RETRY,
+    StepError,
+    add_out_dir,
+    fail,
+    read_policy,
+    say,
+    write_outputs,
+)
+
+
+@dataclass(frozen=True)
+class Approval:
+    version: str
+    approved: bool
+    reason: str
+
+
+def approve(registry: Registry, name: str, ref: str, rules: RegistryRules) -> Approval:
+    """Every check, in order; the first failing one is the reason."""
+    try:
+        version = registry.resolve(name, ref or "candidate").version
+    except ModelNotFound as exc:
+        return Approval("", False, str(exc))
+    if not registry.is_approved(name, version, alias=rules.approval_alias):
+        how = f"the alias '{rules.approval_alias}' or " if rules.approval_alias else ""
+        return Approval(
+            version,
+            False,
+            f"version {version} is not approved: give it {how}the tag kpigate.approved=true",
+        )
+    if rules.require_signature_match:
+        try:
+            champion = registry.input_schema(name, CHAMPION)
+        except ModelNotFound:
+            champion = None  # the first version of a model has nothing to match
+        candidate = registry.input_schema(name, version)
+        if champion is not None and _columns(champion) != _columns(candidate):
+            missing = sorted(_columns(champion) - _columns(candidate))
+            extra = sorted(_columns(candidate) - _columns(champion))
+            return Approval(
+                version,
+                False,
+                f"input signature differs from the champion's: "
+                f"missing {missing}, unexpected {extra}",
+            )
+    metrics = registry.offline_metrics(name, version)
+    for metric, floor in rules.min_offline.items():
+        if metric not in metrics:
+            return Approval(version, False, f"offline metric '{metric}' was not logged")
+        if metrics[metric] < floor:
+            return Approval(version, False, f"offline {metric} {metrics[metric]:.4g} < {floor:g}")
+    for metric, ceiling in rules.max_offline.items():
+        if metric not in metrics:
+            return Approval(version, False, f"offline metric '{metric}' was not logged")
+        if metrics[metric] > ceiling:
+            return Approval(version, False, f"offline {metric} {metrics[metric]:.4g} > {ceiling:g}")
+    return Approval(version, True, f"version {version} approved")
+
+
+def _columns(schema: list[dict[str, object]]) -> set[tuple[str, str]]:
+    return {(str(c.get("name")), str(c.get("type"))) for c in schema}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-name", required=True, help="registered model name")
+    parser.add_argument(
+        "--model-version", default="", help="version number or alias (default: candidate)"
+    )
+    parser.add_argument("--policy", required=True, help="rollout policy YAML")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    add_out_dir(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        rules = read_policy(args.policy).registry
+        from kpigate.registry.mlflow import MlflowRegistry
+
+        result = approve(
+            MlflowRegistry(args.tracking_uri), args.model_name, args.model_version, rules
+        )
+    except StepError as exc:
+        return fail("registry-approval", exc, BAD_INPUT)
+    except RegistryError as exc:
+        return fail("registry-approval", exc, RETRY)
+    write_outputs(
+        args.out_dir,
+        version=result.version,
+        approved=str(result.approved).lower(),
+        reason=result.reason,
+    )
+    say(("APPROVED: " if result.approved else "REJECTED: ") + result.reason)
+    return DONE
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kpigate.steps.registry_approval",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

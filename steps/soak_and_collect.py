@@ -1,0 +1,162 @@
+"""soak-and-collect: wait out a stage one evaluation interval at a time, recording each window.
+
+For every interval the step reads how much the router's counters grew (from the router's
+/metrics or from Prometheus), turns them into the policy's KPIs (kpigate/sources/catalogue.py)
+and appends one window, in the `kpigate replay` format, to the rollout's evidence store.
+A source that is down or lagging gives a window marked stale: the gate holds on it.
+
+Idempotent: `--looks N` means "this stage has at least N windows"; a retried or rerun step
+only collects what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from kpigate.policy import Policy
+from kpigate.sources import catalogue
+from kpigate.sources.base import MetricsSource, SourceError
+from kpigate.steps.common import BAD_INPUT, DONE, StepError, fail, read_policy, say
+from kpigate.store import EvidenceStore, StoreError, open_store
+
+
+def make_source(args: argparse.Namespace, policy: Policy) -> MetricsSource:
+    if args.source == "prometheus":
+        from kpigate.sources.prometheus import PrometheusSource
+
+        if not args.prometheus_url:
+            raise StepError("--source prometheus needs --prometheus-url")
+        return PrometheusSource(
+            args.prometheus_url,
+            matchers=args.prometheus_matchers,
+            mode=args.prometheus_mode,
+            max_staleness_s=policy.max_staleness,
+        )
+    from kpigate.sources.router import RouterScrapeSource
+
+    return RouterScrapeSource(args.router_url)
+
+
+def window_record(
+    policy: Policy, source: MetricsSource, rollout: str, index: int, stage: float
+) -> dict[str, Any]:
+    """One window from the source; never raises on a source failure: it marks the window."""
+    record: dict[str, Any] = {
+        "rollout": rollout,
+        "window": index,
+        "stage": stage,
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        collected = source.collect()
+    except SourceError as exc:
+        return {**record, "kpis": {}, "stale": True, "note": f"missing: {exc}"}
+    kpis = {
+        key: catalogue.read(kpi, key, collected.counts)
+        for kpi in policy.kpis
+        for key in kpi.hypotheses()
+    }
+    record["kpis"] = kpis
+    if collected.stale:
+        record["stale"] = True
+    if collected.note:
+        record["note"] = collected.note
+    return record
+
+
+def soak(
+    policy: Policy,
+    store: EvidenceStore,
+    source: MetricsSource,
+    stage: float,
+    looks: int,
+    interval_s: float,
+    rollout: str,
+    sleep: Callable[[float], None] = time.sleep,
+    on_window: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    """Collect until the stage has `looks` windows; returns how many were added."""
+    records = store.read()
+    have = sum(1 for r in records if float(r.get("stage", -1)) == stage)
+    missing = max(0, looks - have)
+    next_index = (int(records[-1]["window"]) + 1) if records else 1
+    if missing:
+        source.mark()
+    for n in range(missing):
+        sleep(interval_s)
+        record = window_record(policy, source, rollout, next_index + n, stage)
+        store.append(record)
+        if on_window is not None:
+            on_window(record)
+    return missing
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", required=True, help="rollout policy YAML")
+    parser.add_argument("--stage", type=float, required=True, help="traffic percent of the stage")
+    parser.add_argument(
+        "--looks", type=int, default=0, help="windows this stage must have (default: its soak)"
+    )
+    parser.add_argument(
+        "--interval", type=float, default=0.0, help="seconds per window (default: the policy's)"
+    )
+    parser.add_argument("--source", choices=["router", "prometheus"], default="router")
+    parser.add_argument("--router-url", default="http://127.0.0.1:8080")
+    parser.add_argument("--prometheus-url", default="")
+    parser.add_argument(
+        "--prometheus-matchers", default="", help='label matchers, e.g. job="kpigate-router"'
+    )
+    parser.add_argument("--prometheus-mode", choices=["increase", "delta"], default="increase")
+    parser.add_argument("--evidence", required=True, help="evidence store: mlflow://... or path")
+    parser.add_argument("--rollout", default="", help="rollout id (default: from --evidence)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow (for mlflow:// evidence)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        policy = read_policy(args.policy)
+        stage_spec = policy.stage_for(args.stage)
+        if stage_spec is None:
+            raise StepError(f"stage {args.stage:g}% is not in the policy's stages")
+        for kpi in policy.kpis:
+            catalogue.check(kpi)
+        looks = args.looks or stage_spec.looks
+        interval = args.interval or stage_spec.interval
+        store = open_store(args.evidence, args.tracking_uri)
+        rollout = args.rollout or args.evidence.rstrip("/").rsplit("/", 1)[-1]
+        source = make_source(args, policy)
+    except (StepError, catalogue.CatalogueError, StoreError) as exc:
+        return fail("soak-and-collect", exc, BAD_INPUT)
+
+    def progress(record: dict[str, Any]) -> None:
+        state = "stale: " + record.get("note", "") if record.get("stale") else "ok"
+        say(f"window {record['window']} at {args.stage:g}%: {state}")
+
+    say(f"soaking at {args.stage:g}%: up to {looks} windows of {interval:g}s ({source.name})")
+    try:
+        added = soak(
+            policy, store, source, args.stage, looks, interval, rollout, on_window=progress
+        )
+    except StoreError as exc:
+        return fail("soak-and-collect", exc)
+    say(f"collected {added} window(s); the stage has at least {looks}")
+    return DONE
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kpigate.steps.soak_and_collect",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
