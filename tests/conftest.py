@@ -2,4 +2,8 @@
 
 from __future__ import annotations
 
-pytest_plugins: list[str] = ["tests.serve_fixtures", "tests.prometheus_fixtures", "tests.mlflow_fixtures"]
+pytest_plugins: list[str] = [
+    "tests.serve_fixtures",
+    "tests.prometheus_fixtures",
+    "tests.mlflow_fixtures",
+]
