@@ -159,6 +159,7 @@ def test_prometheus_counts_equal_the_routers_own(
     # edges, so counts scale while rates stay.
     increase.mark()
     direct.mark()
+    time.sleep(1.5)  # so the range holds samples from before this window's traffic
     drive(two_arm_router, n=200, seed=3)
     scraped_up_to_now(prometheus, two_arm_router, matchers)
     exact_window = read_all(direct.collect().counts)
