@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict, replace
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -96,7 +97,31 @@ def admin_routes(core: RouterCore) -> list[Route]:
             return _error(502, f"reload failed, still serving the previous models: {exc}")
         return JSONResponse(core.describe())
 
+    @authenticated
+    async def get_faults(request: Request) -> Response:
+        return JSONResponse(asdict(core.faults))
+
+    @authenticated
+    async def put_faults(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, 'body must be JSON like {"candidate_delay_ms": 80}')
+        allowed = {"candidate_delay_ms", "candidate_error_share"}
+        if not isinstance(body, dict) or set(body) - allowed:
+            return _error(422, f"body must be an object with fields among {sorted(allowed)}")
+        for name, value in body.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                return _error(422, f"{name} must be a non-negative number", field=name)
+        if body.get("candidate_error_share", 0) > 1:
+            return _error(422, "candidate_error_share is a share in [0, 1]",
+                          field="candidate_error_share")  # fmt: skip
+        core.faults = replace(core.faults, **{k: float(v) for k, v in body.items()})
+        return JSONResponse(asdict(core.faults))
+
     return [
+        Route("/admin/faults", get_faults, methods=["GET"]),
+        Route("/admin/faults", put_faults, methods=["PUT"]),
         Route("/admin/state", get_state, methods=["GET"]),
         Route("/admin/state", put_state, methods=["PUT"]),
         Route("/admin/detach", detach, methods=["POST"]),

@@ -39,6 +39,13 @@ def build_openapi() -> dict[str, Any]:
     state = {"$ref": "#/components/schemas/RouterState"}
     error = {"$ref": "#/components/schemas/Error"}
     admin_security: list[dict[str, list[str]]] = [{"adminToken": []}]
+    faults = {
+        "type": "object",
+        "properties": {
+            "candidate_delay_ms": {"type": "number", "minimum": 0},
+            "candidate_error_share": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+    }
     auth_errors = {
         "401": _resp("missing or wrong admin token", error),
         "503": _resp("admin API disabled (no token configured)", error),
@@ -121,6 +128,24 @@ def build_openapi() -> dict[str, Any]:
                         "200": _resp("new state", state),
                         "409": _resp("no candidate loaded", error),
                         "422": _resp("invalid weight or mode", error),
+                        **auth_errors,
+                    },
+                },
+            },
+            "/admin/faults": {
+                "get": {
+                    "summary": "Injected candidate faults (drills and demos)",
+                    "security": admin_security,
+                    "responses": {"200": _resp("faults", faults), **auth_errors},
+                },
+                "put": {
+                    "summary": "Inject candidate latency (ms) or a share of candidate errors",
+                    "security": admin_security,
+                    "requestBody": _json(faults),
+                    "responses": {
+                        "200": _resp("faults now injected", faults),
+                        "400": _resp("body is not JSON", error),
+                        "422": _resp("unknown field or negative value", error),
                         **auth_errors,
                     },
                 },

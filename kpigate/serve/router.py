@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from kpigate.serve.config import MODES, ServeConfig
@@ -28,6 +29,15 @@ class StateConflict(RuntimeError):
     """A requested routing change cannot be applied (e.g. no candidate is loaded)."""
 
 
+@dataclass
+class Faults:
+    """Injected candidate faults for drills and demos (admin API /admin/faults): extra latency
+    before each candidate score, and a share of candidate requests that raise."""
+
+    candidate_delay_ms: float = 0.0
+    candidate_error_share: float = 0.0
+
+
 class RouterCore:
     def __init__(
         self,
@@ -45,6 +55,7 @@ class RouterCore:
         self.candidate: Batcher | None = None
         self.candidate_error: str | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self.faults = Faults()
 
     # -- lifecycle (blocking; run in a thread) ---------------------------------------------
 
@@ -195,7 +206,7 @@ class RouterCore:
         version = candidate.model.version
         try:
             return await asyncio.wait_for(
-                candidate.score(inst.row), self.config.candidate_timeout_s
+                self._faulty(candidate.score(inst.row)), self.config.candidate_timeout_s
             )
         except TimeoutError:
             kind = "timeout"
@@ -206,6 +217,15 @@ class RouterCore:
             log.warning("candidate %s failed: %s: %s", version, type(exc).__name__, exc)
         self.metrics.child(self.metrics.model_errors, "candidate", version, kind).inc()
         return None
+
+    async def _faulty(self, scoring: asyncio.Future[float]) -> float:
+        faults = self.faults
+        if faults.candidate_delay_ms > 0:
+            await asyncio.sleep(faults.candidate_delay_ms / 1000.0)
+        if faults.candidate_error_share > 0 and random.random() < faults.candidate_error_share:
+            scoring.cancel()
+            raise RuntimeError("injected candidate fault (/admin/faults)")
+        return await scoring
 
     async def _shadow(
         self, request_id: str, inst: Instance, candidate: Batcher, answer: dict[str, Any]
