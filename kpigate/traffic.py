@@ -17,70 +17,52 @@ import asyncio
 import contextlib
 import heapq
 import json
-import math
 import random
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kpigate.fraud.schema import (
-    ENTITY_KEY,
-    FEATURES,
-    LABEL,
-    MERCHANT_CATEGORIES,
-    PAYMENT_METHODS,
-    REGIONS,
-)
+from kpigate.fraud.schema import FEATURES, LABEL
 
 
-def generate_transactions(n: int, seed: int = 0, drift: float = 0.0) -> Iterator[dict[str, Any]]:
-    """Schema-conformant transactions with a label (about 1.5% fraud).
+def generate_transactions(
+    n: int, seed: int = 0, drift: float = 0.0, fraud_share: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """Request bodies with their label (`is_fraud`) from the shared generator (kpigate.fraud.data).
 
-    A stand-in until the shared generator (kpigate.fraud.data) lands; swap it in here. Fraud
-    leans on device risk, velocity, user deviation, night hours and some merchant categories, so
-    a model can learn it; `drift` raises the digital-wallet and marketplace shares.
+    `fraud_share` enriches the stream in fraud (legitimate rows are thinned out): labeled
+    positives then arrive in seconds instead of hours, which is what a compressed demo needs.
+    Both arms see the same stream, so the comparison is unaffected; rates such as precision are
+    not those of production traffic.
     """
+    from kpigate.fraud.data import generate_chunks, to_requests
+
     rng = random.Random(seed)
-    cards = max(50, n // 8)
-    risky = {"electronics": 0.8, "gaming": 0.9, "crypto": 1.4, "marketplace": 0.6 + drift}
-    pay_w = (0.7 - 0.3 * drift, 0.2 + 0.3 * drift, 0.1)
-    cat_w = [1.0] * (len(MERCHANT_CATEGORIES) - 1) + [0.3 + 2.0 * drift]
-    for _ in range(n):
-        card = rng.randrange(cards)
-        amount = round(math.exp(rng.gauss(3.6, 1.1)), 2)
-        category = rng.choices(MERCHANT_CATEGORIES, cat_w)[0]
-        method = rng.choices(PAYMENT_METHODS, pay_w)[0]
-        hour = rng.randrange(24)
-        device_risk = rng.betavariate(1.2, 8.0)
-        velocity = rng.expovariate(1.0)
-        avg_spend = round(math.exp(rng.gauss(3.6, 0.6)), 2)
-        deviation = abs(math.log(amount + 1) - math.log(avg_spend + 1))
-        logit = (
-            -7.9
-            + 4.0 * device_risk
-            + 0.7 * velocity
-            + 0.9 * deviation
-            + (0.8 if hour < 5 else 0.0)
-            + risky.get(category, 0.0)
-            + (0.5 + drift if method == "digital_wallet" else 0.0)
-        )
-        fraud = rng.random() < 1.0 / (1.0 + math.exp(-logit))
-        yield {
-            ENTITY_KEY: f"c{card}",
-            "amount": amount,
-            "merchant_category": category,
-            "region": rng.choices(REGIONS, (0.4, 0.3, 0.15, 0.15))[0],
-            "device_risk": round(device_risk, 4),
-            "hour": hour,
-            "payment_method": method,
-            "velocity": round(velocity, 3),
-            "avg_spend_merchant": avg_spend,
-            "user_deviation": round(deviation, 4),
-            LABEL: int(fraud),
-        }
+    produced = 0
+    chunk_seed = seed
+    while produced < n:
+        # Chunks of a fresh seed each time: an unbounded stream without holding it in memory.
+        for frame in generate_chunks(max(n - produced, 1) * 4, seed=chunk_seed, drift=drift,
+                                     chunk_size=20_000):  # fmt: skip
+            labels = frame[LABEL].tolist()
+            keep = 1.0
+            if fraud_share is not None:
+                base = max(sum(labels) / max(len(labels), 1), 1e-6)
+                keep = min(1.0, (base / (1 - base)) / (fraud_share / (1 - fraud_share)))
+            for record, label in zip(to_requests(frame), labels, strict=True):
+                if not label and keep < 1.0 and rng.random() >= keep:
+                    continue
+                record.pop("amount_band", None)  # the router derives segments itself
+                record[LABEL] = int(label)
+                yield record
+                produced += 1
+                if produced >= n:
+                    return
+        chunk_seed += 1_000_003
 
 
 @dataclass
@@ -98,6 +80,8 @@ class TrafficOptions:
     label_batch: int = 500
     timeout_s: float = 10.0
     progress: bool = True
+    fraud_share: float | None = None  # enrich the stream in fraud (demos); None = as generated
+    stop: threading.Event | None = None  # set it to end a long replay early
 
 
 @dataclass
@@ -175,7 +159,7 @@ async def replay(opts: TrafficOptions) -> TrafficSummary:
     import httpx
 
     summary = TrafficSummary()
-    transactions = generate_transactions(opts.count, opts.seed, opts.drift)
+    transactions = generate_transactions(opts.count, opts.seed, opts.drift, opts.fraud_share)
     limits = httpx.Limits(max_connections=opts.concurrency + 2)
     async with httpx.AsyncClient(
         base_url=opts.url.rstrip("/"), timeout=opts.timeout_s, limits=limits
@@ -188,6 +172,8 @@ async def replay(opts: TrafficOptions) -> TrafficSummary:
             nonlocal next_index
             while True:
                 index = next_index
+                if opts.stop is not None and opts.stop.is_set():
+                    return
                 try:
                     tx = next(transactions)
                 except StopIteration:
@@ -290,6 +276,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-wait", action="store_true", help="exit without waiting for pending labels")
     add("--seed", type=int, default=d.seed, help="generator seed (%(default)s)")
     add("--drift", type=float, default=d.drift, help="0..1 drift knob (%(default)s)")
+    add("--fraud-share", type=float, default=None,
+        help="enrich the stream in fraud to this share (default: as generated)")  # fmt: skip
     add("--quiet", action="store_true", help="no progress line")
     add("--json", dest="json_path", default=None, help="also write the summary as JSON here")
 
@@ -307,9 +295,13 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         drift=args.drift,
         progress=not args.quiet,
+        fraud_share=args.fraud_share,
     )
     if opts.count < 0 or opts.rate < 0 or opts.concurrency < 1:
         print("--count and --rate must be >= 0 and --concurrency >= 1", file=sys.stderr)
+        return 2
+    if opts.fraud_share is not None and not 0 < opts.fraud_share < 1:
+        print("--fraud-share must be in (0, 1)", file=sys.stderr)
         return 2
     summary = asyncio.run(replay(opts))
     print(format_summary(summary))
