@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from kpigate.audit import AuditError, is_routine_soak, read_records, verify
@@ -38,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _verify(trail: str, head: str | None) -> int:
+    if not Path(trail).is_file():
+        print(f"kpigate audit: {trail}: no such file (give the trail's path)", file=sys.stderr)
+        return 2
     result = verify(trail, expect_head=head)
     if result.ok:
         print(f"{trail}: intact, {result.records} records, head {result.head}")
