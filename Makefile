@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-replay bench-router setup system clean
+.PHONY: demo test lint typecheck unit bench bench-replay bench-router bench-soak setup system clean
 
 demo: $(STAMP)
 	$(BIN)/kpigate demo
@@ -48,6 +48,9 @@ bench-replay: $(STAMP)
 
 bench-router: $(STAMP)
 	$(BIN)/python bench/router_bench.py $(BENCH_ARGS)
+
+bench-soak: $(STAMP)
+	$(BIN)/python bench/soak.py --write docs/reliability.md $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

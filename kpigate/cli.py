@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("kpigate.workflows.submit", "start a rollout on Argo Workflows"),
     "rollout": ("kpigate.runner", "run a rollout locally: the workflow's steps, in order"),
     "relay": ("kpigate.relay.cli", "receive MLflow registry webhooks and start rollouts"),
+    "render-dashboard": ("kpigate.observability.dashboard", "render the Grafana dashboard JSON"),
     "audit": ("kpigate.audit_cli", "verify or show a rollout's hash-chained audit trail"),
     "report": ("kpigate.report", "render a rollout's audit trail as a self-contained HTML report"),
 }

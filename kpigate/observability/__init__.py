@@ -1,0 +1,1 @@
+"""Observability assets generated as code: the Grafana dashboard for rollouts."""
