@@ -13,6 +13,7 @@ One rollout per model at a time (a lock file); a second start for the same model
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import sys
@@ -25,8 +26,9 @@ from typing import Any
 
 from kpigate.backends.base import TrafficBackend
 from kpigate.engine import Decision, GateDecision
+from kpigate.journal import Journal
 from kpigate.policy import Policy, PolicyError, load_policy
-from kpigate.registry.base import Registry
+from kpigate.registry.base import CHAMPION, Registry, RegistryError
 from kpigate.sources.base import MetricsSource
 from kpigate.steps.deploy_stage import deploy
 from kpigate.steps.evaluate_gate import judge_evidence
@@ -77,6 +79,7 @@ class LocalRunner:
     sleep: Callable[[float], None] = time.sleep
     on_decision: Callable[[GateDecision], None] = lambda decision: None
     on_window: Callable[[dict[str, Any]], None] | None = None
+    journal: Journal | None = None  # audit trail and notifications
     trace: list[str] = field(default_factory=list)
 
     def _step(self, name: str) -> None:
@@ -114,6 +117,8 @@ class LocalRunner:
             self._step(f"evaluate-gate@{traffic:g}")
             records = self.store.read()
             decision = judge_evidence(self.policy, records, traffic)
+            if self.journal is not None:
+                self.journal.decision(decision, records[-1] if records else None)
             self.on_decision(decision)
             if decision.decision is not Decision.HOLD:
                 return decision
@@ -122,42 +127,60 @@ class LocalRunner:
             looks = sum(1 for r in records if float(r["stage"]) == traffic) + 1
 
     def run(self, version: str) -> Outcome:
+        try:
+            outcome = self._run(version)
+        finally:
+            if self.journal is not None:
+                self.journal.flush()
+        return outcome
+
+    def _record(self, action: str, stage: float | None = None, **detail: Any) -> None:
+        if self.journal is not None:
+            self.journal.action(action, stage=stage, detail=detail or None)
+
+    def _run(self, version: str) -> Outcome:
         self._step("registry-approval")
         approval = approve(self.registry, self.model_name, version, self.policy.registry)
+        if self.journal is not None:
+            self.journal.candidate_version = approval.version
+            with contextlib.suppress(RegistryError):
+                self.journal.baseline_version = self.registry.resolve(
+                    self.model_name, CHAMPION
+                ).version
         if not approval.approved:
+            self._record("reject", reason=approval.reason)
             return Outcome("rejected", approval.version, approval.reason)
         version = approval.version
+        self._record("start", reason=approval.reason)
         promoted = self._promoted_stages()
         for stage in self.policy.stages:
             if stage.traffic >= 100:
                 self._step("approval-gate@100")
                 if self.approve_last_stage is not None and not self.approve_last_stage():
                     self._step("promote-or-rollback@rollback")
-                    return rollback(
-                        self.backend,
-                        self.registry,
-                        self.model_name,
-                        version,
-                        "an operator declined the last stage",
-                    )
+                    reason = "an operator declined the last stage"
+                    self._record("rollback", stage.traffic, reason=reason)
+                    return rollback(self.backend, self.registry, self.model_name, version, reason)
             if stage.traffic in promoted:
                 continue
             self._step(f"deploy-stage@{stage.traffic:g}")
-            deploy(self.backend, self.policy.candidate_weight(stage), self.mode)
+            weight = self.policy.candidate_weight(stage)
+            deploy(self.backend, weight, self.mode)
+            self._record("deploy", stage.traffic, weight=weight, mode=self.mode)
             decision = self._judge_stage(stage.traffic)
             if decision.decision is Decision.HOLD:  # suspended for an operator
+                self._record("suspend", stage.traffic, reason="; ".join(decision.reasons))
                 return Outcome("suspended", version, "; ".join(decision.reasons))
             if decision.decision is Decision.ROLLBACK:
                 self._step("promote-or-rollback@rollback")
-                return rollback(
-                    self.backend,
-                    self.registry,
-                    self.model_name,
-                    version,
-                    "; ".join(decision.reasons),
-                )
+                reason = "; ".join(decision.reasons)
+                outcome = rollback(self.backend, self.registry, self.model_name, version, reason)
+                self._record("rollback", stage.traffic, reason=reason)
+                return outcome
         self._step("promote-or-rollback@promote")
-        return promote(self.backend, self.registry, self.model_name, version)
+        outcome = promote(self.backend, self.registry, self.model_name, version)
+        self._record("promote", 100.0, reason=outcome.reason)
+        return outcome
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,12 +202,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--evidence", default="", help="evidence file (default: .kpigate/<model>-<version>.jsonl)"
     )
     parser.add_argument("--state-dir", default=".kpigate", help="locks and default evidence")
+    parser.add_argument(
+        "--audit", default="", help="audit trail (default: <state-dir>/audit.jsonl)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from kpigate.audit import AuditTrail, attach_to_registry, default_actor, policy_hash
     from kpigate.backends.base import BackendSettings
     from kpigate.backends.factory import make_backend
-    from kpigate.registry.base import RegistryError
+    from kpigate.notify import dispatcher_from_env
     from kpigate.registry.mlflow import MlflowRegistry
     from kpigate.sources.router import RouterScrapeSource
     from kpigate.store.file import FileStore
@@ -217,6 +244,17 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    trail = AuditTrail(args.audit or state_dir / "audit.jsonl")
+    actor = default_actor()
+    journal = Journal(
+        trail=trail,
+        notifier=dispatcher_from_env(trail=trail, actor=actor),
+        policy=policy,
+        policy_digest=policy_hash(args.policy),
+        model_name=args.model_name,
+        rollout_id=f"{args.model_name}-{version}",
+        actor=actor,
+    )
     runner = LocalRunner(
         policy=policy,
         registry=registry,
@@ -228,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode,
         interval_s=args.interval,
         on_decision=show,
+        journal=journal,
     )
     try:
         with model_lock(state_dir, args.model_name):
@@ -237,4 +276,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"kpigate rollout: {exc}", file=sys.stderr)
         return 3
     print(f"{outcome.action.upper()}: {outcome.reason}")
+    try:
+        attach_to_registry(registry, args.model_name, version, trail.path, journal.rollout_id)
+        print(f"audit trail {trail.path} attached to {args.model_name} version {version}")
+    except RegistryError as exc:
+        print(f"the audit trail stays in {trail.path}: attaching it failed ({exc})")
     return {"promote": 0, "rollback": 0, "suspended": 4}.get(outcome.action, 3)

@@ -18,6 +18,7 @@ import contextlib
 import heapq
 import json
 import random
+import signal
 import sys
 import threading
 import time
@@ -303,6 +304,10 @@ def run(args: argparse.Namespace) -> int:
     if opts.fraud_share is not None and not 0 < opts.fraud_share < 1:
         print("--fraud-share must be in (0, 1)", file=sys.stderr)
         return 2
+    # SIGTERM (an orchestrator ending the replay) stops sending, posts the labels already due
+    # and still prints the summary.
+    opts.stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: opts.stop.set() if opts.stop else None)
     summary = asyncio.run(replay(opts))
     print(format_summary(summary))
     if args.json_path:

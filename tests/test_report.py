@@ -39,7 +39,7 @@ def test_good_rollout_report_shows_stages_kpis_figures_and_outcome(trail: Path) 
         ("100", True),
     ]
     # the latency spike at 50%: two holds, shown in the stage table and the decision log
-    assert "latency_p95: candidate worse than the baseline" in page
+    assert "latency_p95: candidate worse beyond the margin" in page
     assert re.search(r"<td class='num'>50%</td>.*?<td class='num'>2</td></tr>", page)
     for kpi in ("recall", "precision", "fpr", "auc", "latency_p95", "chargeback_rate"):
         assert f"<tr><td>{kpi}</td>" in page

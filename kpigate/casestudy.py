@@ -1,0 +1,207 @@
+"""The parts of the fraud case study the demo starts and stops: router, relay, traffic, runner.
+
+Every part is real: the router is `kpigate serve` in its own process group, the relay a uvicorn
+server on loopback that MLflow's webhooks call, the traffic an HTTP client posting predictions
+and, later, their labels. `Stack.close()` stops everything it started, in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+
+from kpigate.runner import LocalRunner, model_lock
+from kpigate.steps.promote_or_rollback import Outcome
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RouterProcess:
+    """`kpigate serve` as a child process in its own process group."""
+
+    def __init__(self, workdir: Path, tracking_uri: str, model_name: str, token: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = token
+        self.log_path = workdir / "router.log"
+        command = [
+            sys.executable, "-m", "kpigate.cli", "serve",
+            "--model-name", model_name, "--tracking-uri", tracking_uri,
+            "--db-url", f"sqlite:///{workdir / 'predictions.db'}",
+            "--port", str(self.port), "--log-level", "warning",
+        ]  # fmt: skip
+        env = {**os.environ, "KPIGATE_ADMIN_TOKEN": token, "MLFLOW_TRACKING_URI": tracking_uri}
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the router exited: {self.log_path.read_text()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"the router did not come up in {timeout_s:.0f}s; see {self.log_path}")
+
+    def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = httpx.request(
+            method,
+            f"{self.url}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+class AppThread:
+    """A Starlette app on uvicorn in a background thread, on a free loopback port."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="relay", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the relay did not start")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+class TrafficProcess:
+    """`kpigate traffic` as a child process (its own interpreter, so it does not compete with the
+    runner for the GIL) until close(), which stops it with SIGTERM and reads its summary."""
+
+    def __init__(self, workdir: Path, url: str, rate: float, fraud_share: float) -> None:
+        self.summary_path = workdir / "traffic-summary.json"
+        self.log_path = workdir / "traffic.log"
+        command = [
+            sys.executable, "-m", "kpigate.cli", "traffic", "--url", url,
+            "--count", "100000000", "--rate", f"{rate:g}", "--concurrency", "32",
+            "--fraud-delay", "0.5", "--maturity", "0.8", "--seed", "11", "--drift", "0.5",
+            "--fraud-share", f"{fraud_share:g}", "--quiet", "--no-wait",
+            "--json", str(self.summary_path),
+        ]  # fmt: skip
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def close(self) -> dict[str, Any]:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        if not self.summary_path.exists():
+            raise RuntimeError(f"the traffic replayer left no summary; see {self.log_path}")
+        summary: dict[str, Any] = json.loads(self.summary_path.read_text())
+        return summary
+
+
+@dataclass
+class RunnerTrigger:
+    """The relay's trigger for the embedded default: the local runner, in a thread of this
+    process, so its decisions are printed as they happen."""
+
+    make_runner: Callable[[str, str], LocalRunner]
+    lock_dir: Path
+    name: str = "local"
+    outcomes: dict[tuple[str, str], Outcome] = field(default_factory=dict)
+    errors: dict[tuple[str, str], BaseException] = field(default_factory=dict)
+    threads: dict[tuple[str, str], threading.Thread] = field(default_factory=dict)
+
+    def start(self, model_name: str, model_version: str) -> str:
+        key = (model_name, model_version)
+
+        def run() -> None:
+            try:
+                with model_lock(self.lock_dir, model_name):
+                    self.outcomes[key] = self.make_runner(model_name, model_version).run(
+                        model_version
+                    )
+            except BaseException as exc:
+                self.errors[key] = exc
+
+        thread = threading.Thread(target=run, name=f"rollout-{model_version}", daemon=True)
+        self.threads[key] = thread
+        thread.start()
+        return f"local runner for {model_name} version {model_version}"
+
+    def wait(self, model_name: str, model_version: str, timeout_s: float) -> Outcome:
+        key = (model_name, model_version)
+        deadline = time.monotonic() + timeout_s
+        while key not in self.threads:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"no rollout of {model_name} version {model_version} started: did the "
+                    "MLflow webhook reach the relay?"
+                )
+            time.sleep(0.1)
+        self.threads[key].join(max(0.0, deadline - time.monotonic()))
+        if key in self.errors:
+            raise RuntimeError(f"the rollout failed: {self.errors[key]!r}") from self.errors[key]
+        if key not in self.outcomes:
+            raise TimeoutError(f"the rollout of version {model_version} did not finish in time")
+        return self.outcomes[key]
+
+
+@dataclass
+class Stack:
+    """Things to stop, in reverse order of starting."""
+
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+
+    def add(self, closer: Callable[[], Any]) -> None:
+        self.closers.append(closer)
+
+    def close(self) -> None:
+        while self.closers:
+            closer = self.closers.pop()
+            with contextlib.suppress(Exception):
+                closer()
