@@ -20,6 +20,7 @@ recorded rollouts instead (no servers).
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 import tempfile
@@ -163,7 +164,10 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kpigate-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     scenarios = ["good", "bad"] if args.scenario == "all" else [args.scenario]
-    token, secret = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    # The router's admin token and the webhook secret: from the environment when set (as a
+    # deployment would mount them), else fresh ones. Neither is ever printed or logged.
+    token = os.environ.get("KPIGATE_ADMIN_TOKEN") or secrets.token_urlsafe(16)
+    secret = os.environ.get("KPIGATE_WEBHOOK_SECRET") or secrets.token_urlsafe(16)
     stack = Stack()
     trails: dict[str, list[GateDecision]] = {}
     outcomes: dict[str, str] = {}

@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kpigate.backends.base import TrafficBackend
 from kpigate.engine import Decision, GateDecision
 from kpigate.journal import Journal
 from kpigate.policy import Policy, PolicyError, load_policy
-from kpigate.registry.base import CHAMPION, Registry, RegistryError
+from kpigate.registry.base import CHAMPION, Registry, RegistryError, RegistryUnavailable
 from kpigate.sources.base import MetricsSource
 from kpigate.steps.deploy_stage import deploy
 from kpigate.steps.evaluate_gate import judge_evidence
@@ -36,6 +36,33 @@ from kpigate.steps.promote_or_rollback import Outcome, promote, rollback
 from kpigate.steps.registry_approval import approve
 from kpigate.steps.soak_and_collect import soak
 from kpigate.store import EvidenceStore
+
+T = TypeVar("T")
+
+
+def with_retries(
+    call: Callable[[], T],
+    what: str,
+    attempts: int = 4,
+    first_delay_s: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Retry a registry call while the registry is unreachable (backoff 1, 2, 4 s), then fail
+    with a message that says what was being done. Other errors are not retried."""
+    delay = first_delay_s
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except RegistryUnavailable as exc:
+            if attempt == attempts:
+                raise RegistryUnavailable(
+                    f"{what} failed after {attempts} attempts: {exc}; nothing was changed by "
+                    "the failed call. Rerun the same command once the registry is back: the "
+                    "rollout resumes from its evidence."
+                ) from exc
+            sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
 
 
 class RolloutBusy(RuntimeError):
@@ -81,6 +108,7 @@ class LocalRunner:
     on_window: Callable[[dict[str, Any]], None] | None = None
     journal: Journal | None = None  # audit trail and notifications
     trace: list[str] = field(default_factory=list)
+    retry_delay_s: float = 1.0  # first backoff when the registry is unreachable
 
     def _step(self, name: str) -> None:
         self.trace.append(name)
@@ -134,13 +162,26 @@ class LocalRunner:
                 self.journal.flush()
         return outcome
 
+    def _registry(self, call: Callable[[], T], what: str) -> T:
+        return with_retries(call, what, first_delay_s=self.retry_delay_s, sleep=self.sleep)
+
+    def _rollback(self, version: str, reason: str) -> Outcome:
+        """Traffic goes back first (inside rollback()); only the registry tags are retried."""
+        return self._registry(
+            lambda: rollback(self.backend, self.registry, self.model_name, version, reason),
+            "rollback (tagging the version)",
+        )
+
     def _record(self, action: str, stage: float | None = None, **detail: Any) -> None:
         if self.journal is not None:
             self.journal.action(action, stage=stage, detail=detail or None)
 
     def _run(self, version: str) -> Outcome:
         self._step("registry-approval")
-        approval = approve(self.registry, self.model_name, version, self.policy.registry)
+        approval = self._registry(
+            lambda: approve(self.registry, self.model_name, version, self.policy.registry),
+            "registry-approval",
+        )
         if self.journal is not None:
             self.journal.candidate_version = approval.version
             with contextlib.suppress(RegistryError):
@@ -160,7 +201,7 @@ class LocalRunner:
                     self._step("promote-or-rollback@rollback")
                     reason = "an operator declined the last stage"
                     self._record("rollback", stage.traffic, reason=reason)
-                    return rollback(self.backend, self.registry, self.model_name, version, reason)
+                    return self._rollback(version, reason)
             if stage.traffic in promoted:
                 continue
             self._step(f"deploy-stage@{stage.traffic:g}")
@@ -174,11 +215,14 @@ class LocalRunner:
             if decision.decision is Decision.ROLLBACK:
                 self._step("promote-or-rollback@rollback")
                 reason = "; ".join(decision.reasons)
-                outcome = rollback(self.backend, self.registry, self.model_name, version, reason)
+                outcome = self._rollback(version, reason)
                 self._record("rollback", stage.traffic, reason=reason)
                 return outcome
         self._step("promote-or-rollback@promote")
-        outcome = promote(self.backend, self.registry, self.model_name, version)
+        outcome = self._registry(
+            lambda: promote(self.backend, self.registry, self.model_name, version),
+            "promotion (moving the champion alias)",
+        )
         self._record("promote", 100.0, reason=outcome.reason)
         return outcome
 
@@ -208,6 +252,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # MLflow's client retries an unreachable server for minutes; kpigate retries with its own
+    # backoff and a clear message instead (with_retries).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        print(f"kpigate rollout: bad policy:\n{exc}", file=sys.stderr)
+        return 2
+    state_dir = Path(args.state_dir)
+    try:
+        # The lock comes first: a second start for the same model must not touch anything.
+        with model_lock(state_dir, args.model_name):
+            return _rollout(args, policy, state_dir)
+    except RolloutBusy as exc:
+        print(f"kpigate rollout: {exc}", file=sys.stderr)
+        return 3
+    except RegistryError as exc:
+        print(f"kpigate rollout: {exc}", file=sys.stderr)
+        return 1
+
+
+def _rollout(args: argparse.Namespace, policy: Policy, state_dir: Path) -> int:
     from kpigate.audit import AuditTrail, attach_to_registry, default_actor, policy_hash
     from kpigate.backends.base import BackendSettings
     from kpigate.backends.factory import make_backend
@@ -216,18 +283,8 @@ def run(args: argparse.Namespace) -> int:
     from kpigate.sources.router import RouterScrapeSource
     from kpigate.store.file import FileStore
 
-    try:
-        policy = load_policy(args.policy)
-    except PolicyError as exc:
-        print(f"kpigate rollout: bad policy:\n{exc}", file=sys.stderr)
-        return 2
     registry = MlflowRegistry(args.tracking_uri)
-    state_dir = Path(args.state_dir)
-    try:
-        version = registry.resolve(args.model_name, args.model_version or "candidate").version
-    except RegistryError as exc:
-        print(f"kpigate rollout: {exc}", file=sys.stderr)
-        return 1
+    version = registry.resolve(args.model_name, args.model_version or "candidate").version
     evidence = args.evidence or str(state_dir / f"{args.model_name}-{version}.jsonl")
     source: MetricsSource
     if args.source == "prometheus":
@@ -268,13 +325,8 @@ def run(args: argparse.Namespace) -> int:
         on_decision=show,
         journal=journal,
     )
-    try:
-        with model_lock(state_dir, args.model_name):
-            print(f"rollout of {args.model_name} version {version}; evidence in {evidence}")
-            outcome = runner.run(version)
-    except RolloutBusy as exc:
-        print(f"kpigate rollout: {exc}", file=sys.stderr)
-        return 3
+    print(f"rollout of {args.model_name} version {version}; evidence in {evidence}", flush=True)
+    outcome = runner.run(version)
     print(f"{outcome.action.upper()}: {outcome.reason}")
     try:
         attach_to_registry(registry, args.model_name, version, trail.path, journal.rollout_id)
