@@ -15,8 +15,10 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
+import requests
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
 
 from kpigate.sources.base import Collected, SourceError
 from kpigate.sources.counts import SERIES, Series, WindowCounts, difference, labels_of
@@ -56,17 +58,20 @@ class PrometheusSource:
         self.selector = selector_of(matchers)
         self.mode = mode
         self.max_staleness_s = max_staleness_s
-        self.client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout_s)
+        # One quick retry: a window is seconds to minutes long, and a source that stays down
+        # is reported as a missing window (the gate holds) rather than retried for long.
+        retry = Retry(total=1, backoff_factor=0.2, status_forcelist=(502, 503, 504))
+        self.client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout_s, retry=retry)
         self._start_time: float | None = None
         self._start_counts: WindowCounts | None = None
 
     def _query(self, query: str, at: float) -> list[dict[str, Any]]:
         try:
             result: list[dict[str, Any]] = self.client.custom_query(query, params={"time": at})
-        except (PrometheusApiClientException, OSError, ValueError) as exc:
+        except requests.ConnectionError as exc:
+            raise SourceError(f"Prometheus at {self.url} is unreachable") from exc
+        except (PrometheusApiClientException, requests.RequestException, ValueError) as exc:
             raise SourceError(f"Prometheus at {self.url} failed on {query!r}: {exc}") from exc
-        except Exception as exc:  # requests' errors are not OSError in every version
-            raise SourceError(f"Prometheus at {self.url} unreachable: {exc}") from exc
         return result
 
     def _table(self, series: Series, query: str, at: float, counts: WindowCounts) -> None:
