@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kpigate.registry.base import Registry, RegistryError
+from kpigate.registry.base import ModelNotFound, Registry, RegistryError
 from kpigate.store.base import StoreError
 
 ARTIFACT_DIR = "kpigate/evidence"
@@ -39,9 +39,11 @@ class MlflowStore:
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 path = self.registry.download_artifact(self.model, self.version, self.artifact, tmp)
+            except ModelNotFound as exc:
+                if self.artifact in str(exc):
+                    return []  # no window recorded yet
+                raise StoreError(f"cannot read evidence {self.uri}: {exc}") from exc
             except RegistryError as exc:
-                if "not found" in str(exc).lower() or "no such" in str(exc).lower():
-                    return []
                 raise StoreError(f"cannot read evidence {self.uri}: {exc}") from exc
             text = Path(path).read_text()
         return [json.loads(line) for line in text.splitlines() if line.strip()]
