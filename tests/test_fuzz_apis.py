@@ -57,9 +57,8 @@ FUZZ_SETTINGS = settings(
     suppress_health_check=list(HealthCheck),
 )
 
-# Known gaps between the router's behaviour and kpigate/serve/openapi.py. They are patched into
-# the loaded document so the fuzzer checks everything else; test_router_openapi_has_no_known_gaps
-# (strict xfail) starts failing once openapi.py is fixed: then delete the patch here.
+# Answers the router gives that its document (kpigate/serve/openapi.py) must list; found by this
+# fuzzer once, now checked by test_router_openapi_has_no_known_gaps.
 UNDOCUMENTED_STATUS: dict[tuple[str, str], dict[str, str]] = {
     # app.py answers 400 {"error": "request body is not valid JSON"}.
     ("/predict", "post"): {"400": "request body is not valid JSON"},
@@ -102,20 +101,6 @@ def _resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]
         return schema
     resolved: dict[str, Any] = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
     return resolved
-
-
-def _patched(document: dict[str, Any]) -> dict[str, Any]:
-    error = {"$ref": "#/components/schemas/Error"}
-    for (path, method), codes in UNDOCUMENTED_STATUS.items():
-        responses = document["paths"][path][method]["responses"]
-        for code, text in codes.items():
-            responses.setdefault(
-                code, {"description": text, "content": {"application/json": {"schema": error}}}
-            )
-    answer = _predict_200(document)
-    if "oneOf" in answer:
-        answer["anyOf"] = answer.pop("oneOf")
-    return document
 
 
 def _record(tmp_path_factory: pytest.TempPathFactory, api: str, counts: Counter[str]) -> None:
@@ -184,7 +169,6 @@ def fuzz_router(tmp_path: Path, admin_token: str) -> Iterator[RouterServer]:
     server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="kpigate/serve/openapi.py: see router_doc_gaps()")
 def test_router_openapi_has_no_known_gaps(shared_router: RouterServer) -> None:
     document = httpx.get(f"{shared_router.url}/openapi.json", timeout=10).json()
     assert router_doc_gaps(document) == []
@@ -193,7 +177,7 @@ def test_router_openapi_has_no_known_gaps(shared_router: RouterServer) -> None:
 def test_router_api_survives_fuzzing(
     fuzz_router: RouterServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    document = _patched(httpx.get(f"{fuzz_router.url}/openapi.json", timeout=10).json())
+    document = httpx.get(f"{fuzz_router.url}/openapi.json", timeout=10).json()
     schema = schemathesis.openapi.from_dict(document)
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     counts: Counter[str] = Counter()

@@ -27,6 +27,11 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    """A request body the endpoint cannot do without."""
+    return {"required": True, **_json(schema)}
+
+
 def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"description": description}
     if schema is not None:
@@ -57,7 +62,7 @@ def build_openapi() -> dict[str, Any]:
             "/predict": {
                 "post": {
                     "summary": "Score one transaction or a batch",
-                    "requestBody": _json(
+                    "requestBody": _body(
                         {
                             "oneOf": [
                                 {"$ref": "#/components/schemas/Instance"},
@@ -85,10 +90,12 @@ def build_openapi() -> dict[str, Any]:
                                         "properties": {
                                             "predictions": {"type": "array", "items": ref}
                                         },
+                                        "required": ["predictions"],
                                     },
                                 ]
                             },
                         ),
+                        "400": _resp("the body is not JSON", error),
                         "422": _resp("invalid instance; `field` names the field", error),
                         "500": _resp("the baseline failed", error),
                     },
@@ -97,12 +104,16 @@ def build_openapi() -> dict[str, Any]:
             "/feedback": {
                 "post": {
                     "summary": "Labels by request id (one, a list, or {labels: [...]})",
-                    "requestBody": _json({"$ref": "#/components/schemas/Label"}),
+                    "requestBody": _body({"$ref": "#/components/schemas/Label"}),
                     "responses": {
                         "200": _resp(
                             "counts of joined, unknown, duplicate, invalid and late labels",
                             {"$ref": "#/components/schemas/FeedbackReport"},
-                        )
+                        ),
+                        "422": _resp(
+                            "the body is not JSON, nor a label, a list or {labels: [...]}", error
+                        ),
+                        "503": _resp("the prediction log could not join the labels", error),
                     },
                 }
             },
@@ -115,7 +126,7 @@ def build_openapi() -> dict[str, Any]:
                 "put": {
                     "summary": "Set weight (percent) and/or mode; applies at once, persisted",
                     "security": admin_security,
-                    "requestBody": _json(
+                    "requestBody": _body(
                         {
                             "type": "object",
                             "properties": {
@@ -126,6 +137,7 @@ def build_openapi() -> dict[str, Any]:
                     ),
                     "responses": {
                         "200": _resp("new state", state),
+                        "400": _resp("the body is missing or not JSON", error),
                         "409": _resp("no candidate loaded", error),
                         "422": _resp("invalid weight or mode", error),
                         **auth_errors,
@@ -141,7 +153,7 @@ def build_openapi() -> dict[str, Any]:
                 "put": {
                     "summary": "Inject candidate latency (ms) or a share of candidate errors",
                     "security": admin_security,
-                    "requestBody": _json(faults),
+                    "requestBody": _body(faults),
                     "responses": {
                         "200": _resp("faults now injected", faults),
                         "400": _resp("body is not JSON", error),
@@ -196,6 +208,7 @@ def build_openapi() -> dict[str, Any]:
                         "arm": {"type": "string", "enum": ["baseline", "candidate"]},
                         "fallback": {"type": "boolean"},
                     },
+                    "required": ["request_id", "score", "decision", "model_version", "arm"],
                 },
                 "Label": {
                     "type": "object",
