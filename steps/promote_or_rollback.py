@@ -7,6 +7,11 @@ rollback  all traffic back to the baseline (weight 0), the candidate detached fr
 
 Both are idempotent: the workflow's exit handler may roll back a rollout that a gate already
 rolled back, and a retry repeats nothing harmful.
+
+Then the record: with --policy, the rollout's decisions are rebuilt from its evidence (the gate
+is a pure function of it), written with this action to a hash-chained audit trail and attached
+to the version in MLflow; the outcome is notified (Slack, PagerDuty or the console, from the
+environment: see kpigate/notify/factory.py).
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evidence", default="", help="evidence store of the rollout")
     parser.add_argument("--reason", default="", help="why (default: from the evidence)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    parser.add_argument("--policy", default="", help="policy (to rebuild the audit trail)")
+    parser.add_argument("--rollout-id", default="", help="rollout id (e.g. the workflow name)")
     add_backend_arguments(parser)
 
 
@@ -95,7 +102,46 @@ def run(args: argparse.Namespace) -> int:
     except (BackendError, RegistryError) as exc:
         return fail("promote-or-rollback", exc, RETRY)
     say(f"{outcome.action.upper()}: {outcome.reason}")
+    if args.policy and args.model_version:
+        record(args, registry, outcome)
     return DONE
+
+
+def record(args: argparse.Namespace, registry: Registry, outcome: Outcome) -> None:
+    """Audit trail and notification; a failure here is reported, never undoes the action."""
+    import tempfile
+
+    from kpigate.audit import AuditTrail, attach_to_registry, default_actor, policy_hash
+    from kpigate.journal import Journal
+    from kpigate.notify import Severity, dispatcher_from_env
+    from kpigate.policy import load_policy
+    from kpigate.steps.evaluate_gate import judge_evidence
+
+    rollout_id = args.rollout_id or f"{args.model_name}-{args.model_version}"
+    try:
+        policy = load_policy(args.policy)
+        records = open_store(args.evidence, args.tracking_uri).read() if args.evidence else []
+        with tempfile.TemporaryDirectory() as tmp:
+            trail = AuditTrail(f"{tmp}/audit.jsonl")
+            actor = default_actor()
+            notifier = dispatcher_from_env(trail=trail, actor=actor)
+            # Past decisions were notified when they were made: replay them to the trail only.
+            journal = Journal(trail, None, policy, policy_hash(args.policy), args.model_name,
+                              rollout_id, actor, candidate_version=args.model_version)  # fmt: skip
+            for end in range(1, len(records) + 1):
+                stage = float(records[end - 1]["stage"])
+                journal.decision(judge_evidence(policy, records[:end], stage), records[end - 1])
+            journal.action(outcome.action, detail={"reason": outcome.reason})
+            severity = Severity.CRITICAL if outcome.action == "rollback" else Severity.INFO
+            notifier.post(severity, f"{args.model_name} v{args.model_version}: {outcome.action}",
+                          {"rollout": rollout_id, "kind": outcome.action,
+                           "reason": outcome.reason})  # fmt: skip
+            notifier.flush()
+            attach_to_registry(registry, args.model_name, args.model_version, trail.path,
+                               rollout_id)  # fmt: skip
+        say(f"audit trail of {len(records)} windows attached to version {args.model_version}")
+    except Exception as exc:  # the action is done; its record must not turn it into a failure
+        say(f"warning: could not record the rollout ({type(exc).__name__}: {exc})")
 
 
 def main() -> int:

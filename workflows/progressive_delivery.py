@@ -320,6 +320,8 @@ def build(policy: Policy) -> WorkflowTemplate:
                 "--model-version": wf("model-version"),
                 **BACKEND_ARGS,
                 "--evidence": EVIDENCE,
+                "--policy": POLICY_FILE,
+                "--rollout-id": "{{workflow.name}}",
             },
             inputs=["action"],
         )

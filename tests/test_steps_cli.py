@@ -1,0 +1,71 @@
+"""The step entry points as Argo runs them (python -m kpigate.steps.<step>), on real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from kpigate.audit import verify
+from kpigate.registry.mlflow import MlflowRegistry
+from tests.serve_fixtures import ADMIN_TOKEN
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "kpigate" / "examples"
+
+
+def step(name: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", f"kpigate.steps.{name}", *args],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **env},
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_gate_then_rollback_record_the_rollout_in_the_registry(
+    mlflow_server: str, start_router: Any, tmp_path: Path
+) -> None:
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    client.create_registered_model("steps-cli")
+    run = client.create_run(client.create_experiment("steps-cli"))
+    version = client.create_model_version(
+        "steps-cli", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+    ).version
+    # The recorded "bad" rollout of the case study is this rollout's evidence.
+    evidence = tmp_path / "evidence.jsonl"
+    lines = (EXAMPLES / "fraud-rollout.jsonl").read_text().splitlines()
+    evidence.write_text("".join(line + "\n" for line in lines if '"rollout":"bad"' in line))
+    policy = str(EXAMPLES / "policy.yaml")
+    out = tmp_path / "out"
+
+    gate = step("evaluate_gate", "--policy", policy, "--evidence", str(evidence), "--stage", "25",
+                "--out-dir", str(out))  # fmt: skip
+    assert gate.returncode == 0, gate.stderr
+    assert (out / "decision").read_text() == "rollback"
+    assert json.loads((out / "explanation.json").read_text())["kpis"]["recall"]["verdict"] == "fail"
+
+    router = start_router()
+    done = step(
+        "promote_or_rollback", "--action", "rollback", "--model-name", "steps-cli",
+        "--model-version", version, "--evidence", str(evidence), "--policy", policy,
+        "--rollout-id", "wf-abc12", "--tracking-uri", mlflow_server, "--router-url", router.url,
+        KPIGATE_ADMIN_TOKEN=ADMIN_TOKEN, KPIGATE_ACTOR="argo:wf-abc12",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "audit trail of 7 windows attached" in done.stdout
+    assert router.admin().get("/admin/state").json()["detached"] is True
+    tags = MlflowRegistry(mlflow_server).get_tags("steps-cli", version)
+    assert tags["kpigate.rollout"] == "rolled_back"
+    assert tags["kpigate.audit.records"] == "9"  # 7 decisions, the rollback, its notification
+    trail = MlflowRegistry(mlflow_server).download_artifact(
+        "steps-cli", version, tags["kpigate.audit.artifact"], str(tmp_path / "dl")
+    )
+    check = verify(trail, expect_head=tags["kpigate.audit.head"])
+    assert check.ok, check.problems
+    assert "argo:wf-abc12" in Path(trail).read_text()
+    assert "CRITICAL" in (done.stdout + done.stderr).upper()  # the console notification
