@@ -213,3 +213,17 @@ def test_prometheus_lagging_or_down(prometheus: PrometheusServer, start_router: 
 )
 def test_promql_templates_parse(template: str) -> None:
     assert promql_parser.parse(template) is not None
+
+
+@pytest.mark.parametrize(
+    "policy_file",
+    ["manifests/policy.yaml", "kpigate/examples/policy.yaml", "kpigate/examples/demo-policy.yaml"],
+)
+def test_every_shipped_policy_can_be_read_from_the_router(policy_file: str) -> None:
+    from pathlib import Path
+
+    from kpigate.policy import load_policy
+
+    root = Path(__file__).resolve().parent.parent
+    for kpi in load_policy(root / policy_file).kpis:
+        catalogue.check(kpi)  # raises CatalogueError naming the KPI otherwise
