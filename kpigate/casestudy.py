@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,22 +24,16 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 
+from kpigate.registry.server import free_loopback_port
 from kpigate.runner import LocalRunner, model_lock
 from kpigate.steps.promote_or_rollback import Outcome
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RouterProcess:
     """`kpigate serve` as a child process in its own process group."""
 
     def __init__(self, workdir: Path, tracking_uri: str, model_name: str, token: str) -> None:
-        self.port = free_port()
+        self.port = free_loopback_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
         self.log_path = workdir / "router.log"
@@ -94,7 +87,7 @@ class AppThread:
     """A Starlette app on uvicorn in a background thread, on a free loopback port."""
 
     def __init__(self, app: Starlette) -> None:
-        self.port = free_port()
+        self.port = free_loopback_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
@@ -109,6 +102,12 @@ class AppThread:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+    def __enter__(self) -> AppThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class TrafficProcess:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,22 @@ def say(message: str) -> None:
 def fail(step: str, error: Exception, code: int = REFUSED) -> int:
     print(f"{step}: {error}", file=sys.stderr, flush=True)
     return code
+
+
+def step_main(
+    module: str,
+    doc: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+) -> int:
+    """The container entry point of a step: `python -m kpigate.steps.<module> ...`."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m kpigate.steps.{module}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return run(parser.parse_args())
 
 
 def add_out_dir(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import sys
 from kpigate.backends.base import BackendError, TrafficBackend
 from kpigate.backends.cli import add_backend_arguments, settings_from_args
 from kpigate.backends.factory import make_backend
-from kpigate.steps.common import BAD_INPUT, DONE, RETRY, fail, say
+from kpigate.steps.common import BAD_INPUT, DONE, RETRY, fail, say, step_main
 
 
 def deploy(backend: TrafficBackend, weight: float, mode: str) -> float:
@@ -48,13 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m kpigate.steps.deploy_stage",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    return run(parser.parse_args())
+    return step_main("deploy_stage", __doc__, add_arguments, run)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from kpigate.steps.common import (
     fail,
     read_policy,
     say,
+    step_main,
     write_outputs,
 )
 from kpigate.store import StoreError, open_store
@@ -86,13 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m kpigate.steps.evaluate_gate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    return run(parser.parse_args())
+    return step_main("evaluate_gate", __doc__, add_arguments, run)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from kpigate.backends.base import BackendError, TrafficBackend
 from kpigate.backends.cli import add_backend_arguments, settings_from_args
 from kpigate.backends.factory import make_backend
 from kpigate.registry.base import CHAMPION, Registry, RegistryError
-from kpigate.steps.common import BAD_INPUT, DONE, RETRY, fail, say
+from kpigate.steps.common import BAD_INPUT, DONE, RETRY, fail, say, step_main
 from kpigate.store import StoreError, open_store
 
 OUTCOME_TAG = "kpigate.rollout"
@@ -145,13 +145,7 @@ def record(args: argparse.Namespace, registry: Registry, outcome: Outcome) -> No
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m kpigate.steps.promote_or_rollback",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    return run(parser.parse_args())
+    return step_main("promote_or_rollback", __doc__, add_arguments, run)
 
 
 if __name__ == "__main__":

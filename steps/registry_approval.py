@@ -27,6 +27,7 @@ from kpigate.steps.common import (
     fail,
     read_policy,
     say,
+    step_main,
     write_outputs,
 )
 
@@ -117,13 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m kpigate.steps.registry_approval",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    return run(parser.parse_args())
+    return step_main("registry_approval", __doc__, add_arguments, run)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any
 from kpigate.policy import Policy
 from kpigate.sources import catalogue
 from kpigate.sources.base import MetricsSource, SourceError
-from kpigate.steps.common import BAD_INPUT, DONE, StepError, fail, read_policy, say
+from kpigate.steps.common import BAD_INPUT, DONE, StepError, fail, read_policy, say, step_main
 from kpigate.store import EvidenceStore, StoreError, open_store
 
 
@@ -149,13 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m kpigate.steps.soak_and_collect",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    return run(parser.parse_args())
+    return step_main("soak_and_collect", __doc__, add_arguments, run)
 
 
 if __name__ == "__main__":

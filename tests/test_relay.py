@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,17 +10,15 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from mlflow import MlflowClient
 from pytest_httpserver import HTTPServer
-from starlette.applications import Starlette
 
+from kpigate.casestudy import AppThread
 from kpigate.relay.app import MAX_BODY_BYTES, WEBHOOK_PATH, RelaySettings, create_relay
 from kpigate.relay.cli import register_webhook
 from kpigate.relay.signature import Refused, sign, verify
 from kpigate.relay.triggers.argo import ArgoTrigger
 from kpigate.relay.triggers.base import TriggerError
-from tests.serve_fixtures import free_port
 
 SECRET = "relay-secret-7d2"
 
@@ -38,26 +35,6 @@ class RecordingTrigger:
             raise TriggerError("Argo is down")
         self.started.append((model_name, model_version))
         return f"rollout-{len(self.started)}"
-
-
-class AppServer:
-    def __init__(self, app: Starlette) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> AppServer:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 def event(entity: str, action: str, **data: str) -> str:
@@ -79,7 +56,7 @@ def post(url: str, body: str, secret: str = SECRET, delivery: str | None = None,
 def relay() -> Iterator[tuple[str, RecordingTrigger]]:
     trigger = RecordingTrigger()
     app = create_relay(RelaySettings(secret=SECRET, models=frozenset({"fraud"})), trigger)
-    with AppServer(app) as server:
+    with AppThread(app) as server:
         yield server.url, trigger
 
 
@@ -134,7 +111,7 @@ def test_the_relay_refuses_what_it_must_and_starts_once(
 
 def test_a_failing_trigger_answers_502_and_can_be_retried() -> None:
     trigger = RecordingTrigger(fail=True)
-    with AppServer(create_relay(RelaySettings(secret=SECRET), trigger)) as server:
+    with AppThread(create_relay(RelaySettings(secret=SECRET), trigger)) as server:
         body = event("model_version_alias", "created", name="fraud", version="4", alias="candidate")
         failed = post(server.url, body, delivery="d-9")
         assert failed.status_code == 502 and "Argo is down" in failed.json()["error"]
@@ -161,7 +138,7 @@ def test_a_version_registered_in_mlflow_starts_a_rollout_on_argo(
     httpserver.expect_request("/api/v1/workflows/ml", method="POST").respond_with_handler(argo)
     trigger = ArgoTrigger(httpserver.url_for("").rstrip("/"), "argo-token", "ml")
     app = create_relay(RelaySettings(secret=SECRET, models=frozenset({"relay-demo"})), trigger)
-    with AppServer(app) as relay:
+    with AppThread(app) as relay:
         register_webhook(mlflow_server, relay.url + WEBHOOK_PATH, SECRET, name="relay-test")
         client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
         client.create_registered_model("relay-demo")
