@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import shutil
 import socket
@@ -27,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from machine import describe  # bench/machine.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -223,18 +224,7 @@ def run_python(url: str, body: dict[str, Any], clients: int, duration: int, name
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    import uvicorn
-    import xgboost
-
-    return (f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python "
-            f"{platform.python_version()}, uvicorn {uvicorn.__version__}, xgboost "
-            f"{xgboost.__version__}")  # fmt: skip
+    return describe("uvicorn", "xgboost")
 
 
 def report(results: list[Result], command: str, load: str) -> str:

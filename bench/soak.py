@@ -25,7 +25,6 @@ import heapq
 import json
 import os
 import pickle
-import platform
 import random
 import socket
 import sqlite3
@@ -37,6 +36,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from machine import describe  # bench/machine.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -389,17 +390,7 @@ def passed(load: Load, checks: Checks) -> bool:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    import uvicorn
-
-    return (f"{cpu}, {os.cpu_count()} cores (shared with other jobs), Linux "
-            f"{platform.release()}, Python {platform.python_version()}, uvicorn "
-            f"{uvicorn.__version__}")  # fmt: skip
+    return describe("uvicorn", shared=True)
 
 
 def section(
