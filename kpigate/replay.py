@@ -178,7 +178,7 @@ def parse_line(text: str) -> RawWindow:
 
 
 def to_window(raw: RawWindow, plan: GatePlan) -> Window:
-    types = {key: kpi.type for kpi in plan.policy.kpis for key in kpi.hypotheses()}
+    types = plan.kpi_types
     unknown = [name for name in raw.kpis if name not in types]
     if unknown:
         raise LineError(

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from kpigate.engine import sequential as seq
@@ -29,6 +30,7 @@ from kpigate.policy import (
     Action,
     Direction,
     Kpi,
+    KpiType,
     Method,
     Policy,
     Scope,
@@ -65,7 +67,7 @@ class Hypothesis:
     noninferiority_z: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: kpi_types is cached in the instance's __dict__
 class GatePlan:
     """A policy compiled for judging: hypotheses and their Bonferroni-split budgets."""
 
@@ -75,6 +77,11 @@ class GatePlan:
     @property
     def stages(self) -> tuple[Stage, ...]:
         return self.policy.stages
+
+    @cached_property
+    def kpi_types(self) -> Mapping[str, KpiType]:
+        """Data key -> KPI type, for readers of window data (read once per window)."""
+        return {h.key: h.kpi.type for h in self.hypotheses}
 
 
 def compile_plan(policy: Policy) -> GatePlan:
