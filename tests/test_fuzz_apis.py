@@ -32,10 +32,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from kpigate.casestudy import AppThread
 from kpigate.relay.app import WEBHOOK_PATH, RelaySettings, create_relay
 from kpigate.relay.signature import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.serve_fixtures import ADMIN_TOKEN, FixedModel, RouterServer, constant
-from tests.test_relay import SECRET, AppServer, RecordingTrigger
+from tests.test_relay import SECRET, RecordingTrigger
 
 pytestmark = pytest.mark.slow
 
@@ -209,7 +210,7 @@ def test_relay_api_survives_fuzzing(tmp_path_factory: pytest.TempPathFactory) ->
     trigger = RecordingTrigger()
     app = create_relay(RelaySettings(secret=SECRET, models=frozenset({"fraud"})), trigger)
     counts: Counter[str] = Counter()
-    with AppServer(app) as server, httpx.Client(base_url=server.url, timeout=15) as client:
+    with AppThread(app) as server, httpx.Client(base_url=server.url, timeout=15) as client:
         schema = schemathesis.openapi.from_dict(client.get("/openapi.json").json())
         flips: Counter[str] = Counter()
 
