@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--scenario", choices=["good", "bad", "all"], default="all", help="default: all")
     add("--interval", type=float, default=2.0, help="seconds per window (%(default)s)")
-    add("--rate", type=float, default=600.0, help="requests/s (%(default)s)")
+    add("--rate", type=float, default=400.0, help="requests/s asked for (%(default)s)")
     add("--fraud-share", type=float, default=0.5, help="fraud in the traffic (%(default)s)")
     add("--workdir", default="", help="keep everything here (default: a temp dir)")
     add("--verbose", "-v", action="store_true", help="the KPI table at every window")
@@ -244,7 +244,7 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
         say(f"relay at {relay.url} registered as the MLflow webhook (alias and tag events)")
         traffic = TrafficProcess(workdir, router.url, args.rate, args.fraud_share)
         stack.add(traffic.close)
-        say(f"traffic: {args.rate:g} transactions/s on drifted data, labels 0.5-0.8 s later")
+        say(f"traffic: {args.rate:g} transactions/s asked for, drifted, labels 0.5-0.8 s later")
 
         for scenario in scenarios:
             say(f"--- scenario '{scenario}': training the candidate")
