@@ -264,10 +264,8 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
             report = write_report(audit.path, workdir / f"report-{scenario}.html", rollout_id)
             reports[scenario] = report
             attach_to_registry(MlflowRegistry(uri), MODEL, ref.version, audit.path, rollout_id)
-            if outcome.action == "promote":
-                # The promoted version is champion now: the router serves it as the baseline.
-                router.admin("POST", "/admin/detach")
-                router.admin("POST", "/admin/reload")
+            serving = router.admin("GET", "/admin/state")["baseline"].get("version")
+            say(f"the router's baseline is now version {serving} ('{CHAMPION}')")
         summary = traffic.close()
         say(f"traffic: {summary['ok']} answered ({summary['throughput_rps']:.0f}/s), "
             f"{sum(summary['failed'].values())} failed, {summary['fallbacks']} candidate "

@@ -43,6 +43,11 @@ def promote(backend: TrafficBackend, registry: Registry, name: str, version: str
     backend.set_weight(100.0)
     registry.set_alias(name, CHAMPION, version)
     registry.set_tag(name, version, OUTCOME_TAG, "promoted")
+    # A serving layer that resolves aliases itself (the kpigate router) switches its baseline
+    # to the new champion; Kubernetes backends keep the candidate at 100% until redeployed.
+    promoted = getattr(backend, "promoted", None)
+    if callable(promoted):
+        promoted()
     return Outcome("promote", version, f"version {version} is now {CHAMPION}")
 
 

@@ -132,7 +132,9 @@ def test_a_sound_candidate_goes_through_every_stage_in_the_dags_order(
     assert outcome.action == "promote", outcome.reason
     registry = MlflowRegistry(tracking_uri)
     assert registry.resolve(name, CHAMPION).version == outcome.version == "2"
-    assert router.admin().get("/admin/state").json()["weight"] == 100
+    state = router.admin().get("/admin/state").json()
+    # The new champion serves as the baseline; the candidate arm is detached.
+    assert state["detached"] and state["baseline"]["loaded"]
     # The runner's steps, each loop collapsed, are the rendered DAG's happy path.
     collapsed = [s for i, s in enumerate(runner.trace) if i == 0 or runner.trace[i - 1] != s]
     collapsed = [s for i, s in enumerate(collapsed) if s not in collapsed[:i]]

@@ -14,6 +14,7 @@ from kpigate.backends.base import BackendError, BackendSettings, check_percent
 # The admin paths, in one place (they mirror kpigate.serve.admin.admin_routes; a test checks).
 STATE_PATH = "/admin/state"  # GET: state; PUT {"weight": percent, "mode": "canary"|"shadow"}
 DETACH_PATH = "/admin/detach"  # POST: weight 0 and the candidate unloaded
+RELOAD_PATH = "/admin/reload"  # POST: re-resolve the champion and candidate aliases
 TOKEN_ENV = "KPIGATE_ADMIN_TOKEN"
 
 
@@ -78,4 +79,13 @@ class RouterBackend:
         self._call("PUT", STATE_PATH, {"mode": "shadow" if on else "canary"})
 
     def detach(self) -> None:
+        self._call("POST", DETACH_PATH)
+
+    def promoted(self) -> None:
+        """After the champion alias moved to the candidate: serve it as the baseline.
+
+        Reload first (the baseline arm becomes the new champion), then detach the candidate
+        arm, which held the same version: no request is ever served by the old model again.
+        """
+        self._call("POST", RELOAD_PATH)
         self._call("POST", DETACH_PATH)
