@@ -176,6 +176,16 @@ class LocalRunner:
         if self.journal is not None:
             self.journal.action(action, stage=stage, detail=detail or None)
 
+    def _judge_stage_after_deploy(self, traffic: float) -> GateDecision:
+        """deploy-stage, then the judge loop of soak-and-collect and evaluate-gate."""
+        stage = self.policy.stage_for(traffic)
+        assert stage is not None
+        self._step(f"deploy-stage@{traffic:g}")
+        weight = self.policy.candidate_weight(stage)
+        deploy(self.backend, weight, self.mode)
+        self._record("deploy", traffic, weight=weight, mode=self.mode)
+        return self._judge_stage(traffic)
+
     def _run(self, version: str) -> Outcome:
         self._step("registry-approval")
         approval = self._registry(
@@ -204,11 +214,7 @@ class LocalRunner:
                     return self._rollback(version, reason)
             if stage.traffic in promoted:
                 continue
-            self._step(f"deploy-stage@{stage.traffic:g}")
-            weight = self.policy.candidate_weight(stage)
-            deploy(self.backend, weight, self.mode)
-            self._record("deploy", stage.traffic, weight=weight, mode=self.mode)
-            decision = self._judge_stage(stage.traffic)
+            decision = self._judge_stage_after_deploy(stage.traffic)
             if decision.decision is Decision.HOLD:  # suspended for an operator
                 self._record("suspend", stage.traffic, reason="; ".join(decision.reasons))
                 return Outcome("suspended", version, "; ".join(decision.reasons))

@@ -191,3 +191,29 @@ def test_one_rollout_per_model_at_a_time(tmp_path: Path) -> None:
             pass
     with model_lock(tmp_path, "fraud"):  # released
         pass
+
+
+def test_shadow_mode_judges_the_candidate_on_copies_while_the_baseline_answers_everything(
+    start_router: Any, runner_model: tuple[str, str], tmp_path: Path
+) -> None:
+    tracking_uri, name = runner_model
+    models = {"champion": FixedModel("1", score=constant(0.9)),
+              "candidate": FixedModel("2", score=constant(0.9))}  # fmt: skip
+    router = start_router(models)
+    policy = policy_from_dict({**POLICY, "stages": [*POLICY["stages"][:1], {"traffic": 100}]})
+    runner = make_runner(policy, router, tmp_path, tracking_uri, name)
+    runner.mode = "shadow"
+    seen_arms: set[str] = set()
+
+    def watch(decision: Any) -> None:
+        with router.client() as client:
+            seen_arms.add(client.post("/predict", json=transactions(1, seed=5)[0]).json()["arm"])
+
+    runner.on_decision = watch
+    with Traffic(router):
+        decision = runner._judge_stage_after_deploy(50)
+    assert decision.decision is Decision.PROMOTE, decision.reasons
+    assert seen_arms == {"baseline"}  # shadow: the candidate never answers
+    records = FileStore(tmp_path / "evidence.jsonl").read()
+    assert all(r["kpis"]["recall"]["candidate"] for r in records[1:])  # judged on the copies
+    MlflowRegistry(tracking_uri).set_alias(name, CHAMPION, "1")

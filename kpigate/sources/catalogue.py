@@ -58,21 +58,17 @@ CONFUSION_RATES: dict[str, Callable[[dict[str, float]], Rate]] = {
 }
 
 
-def _served(counts: WindowCounts, arm: str) -> float:
-    buckets = counts.buckets("latency", arm=arm)
-    return buckets.get(math.inf, 0.0)
-
-
 def _approval(counts: WindowCounts, arm: str) -> Rate:
     approved = counts.total("decisions", arm=arm, decision="approve")
     return approved, approved + counts.total("decisions", arm=arm, decision="decline")
 
 
 def _errors(counts: WindowCounts, arm: str) -> Rate:
-    # A failed candidate request is answered by the baseline, so it is not in the candidate's
-    # served count: trials are what the arm served plus what it failed.
+    # Trials are what the arm scored (its decisions, shadow copies included, so shadow mode is
+    # judged too) plus what it failed: a failed candidate request is answered by the baseline.
     errors = counts.total("errors", arm=arm)
-    return errors, _served(counts, arm) + errors
+    scored = counts.total("decisions", arm=arm)
+    return errors, scored + errors
 
 
 COUNTER_RATES: dict[str, Callable[[WindowCounts, str], Rate]] = {
