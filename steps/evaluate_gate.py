@@ -6,6 +6,9 @@ is a pure function of the evidence, so a retry or rerun gives the same answer.
 
 Outputs (files under --out-dir): decision (promote|hold|rollback), suspend (true|false),
 looks (the windows this stage needs for one more look, for the HOLD loop), explanation.json.
+With --model-name, the decision is also notified (a hold on a failing KPI as a warning, a stage
+passed as info, a rollback as critical; routine soaking looks send nothing), through Slack,
+PagerDuty or the console as the environment says (kpigate/notify/factory.py).
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evidence", required=True, help="evidence store: mlflow://... or path")
     parser.add_argument("--stage", type=float, required=True, help="traffic percent of the stage")
     parser.add_argument("--tracking-uri", default=None, help="MLflow (for mlflow:// evidence)")
+    parser.add_argument("--model-name", default="", help="notify decisions about this model")
+    parser.add_argument("--model-version", default="", help="the candidate version")
+    parser.add_argument("--rollout-id", default="", help="rollout id (e.g. the workflow name)")
     add_out_dir(parser)
 
 
@@ -83,7 +89,22 @@ def run(args: argparse.Namespace) -> int:
     say(f"{decision.decision.value.upper()} at {args.stage:g}% (window {decision.window}):")
     for reason in decision.reasons:
         say(f"  {reason}")
+    if args.model_name:
+        notify(args, decision)
     return DONE
+
+
+def notify(args: argparse.Namespace, decision: GateDecision) -> None:
+    """Never fails the step: the decision is already written."""
+    from kpigate.notify import dispatcher_from_env, notify_decision
+
+    rollout = args.rollout_id or f"{args.model_name}-{args.model_version}"
+    try:
+        dispatcher = dispatcher_from_env()
+        notify_decision(dispatcher, rollout, decision, args.model_name, args.model_version)
+        dispatcher.flush()
+    except Exception as exc:
+        say(f"warning: notification failed ({type(exc).__name__}: {exc})")
 
 
 def main() -> int:

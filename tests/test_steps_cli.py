@@ -44,8 +44,10 @@ def test_gate_then_rollback_record_the_rollout_in_the_registry(
     out = tmp_path / "out"
 
     gate = step("evaluate_gate", "--policy", policy, "--evidence", str(evidence), "--stage", "25",
-                "--out-dir", str(out))  # fmt: skip
+                "--out-dir", str(out), "--model-name", "steps-cli", "--model-version", version,
+                "--rollout-id", "wf-abc12")  # fmt: skip
     assert gate.returncode == 0, gate.stderr
+    assert "CRITICAL" in gate.stderr.upper() and "wf-abc12" in gate.stderr  # notified
     assert (out / "decision").read_text() == "rollback"
     assert json.loads((out / "explanation.json").read_text())["kpis"]["recall"]["verdict"] == "fail"
 

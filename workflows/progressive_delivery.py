@@ -302,6 +302,9 @@ def build(policy: Policy) -> WorkflowTemplate:
                 "--evidence": EVIDENCE,
                 "--stage": "{{inputs.parameters.stage}}",
                 "--out-dir": OUT_DIR,
+                "--model-name": wf("model-name"),
+                "--model-version": wf("model-version"),
+                "--rollout-id": "{{workflow.name}}",
             },
             inputs=["stage"],
             outputs={
