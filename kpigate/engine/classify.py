@@ -1,0 +1,258 @@
+"""The classifier: one KPI hypothesis, one window -> updated evidence and a verdict.
+
+Rollout-scope KPIs accumulate window-stratified sums and are judged by the anytime-valid tests of
+sequential.py; window-scope KPIs are judged on the latest window alone; `method: sigma` judges by
+the control limits instead. Missing, stale or uncomparable data give an inconclusive verdict
+with the reason, never a pass or a fail.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from kpigate.engine import sequential as seq
+from kpigate.engine.control import ControlLimits, center_and_spread, control_limits, ewma_update
+from kpigate.engine.evidence import (
+    ArmData,
+    Comparison,
+    NotComparable,
+    Observation,
+    compare,
+    value_of,
+)
+from kpigate.engine.plan import Hypothesis, KpiReport, KpiState, Verdict
+from kpigate.policy import Kpi, Method, Policy, Scope
+
+_DISPLAY_EWMA_LAMBDA = 0.3
+_MAX_LOG_E = 690.0  # e-values are reported up to ~1e300
+
+
+def _margin(kpi: Kpi, state: KpiState) -> float | None:
+    if kpi.margin_type == "absolute":
+        return kpi.margin
+    reference = kpi.baseline_mean
+    if reference is None and state.baseline is not None:
+        try:
+            reference = value_of(state.baseline, kpi.quantile)
+        except NotComparable:
+            return None
+    return None if reference is None else kpi.margin * abs(reference)
+
+
+def _add(total: ArmData | None, more: ArmData) -> ArmData:
+    return more if total is None else total + more  # type: ignore[operator]
+
+
+def update(
+    hyp: Hypothesis, policy: Policy, state: KpiState, obs: Observation | None, last_stage: bool
+) -> tuple[KpiState, Comparison | None, str]:
+    """Add one window's data to the running sums; say why not if it cannot be used."""
+    if obs is None or obs.candidate is None:
+        return state, None, "no candidate data in this window"
+    reference = obs.baseline
+    if reference is None:
+        if last_stage and policy.holdback == 0 and state.baseline is not None:
+            reference = state.baseline  # no concurrent baseline: its recorded history
+        else:
+            return state, None, "no baseline data in this window"
+    earlier = None
+    if state.candidate is not None and state.baseline is not None:
+        earlier = _add(state.candidate, state.baseline)
+    try:
+        comparison = compare(obs.candidate, reference, hyp.kpi.quantile, earlier)
+    except (NotComparable, ValueError) as exc:
+        return state, None, f"not comparable: {exc}"
+    if not (comparison.variance > 0 and math.isfinite(comparison.variance)):
+        return state, None, "not comparable: zero variance"
+    improvement = hyp.sign * comparison.difference
+    history = state.history
+    if obs.baseline is not None and len(history) < 64:
+        history = (*history, comparison.baseline)
+    updated = KpiState(
+        info=state.info + 1.0 / comparison.variance,
+        weighted=state.weighted + improvement / comparison.variance,
+        candidate=_add(state.candidate, obs.candidate),
+        baseline=state.baseline if obs.baseline is None else _add(state.baseline, obs.baseline),
+        history=history,
+        ewma=ewma_update(
+            state.ewma, comparison.candidate, policy.sigma.ewma_lambda or _DISPLAY_EWMA_LAMBDA
+        ),
+        looks=state.looks + 1,
+    )
+    return updated, comparison, ""
+
+
+def _limits(hyp: Hypothesis, policy: Policy, state: KpiState, value: float) -> ControlLimits | None:
+    kpi = hyp.kpi
+    if kpi.baseline_mean is not None and kpi.baseline_sd is not None:
+        center, sigma = kpi.baseline_mean, kpi.baseline_sd
+    elif len(state.history) >= policy.sigma.history_windows:
+        center, sigma = center_and_spread(state.history[: policy.sigma.history_windows])
+    else:
+        return None
+    lam = policy.sigma.ewma_lambda or _DISPLAY_EWMA_LAMBDA
+    ewma = state.ewma if state.ewma is not None else value
+    return control_limits(center, sigma, policy.sigma.k, value, ewma, lam, max(state.looks, 1))
+
+
+def classify(
+    hyp: Hypothesis,
+    policy: Policy,
+    state: KpiState,
+    comparison: Comparison,
+    window_scope_samples: tuple[float, float],
+) -> KpiReport:
+    kpi = hyp.kpi
+    category = kpi.category.value
+    samples = (
+        window_scope_samples
+        if kpi.scope is Scope.WINDOW
+        else (_samples(state.candidate), _samples(state.baseline))
+    )
+    candidate_value = _value(state.candidate, kpi)
+    baseline_value = _value(state.baseline, kpi)
+    limits = _limits(hyp, policy, state, comparison.candidate)
+    common: dict[str, Any] = {
+        "key": hyp.key,
+        "category": category,
+        "candidate": candidate_value,
+        "baseline": baseline_value,
+        "samples": samples,
+        "control": limits,
+    }
+    delta = _margin(kpi, state)
+    if delta is None:
+        return KpiReport(
+            verdict=Verdict.INCONCLUSIVE,
+            triggers="none",
+            reason="relative margin has no baseline value yet",
+            **common,
+        )
+    common["margin"] = delta
+    if min(samples) < kpi.min_samples:
+        arm = "candidate" if samples[0] < samples[1] else "baseline"
+        return KpiReport(
+            verdict=Verdict.INCONCLUSIVE,
+            triggers="none",
+            reason=f"burn-in: {min(samples):g} of {kpi.min_samples} {arm} samples",
+            **common,
+        )
+
+    scale = kpi.detect if kpi.detect is not None else policy.harm_scale * delta
+    rho = 1.0 / (scale * scale)
+    theta = delta if delta > 0 else 0.5 * scale
+    delta_r = delta if kpi.fail_beyond_margin else 0.0
+    evidence: dict[str, float]
+    if kpi.scope is Scope.ROLLOUT:
+        info, weighted = state.info, state.weighted
+        upper = seq.upper_bound(weighted, info, rho, hyp.log_harm_threshold)
+        lower = seq.lower_bound(weighted, info, theta, hyp.log_noninferiority_threshold)
+        estimate = weighted / info
+        log_e_harm = seq.harm_log_evalue(-weighted - delta_r * info, info, rho)
+        log_e_ni = seq.noninferiority_log_evalue(weighted, info, delta, theta)
+        evidence = {
+            "e_harm": math.exp(min(log_e_harm, _MAX_LOG_E)),
+            "harm_threshold": math.exp(hyp.log_harm_threshold),
+            "e_noninferior": math.exp(min(log_e_ni, _MAX_LOG_E)),
+            "noninferior_threshold": math.exp(hyp.log_noninferiority_threshold),
+        }
+    else:
+        estimate = hyp.sign * comparison.difference
+        sd = math.sqrt(comparison.variance)
+        upper = estimate + hyp.harm_z * sd
+        lower = estimate - hyp.noninferiority_z * sd
+        evidence = {
+            "p_harm": 1.0 - seq.normal_sf((-estimate - delta_r) / sd),
+            "p_noninferior": seq.normal_sf((estimate + delta) / sd),
+        }
+    common["estimate"] = hyp.sign * estimate
+    bounds = (hyp.sign * lower, hyp.sign * upper)
+    common["ci"] = (min(bounds), max(bounds))
+    common["evidence"] = evidence
+
+    if policy.method is Method.SIGMA:
+        return _sigma_verdict(hyp, policy, limits, common)
+    if upper < -delta_r:
+        worse = "beyond the margin" if delta_r else "than the baseline"
+        return KpiReport(
+            verdict=Verdict.FAIL,
+            triggers=kpi.action.value,
+            reason=f"candidate worse {worse}: improvement bound {upper:.4g} < {-delta_r:.4g}",
+            **common,
+        )
+    if lower > -delta:
+        return KpiReport(
+            verdict=Verdict.PASS,
+            triggers="none",
+            reason=f"non-inferior: improvement bound {lower:.4g} > -{delta:.4g}",
+            **common,
+        )
+    return KpiReport(
+        verdict=Verdict.INCONCLUSIVE,
+        triggers="none",
+        reason=f"not yet shown non-inferior (bound {lower:.4g}, margin -{delta:.4g})",
+        **common,
+    )
+
+
+def _sigma_verdict(
+    hyp: Hypothesis, policy: Policy, limits: ControlLimits | None, common: dict[str, Any]
+) -> KpiReport:
+    if limits is None:
+        return KpiReport(
+            verdict=Verdict.INCONCLUSIVE,
+            triggers="none",
+            reason=f"building control limits from {policy.sigma.history_windows} baseline windows",
+            **common,
+        )
+    use_ewma = policy.sigma.ewma_lambda is not None
+    outside = limits.ewma_outside() if use_ewma else limits.shewhart_outside()
+    shown, lo, hi = (
+        (limits.ewma, limits.ewma_lcl, limits.ewma_ucl)
+        if use_ewma
+        else (limits.value, limits.lcl, limits.ucl)
+    )
+    if outside:
+        return KpiReport(
+            verdict=Verdict.FAIL,
+            triggers=hyp.kpi.action.value,
+            reason=f"outside mu +/- {policy.sigma.k:g} sigma: "
+            f"{shown:.4g} not in [{lo:.4g}, {hi:.4g}]",
+            **common,
+        )
+    return KpiReport(
+        verdict=Verdict.PASS,
+        triggers="none",
+        reason=f"within mu +/- {policy.sigma.k:g} sigma: {shown:.4g} in [{lo:.4g}, {hi:.4g}]",
+        **common,
+    )
+
+
+def _samples(arm: ArmData | None) -> float:
+    return 0.0 if arm is None else arm.samples
+
+
+def _value(arm: ArmData | None, kpi: Kpi) -> float | None:
+    if arm is None:
+        return None
+    try:
+        return value_of(arm, kpi.quantile)
+    except NotComparable:
+        return None
+
+
+def window_samples(obs: Observation | None) -> tuple[float, float]:
+    if obs is None:
+        return (0.0, 0.0)
+    return (_samples(obs.candidate), _samples(obs.baseline))
+
+
+def no_evidence(hyp: Hypothesis, reason: str) -> KpiReport:
+    return KpiReport(
+        key=hyp.key,
+        category=hyp.kpi.category.value,
+        verdict=Verdict.INCONCLUSIVE,
+        triggers="none",
+        reason=reason,
+    )

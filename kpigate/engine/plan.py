@@ -1,0 +1,179 @@
+"""What the gate works with: the compiled plan, a rollout's state, and the decisions it returns."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
+from typing import Any
+
+from kpigate.engine import sequential as seq
+from kpigate.engine.control import ControlLimits
+from kpigate.engine.evidence import ArmData
+from kpigate.policy import Action, Direction, Kpi, KpiType, Policy, Stage
+
+
+class Decision(StrEnum):
+    PROMOTE = "promote"
+    HOLD = "hold"
+    ROLLBACK = "rollback"
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True, slots=True)
+class Hypothesis:
+    """One KPI in one segment, with its share of the error budgets worked out once."""
+
+    key: str
+    kpi: Kpi
+    sign: float  # +1 when higher is better: improvement = sign * (candidate - baseline)
+    log_harm_threshold: float
+    log_noninferiority_threshold: float
+    harm_z: float  # for scope `window`
+    noninferiority_z: float
+
+
+@dataclass(frozen=True)  # no slots: kpi_types is cached in the instance's __dict__
+class GatePlan:
+    """A policy compiled for judging: hypotheses and their Bonferroni-split budgets."""
+
+    policy: Policy
+    hypotheses: tuple[Hypothesis, ...]
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return self.policy.stages
+
+    @cached_property
+    def kpi_types(self) -> Mapping[str, KpiType]:
+        """Data key -> KPI type, for readers of window data (read once per window)."""
+        return {h.key: h.kpi.type for h in self.hypotheses}
+
+
+def compile_plan(policy: Policy) -> GatePlan:
+    """Split alpha over the rollback hypotheses and the promotion budget over gating ones.
+
+    e-values combine by Bonferroni without any dependence assumption: rejecting when
+    e >= K / alpha keeps the family's error at alpha over all looks. Holds and alerts do not
+    spend the false-rollback budget; they get their own family at the same alpha.
+    """
+    keyed = [(key, kpi) for kpi in policy.kpis for key in kpi.hypotheses()]
+    n_rollback = sum(1 for _, k in keyed if k.action is Action.ROLLBACK) or 1
+    n_other = sum(1 for _, k in keyed if k.action is not Action.ROLLBACK) or 1
+    n_gating = sum(1 for _, k in keyed if k.is_gating) or 1
+    hypotheses = []
+    for key, kpi in keyed:
+        harm_alpha = policy.alpha / (n_rollback if kpi.action is Action.ROLLBACK else n_other)
+        promo_alpha = policy.promotion_alpha / n_gating
+        hypotheses.append(
+            Hypothesis(
+                key=key,
+                kpi=kpi,
+                sign=1.0 if kpi.direction is Direction.HIGHER else -1.0,
+                log_harm_threshold=math.log(1.0 / harm_alpha),
+                log_noninferiority_threshold=math.log(1.0 / promo_alpha),
+                harm_z=seq.normal_quantile(1.0 - harm_alpha),
+                noninferiority_z=seq.normal_quantile(1.0 - promo_alpha),
+            )
+        )
+    return GatePlan(policy=policy, hypotheses=tuple(hypotheses))
+
+
+@dataclass(frozen=True, slots=True)
+class KpiState:
+    info: float = 0.0  # sum of 1 / v_w
+    weighted: float = 0.0  # sum of u_w / v_w
+    candidate: ArmData | None = None  # all windows summed
+    baseline: ArmData | None = None
+    history: tuple[float, ...] = ()  # the baseline's first per-window values (sigma rule)
+    ewma: float | None = None
+    looks: int = 0  # windows that added evidence
+
+
+@dataclass(frozen=True, slots=True)
+class KpiReport:
+    key: str
+    category: str
+    verdict: Verdict
+    triggers: str  # the action this verdict set off: rollback, hold, alert or none
+    reason: str
+    margin: float | None = None
+    estimate: float | None = None  # candidate - baseline, stratified over windows
+    ci: tuple[float, float] | None = None
+    candidate: float | None = None
+    baseline: float | None = None
+    samples: tuple[float, float] = (0.0, 0.0)
+    evidence: Mapping[str, float] = field(default_factory=dict)
+    control: ControlLimits | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "category": self.category,
+            "verdict": self.verdict.value,
+            "action": self.triggers,
+            "reason": self.reason,
+            "estimate": _round(self.estimate),
+            "ci": [_round(self.ci[0]), _round(self.ci[1])] if self.ci else None,
+            "margin": _round(self.margin),
+            "candidate": _round(self.candidate),
+            "baseline": _round(self.baseline),
+            "samples": {"candidate": self.samples[0], "baseline": self.samples[1]},
+            "evidence": {k: _round(v) for k, v in self.evidence.items()},
+        }
+        if self.control is not None:
+            out["control"] = {k: _round(getattr(self.control, k)) for k in _CONTROL_FIELDS}
+        return out
+
+
+_CONTROL_FIELDS = ("center", "lcl", "ucl", "value", "ewma", "ewma_lcl", "ewma_ucl")
+
+
+def _round(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return value
+    return float(f"{value:.6g}")
+
+
+@dataclass(frozen=True, slots=True)
+class GateDecision:
+    window: int
+    stage: float
+    decision: Decision
+    reasons: tuple[str, ...]
+    kpis: Mapping[str, KpiReport]
+    look: int  # evaluation number within the stage
+    holds: int  # inconclusive looks after the soak, this stage
+    suspend: bool = False  # HOLD that asks an operator to resume (policy on_max_holds)
+    final: bool = False  # rolled back, or promoted at the last stage
+    alerts: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "stage": self.stage,
+            "decision": self.decision.value,
+            "reasons": list(self.reasons),
+            "look": self.look,
+            "holds": self.holds,
+            "suspend": self.suspend,
+            "final": self.final,
+            "alerts": list(self.alerts),
+            "kpis": {key: report.as_dict() for key, report in self.kpis.items()},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutState:
+    windows: int = 0
+    stage: float | None = None
+    look: int = 0
+    holds: int = 0
+    ended: GateDecision | None = None
+    kpis: Mapping[str, KpiState] = field(default_factory=dict)
