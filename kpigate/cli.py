@@ -44,7 +44,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kpigate",
         description="Progressive delivery for ML models, gated by quality KPIs: a new model "
-        "version moves through 5 -> 25 -> 50 -> 100%% of traffic and is promoted, held or "
+        "version moves through 5 -> 25 -> 50 -> 100% of traffic and is promoted, held or "
         "rolled back on anytime-valid evidence.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -8,6 +8,14 @@ policy file. What runs on Argo can be run and debugged on a laptop.
 Resumable: the evidence store is the rollout's memory. Rerun the same command after a crash and
 stages already promoted are skipped, the current stage's windows are kept, nothing is repeated.
 One rollout per model at a time (a lock file); a second start for the same model exits 3.
+
+Exit status: 0 the rollout ended (promoted or rolled back: the last line says which), 1 the
+registry was unreachable after retries, 2 bad policy, 3 another rollout of the model is running
+or the version was rejected, 4 suspended for an operator (rerun to continue).
+
+example:
+  kpigate rollout --policy kpigate/examples/demo-policy.yaml --model-name fraud-detector \
+      --tracking-uri http://127.0.0.1:5000 --router-url http://127.0.0.1:8080 --interval 5
 """
 
 from __future__ import annotations
