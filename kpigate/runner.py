@@ -14,7 +14,7 @@ registry was unreachable after retries, 2 bad policy, 3 another rollout of the m
 or the version was rejected, 4 suspended for an operator (rerun to continue).
 
 example:
-  kpigate rollout --policy kpigate/examples/demo-policy.yaml --model-name fraud-detector \
+  kpigate rollout --policy kpigate/examples/demo-policy.yaml --model-name fraud-detector
       --tracking-uri http://127.0.0.1:5000 --router-url http://127.0.0.1:8080 --interval 5
 """
 
