@@ -60,30 +60,17 @@ IDLE_REOPEN_S = 3.0
 # -- the router process (this file, run with --serve) -----------------------------------------
 
 
-class PickledLoader:
-    """Serves the two trained models by alias, like tests/serve_fixtures.py's StaticLoader."""
-
-    def __init__(self, models: dict[str, Any]) -> None:
-        self.models = models
-
-    def load(self, alias: str) -> Any:
-        from kpigate.serve.loader import AliasNotFoundError
-
-        if alias not in self.models:
-            raise AliasNotFoundError(f"no model under alias '{alias}' in the soak loader")
-        return self.models[alias]
-
-
 def serve(models_path: str, port: int, db_path: str, weight: float) -> None:
     import uvicorn
 
     from kpigate.serve.app import create_app
     from kpigate.serve.config import ServeConfig
+    from kpigate.serve.loader import StaticLoader
 
     with open(models_path, "rb") as fh:
         models = pickle.load(fh)
     config = ServeConfig(db_url=f"sqlite:///{db_path}", initial_weight=weight)
-    app = create_app(config, PickledLoader(models))
+    app = create_app(config, StaticLoader(models))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
                 lifespan="on")  # fmt: skip
 

@@ -25,7 +25,7 @@ import uvicorn
 from kpigate.fraud.schema import FEATURES, LABEL
 from kpigate.serve.app import create_app
 from kpigate.serve.config import TOKEN_ENV, ServeConfig
-from kpigate.serve.loader import AliasNotFoundError, ScoringModel
+from kpigate.serve.loader import ScoringModel, StaticLoader
 from kpigate.traffic import generate_transactions
 
 ADMIN_TOKEN = "test-admin-token-4f1c"
@@ -55,18 +55,6 @@ class FixedModel:
 
 def constant(value: float) -> Callable[[pd.DataFrame], np.ndarray[Any, Any]]:
     return lambda frame: np.full(len(frame), value)
-
-
-class StaticLoader:
-    """A ModelLoader over in-process models by alias; a missing alias behaves like MLflow's."""
-
-    def __init__(self, models: Mapping[str, ScoringModel]) -> None:
-        self.models = models
-
-    def load(self, alias: str) -> ScoringModel:
-        if alias not in self.models:
-            raise AliasNotFoundError(f"no model under alias '{alias}' in this test loader")
-        return self.models[alias]
 
 
 def free_port() -> int:

@@ -158,7 +158,7 @@ def fuzz_router(tmp_path: Path, admin_token: str) -> Iterator[RouterServer]:
     from dataclasses import replace
 
     from kpigate.serve.config import ServeConfig
-    from tests.serve_fixtures import StaticLoader
+    from kpigate.serve.loader import StaticLoader
 
     models = {
         "champion": FixedModel("1", score=constant(0.1)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,6 +37,19 @@ class ModelLoadError(RuntimeError):
 
 class AliasNotFoundError(ModelLoadError):
     """The registered model has no version under that alias (normal between rollouts)."""
+
+
+class StaticLoader:
+    """A ModelLoader over in-process models by alias (tests, benchmarks, embedded use); a
+    missing alias fails like MLflow's."""
+
+    def __init__(self, models: Mapping[str, ScoringModel]) -> None:
+        self.models = models
+
+    def load(self, alias: str) -> ScoringModel:
+        if alias not in self.models:
+            raise AliasNotFoundError(f"no model under alias '{alias}' in this loader")
+        return self.models[alias]
 
 
 def fraud_probability(model: ScoringModel, frame: pd.DataFrame) -> np.ndarray[Any, Any]:
