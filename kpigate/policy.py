@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Iterable
 from enum import StrEnum
@@ -35,12 +36,19 @@ def parse_duration(value: Any) -> float:
         if not match:
             raise ValueError(f"{value!r} is not a duration; write e.g. 10m, 90s or 1h")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a finite duration")
     if seconds <= 0:
         raise ValueError("a duration must be positive")
     return seconds
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+# Readings computed from ground-truth labels; every other reading is known when the request is
+# answered (latency, errors, decisions). The KPI catalogue reads exactly these from labels.
+LABEL_METRICS = frozenset({"recall", "precision", "fpr", "chargeback_rate", "accuracy", "auc"})
 
 
 class Category(StrEnum):
@@ -195,6 +203,22 @@ class Kpi(_Strict):
     def is_gating(self) -> bool:
         return self.action is not Action.ALERT if self.gating is None else self.gating
 
+    @property
+    def reading(self) -> str:
+        """What the KPI reads: `metric`, else `latency` / `auc` by type, else its own name."""
+        if self.metric:
+            return self.metric
+        if self.type is KpiType.QUANTILE:
+            return "latency"
+        if self.type is KpiType.AUC:
+            return "auc"
+        return self.name
+
+    @property
+    def needs_labels(self) -> bool:
+        """Judged on matured prediction cohorts (labels), not per serving window."""
+        return self.type is KpiType.AUC or self.reading in LABEL_METRICS
+
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str) -> str:
@@ -226,6 +250,25 @@ class Kpi(_Strict):
         if not self.segments:
             return [self.name]
         return [f"{self.name}{{{segment}}}" for segment in self.segments]
+
+
+class Labels(_Strict):
+    """When ground truth is known: label KPIs compare cohorts of predictions at equal age.
+
+    A prediction belongs to the cohort of the window in which it was served. A cohort is
+    mature `horizon` after its window ends; only then are its label KPIs judged, once, with
+    every prediction that has no label by then counted as `unlabeled` says.
+    """
+
+    horizon: Duration = Field(
+        description="a cohort's labels are final this long after its window ends (e.g. 30d "
+        "for chargebacks, 2m in the demo)"
+    )
+    unlabeled: Literal["negative", "exclude"] = Field(
+        default="negative",
+        description="a prediction without a label at maturity: negative (silence means "
+        "legitimate, as in fraud) or exclude (both labels are always sent)",
+    )
 
 
 def _default_stages() -> tuple[Stage, ...]:
@@ -260,6 +303,11 @@ class Policy(_Strict):
         description="spread of the harm mixture, in margins (sets how fast large harm is caught)",
     )
     sigma: SigmaRule = Field(default_factory=SigmaRule)
+    labels: Labels | None = Field(
+        default=None,
+        description="label horizon and the unlabeled rule; without it, label KPIs are taken "
+        "per window as the source reports them (immediate labels, or replayed cohorts)",
+    )
     registry: RegistryRules = Field(default_factory=RegistryRules)
     kpis: tuple[Kpi, ...] = Field(min_length=1)
 
@@ -275,6 +323,19 @@ class Policy(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"KPI names must be unique: {', '.join(duplicates)}")
+        if self.labels is not None and any(k.needs_labels and k.is_gating for k in self.kpis):
+            for stage in self.stages:
+                # The stage's first cohort (served in its first window) must mature before the
+                # stage's last possible look, or the stage can never be promoted.
+                matures = stage.interval + self.labels.horizon
+                decides = stage.soak + self.max_holds * stage.interval
+                if matures > decides:
+                    raise ValueError(
+                        f"stage {stage.traffic:g}%: its first cohort matures "
+                        f"{matures:g}s after the stage starts (interval + labels.horizon) but "
+                        f"the stage must decide within {decides:g}s (soak + max_holds x "
+                        "interval); lengthen the soak or max_holds, or shorten the horizon"
+                    )
         return self
 
     def stage_for(self, traffic: float) -> Stage | None:

@@ -124,3 +124,39 @@ def test_replay_default_policy() -> None:
     assert policy.alpha == 0.1
     assert all(k.margin == 0.02 and k.action is Action.ROLLBACK for k in policy.kpis)
     assert all(k.direction.value == "higher" and k.type.value == "rate" for k in policy.kpis)
+
+
+def test_label_metrics_are_the_catalogue_readings_from_labels() -> None:
+    from kpigate.policy import LABEL_METRICS
+    from kpigate.sources.catalogue import CONFUSION_RATES
+
+    assert set(CONFUSION_RATES) | {"auc"} == LABEL_METRICS
+
+
+def test_labels_horizon_that_no_stage_can_wait_for_is_an_error() -> None:
+    import pytest
+
+    from kpigate.policy import PolicyError, policy_from_dict
+
+    data = {
+        "stages": [{"traffic": 5, "soak": "10m", "interval": "5m"}, {"traffic": 100}],
+        "max_holds": 2,
+        "labels": {"horizon": "30m"},
+        "kpis": [{"name": "recall"}],
+    }
+    with pytest.raises(PolicyError, match=r"stage 5%: its first cohort matures 2100s"):
+        policy_from_dict(data)
+    data["labels"] = {"horizon": "15m"}
+    policy = policy_from_dict(data)
+    assert policy.labels is not None and policy.labels.unlabeled == "negative"
+    assert [k.needs_labels for k in policy.kpis] == [True]
+
+
+def test_non_finite_durations_are_refused() -> None:
+    import pytest
+
+    from kpigate.policy import PolicyError, policy_from_dict
+
+    for bad in (float("inf"), float("nan"), 1.0e400):
+        with pytest.raises(PolicyError, match="finite"):
+            policy_from_dict({"max_staleness": bad, "kpis": [{"name": "recall"}]})

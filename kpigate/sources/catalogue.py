@@ -84,13 +84,7 @@ class CatalogueError(ValueError):
 
 
 def metric_of(kpi: Kpi) -> str:
-    if kpi.metric:
-        return kpi.metric
-    if kpi.type is KpiType.QUANTILE:
-        return "latency"
-    if kpi.type is KpiType.AUC:
-        return "auc"
-    return kpi.name
+    return kpi.reading
 
 
 def check(kpi: Kpi) -> None:
