@@ -2,8 +2,10 @@
 
 from kpigate.engine.evidence import (
     ArmData,
+    Cohort,
     Histogram,
     Observation,
+    Pending,
     Rate,
     ScoreHistograms,
     SegmentRates,
@@ -22,12 +24,14 @@ from kpigate.engine.gate import (
 
 __all__ = [
     "ArmData",
+    "Cohort",
     "Decision",
     "GateDecision",
     "GatePlan",
     "Histogram",
     "KpiReport",
     "Observation",
+    "Pending",
     "Rate",
     "RolloutState",
     "ScoreHistograms",

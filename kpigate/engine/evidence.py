@@ -90,14 +90,39 @@ class Observation:
 
 
 @dataclass(frozen=True, slots=True)
+class Cohort:
+    """The predictions served in one earlier window, read once their labels have matured."""
+
+    window: int  # the serving window
+    stage: float | None  # the stage it was served at; None when it straddles two stages
+    matured_at: float  # Unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """The next cohort still waiting for its labels."""
+
+    window: int
+    matures_at: float  # Unix seconds
+
+
+@dataclass(frozen=True, slots=True)
 class Window:
-    """One evaluation interval of one rollout."""
+    """One evaluation interval of one rollout.
+
+    Immediate KPIs (latency, errors, decisions) describe this window's own traffic. When the
+    policy has a `labels` section, label KPIs describe `cohort` (an earlier serving window whose
+    labels have matured) and are absent when no cohort matured since the last look; `pending`
+    then says which cohort is next and when it matures.
+    """
 
     index: int
     stage: float
     kpis: Mapping[str, Observation]
     stale: bool = False
     note: str = ""
+    cohort: Cohort | None = None
+    pending: Pending | None = None
 
 
 @dataclass(frozen=True, slots=True)
