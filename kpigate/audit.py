@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kpigate.engine import GateDecision
+from kpigate.engine import Cause, GateDecision
 from kpigate.engine.evidence import NotComparable, value_of
 from kpigate.policy import Policy
 from kpigate.registry.base import Registry
@@ -358,16 +358,11 @@ def default_actor(env: Mapping[str, str] | None = None) -> str:
 
 
 def is_routine_soak(record: Mapping[str, Any]) -> bool:
-    """A HOLD only because the stage is still soaking: expected, not worth an alert.
-
-    The gate gives the single reason "soaking: look i of n" exactly when nothing else holds.
-    """
-    reasons = record.get("reasons") or []
+    """A HOLD only because the stage is still soaking: expected, not worth an alert."""
     return (
         record.get("decision") == "hold"
         and not record.get("suspend")
-        and len(reasons) == 1
-        and str(reasons[0]).startswith("soaking:")
+        and record.get("cause") == Cause.SOAKING.value
     )
 
 

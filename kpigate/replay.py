@@ -55,6 +55,7 @@ from kpigate.engine import (
     RolloutState,
     ScoreHistograms,
     SegmentRates,
+    UnknownStage,
     Window,
     compile_plan,
     judge,
@@ -306,7 +307,10 @@ class Replayer:
                 f"{rollout.last_window}: windows must be in increasing order"
             )
         window = to_window(raw, rollout.plan)
-        rollout.state, decision = judge(rollout.plan, rollout.state, window)
+        try:
+            rollout.state, decision = judge(rollout.plan, rollout.state, window)
+        except UnknownStage as exc:
+            raise LineError(f"{exc}; replay it with the policy it was collected under") from None
         rollout.last_window = raw.index
         return decision
 

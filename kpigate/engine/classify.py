@@ -9,6 +9,7 @@ with the reason, never a pass or a fail.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from kpigate.engine import sequential as seq
@@ -21,11 +22,14 @@ from kpigate.engine.evidence import (
     compare,
     value_of,
 )
-from kpigate.engine.plan import Hypothesis, KpiReport, KpiState, Verdict
+from kpigate.engine.plan import Cause, Hypothesis, KpiReport, KpiState, Verdict
 from kpigate.policy import Kpi, Method, Policy, Scope
 
 _DISPLAY_EWMA_LAMBDA = 0.3
 _MAX_LOG_E = 690.0  # e-values are reported up to ~1e300
+# A window whose variance is outside this range (absurd counts such as 1e308 trials) would make
+# the running sums overflow; it is refused as not comparable instead.
+_MIN_VARIANCE, _MAX_VARIANCE = 1e-200, 1e200
 
 
 def _margin(kpi: Kpi, state: KpiState) -> float | None:
@@ -44,27 +48,37 @@ def _add(total: ArmData | None, more: ArmData) -> ArmData:
     return more if total is None else total + more  # type: ignore[operator]
 
 
+@dataclass(frozen=True, slots=True)
+class Unused:
+    """Why a window's data for one KPI added no evidence."""
+
+    reason: str
+    cause: Cause = Cause.NO_DATA
+
+
 def update(
     hyp: Hypothesis, policy: Policy, state: KpiState, obs: Observation | None, last_stage: bool
-) -> tuple[KpiState, Comparison | None, str]:
+) -> tuple[KpiState, Comparison | Unused]:
     """Add one window's data to the running sums; say why not if it cannot be used."""
     if obs is None or obs.candidate is None:
-        return state, None, "no candidate data in this window"
+        return state, Unused("no candidate data in this window")
     reference = obs.baseline
     if reference is None:
         if last_stage and policy.holdback == 0 and state.baseline is not None:
             reference = state.baseline  # no concurrent baseline: its recorded history
         else:
-            return state, None, "no baseline data in this window"
+            return state, Unused("no baseline data in this window")
     earlier = None
     if state.candidate is not None and state.baseline is not None:
         earlier = _add(state.candidate, state.baseline)
     try:
         comparison = compare(obs.candidate, reference, hyp.kpi.quantile, earlier)
-    except (NotComparable, ValueError) as exc:
-        return state, None, f"not comparable: {exc}"
-    if not (comparison.variance > 0 and math.isfinite(comparison.variance)):
-        return state, None, "not comparable: zero variance"
+    except (NotComparable, ValueError, OverflowError, ZeroDivisionError) as exc:
+        return state, Unused(f"not comparable: {exc}")
+    if not (_MIN_VARIANCE < comparison.variance < _MAX_VARIANCE) or not math.isfinite(
+        comparison.difference
+    ):
+        return state, Unused("not comparable: the window's variance is zero or out of range")
     improvement = hyp.sign * comparison.difference
     history = state.history
     if obs.baseline is not None and len(history) < 64:
@@ -80,7 +94,7 @@ def update(
         ),
         looks=state.looks + 1,
     )
-    return updated, comparison, ""
+    return updated, comparison
 
 
 def _limits(hyp: Hypothesis, policy: Policy, state: KpiState, value: float) -> ControlLimits | None:
@@ -127,6 +141,18 @@ def classify(
             verdict=Verdict.INCONCLUSIVE,
             triggers="none",
             reason="relative margin has no baseline value yet",
+            cause=Cause.NO_DATA,
+            **common,
+        )
+    scale = kpi.detect if kpi.detect is not None else policy.harm_scale * delta
+    if not scale > 0:
+        # A relative margin of a baseline at exactly 0 leaves no harm scale to test with.
+        return KpiReport(
+            verdict=Verdict.INCONCLUSIVE,
+            triggers="none",
+            reason=f"the relative margin is 0 because the baseline's value is 0; give "
+            f"`detect` or an absolute margin for {kpi.name}",
+            cause=Cause.NO_DATA,
             **common,
         )
     common["margin"] = delta
@@ -136,10 +162,10 @@ def classify(
             verdict=Verdict.INCONCLUSIVE,
             triggers="none",
             reason=f"burn-in: {min(samples):g} of {kpi.min_samples} {arm} samples",
+            cause=Cause.BURN_IN,
             **common,
         )
 
-    scale = kpi.detect if kpi.detect is not None else policy.harm_scale * delta
     rho = 1.0 / (scale * scale)
     theta = delta if delta > 0 else 0.5 * scale
     delta_r = delta if kpi.fail_beyond_margin else 0.0
@@ -163,7 +189,8 @@ def classify(
         upper = estimate + hyp.harm_z * sd
         lower = estimate - hyp.noninferiority_z * sd
         evidence = {
-            "p_harm": 1.0 - seq.normal_sf((-estimate - delta_r) / sd),
+            # p-values of "no harm" and of "worse by the margin": small means evidence.
+            "p_harm": seq.normal_sf((-estimate - delta_r) / sd),
             "p_noninferior": seq.normal_sf((estimate + delta) / sd),
         }
     common["estimate"] = hyp.sign * estimate
@@ -179,6 +206,7 @@ def classify(
             verdict=Verdict.FAIL,
             triggers=kpi.action.value,
             reason=f"candidate worse {worse}: improvement bound {upper:.4g} < {-delta_r:.4g}",
+            cause=Cause.HARM,
             **common,
         )
     if lower > -delta:
@@ -186,6 +214,7 @@ def classify(
             verdict=Verdict.PASS,
             triggers="none",
             reason=f"non-inferior: improvement bound {lower:.4g} > -{delta:.4g}",
+            cause=Cause.CERTIFIED,
             **common,
         )
     return KpiReport(
@@ -219,12 +248,14 @@ def _sigma_verdict(
             triggers=hyp.kpi.action.value,
             reason=f"outside mu +/- {policy.sigma.k:g} sigma: "
             f"{shown:.4g} not in [{lo:.4g}, {hi:.4g}]",
+            cause=Cause.HARM,
             **common,
         )
     return KpiReport(
         verdict=Verdict.PASS,
         triggers="none",
         reason=f"within mu +/- {policy.sigma.k:g} sigma: {shown:.4g} in [{lo:.4g}, {hi:.4g}]",
+        cause=Cause.CERTIFIED,
         **common,
     )
 
@@ -248,11 +279,12 @@ def window_samples(obs: Observation | None) -> tuple[float, float]:
     return (_samples(obs.candidate), _samples(obs.baseline))
 
 
-def no_evidence(hyp: Hypothesis, reason: str) -> KpiReport:
+def no_evidence(hyp: Hypothesis, unused: Unused) -> KpiReport:
     return KpiReport(
         key=hyp.key,
         category=hyp.kpi.category.value,
         verdict=Verdict.INCONCLUSIVE,
         triggers="none",
-        reason=reason,
+        reason=unused.reason,
+        cause=unused.cause,
     )

@@ -27,6 +27,24 @@ class Verdict(StrEnum):
     INCONCLUSIVE = "inconclusive"
 
 
+class Cause(StrEnum):
+    """Why a decision (or a KPI's verdict) is what it is: the fixed set reports, notifications,
+    the audit trail and exit statuses read, instead of parsing reason strings."""
+
+    HARM = "harm"  # a KPI failed: rollback or hold on evidence of harm
+    CERTIFIED = "certified"  # promote: every gating KPI shown non-inferior
+    NO_HARM = "no_harm"  # promote at a `promote_when: no_harm` stage
+    SOAKING = "soaking"  # the stage's soak is not over: a routine hold
+    EVIDENCE = "evidence"  # judged, but not yet shown non-inferior: more samples needed
+    BURN_IN = "burn_in"  # fewer samples than min_samples
+    WAITING_FOR_LABELS = "waiting_for_labels"  # no cohort of this stage has matured yet
+    NO_DATA = "no_data"  # an arm sent nothing, or the data cannot be compared
+    STALE = "stale"  # the collector marked the evidence too old
+    TIMEOUT = "timeout"  # no decision within max_holds: rollback or suspend by policy
+    OPERATOR = "operator"  # an operator's action (abort, promote, rejection)
+    ENDED = "ended"  # the rollout had already ended
+
+
 @dataclass(frozen=True, slots=True)
 class Hypothesis:
     """One KPI in one segment, with its share of the error budgets worked out once."""
@@ -104,6 +122,7 @@ class KpiReport:
     verdict: Verdict
     triggers: str  # the action this verdict set off: rollback, hold, alert or none
     reason: str
+    cause: Cause = Cause.EVIDENCE
     margin: float | None = None
     estimate: float | None = None  # candidate - baseline, stratified over windows
     ci: tuple[float, float] | None = None
@@ -118,6 +137,7 @@ class KpiReport:
             "category": self.category,
             "verdict": self.verdict.value,
             "action": self.triggers,
+            "cause": self.cause.value,
             "reason": self.reason,
             "estimate": _round(self.estimate),
             "ci": [_round(self.ci[0]), _round(self.ci[1])] if self.ci else None,
@@ -153,12 +173,14 @@ class GateDecision:
     suspend: bool = False  # HOLD that asks an operator to resume (policy on_max_holds)
     final: bool = False  # rolled back, or promoted at the last stage
     alerts: tuple[str, ...] = ()
+    cause: Cause = Cause.EVIDENCE
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "window": self.window,
             "stage": self.stage,
             "decision": self.decision.value,
+            "cause": self.cause.value,
             "reasons": list(self.reasons),
             "look": self.look,
             "holds": self.holds,
@@ -177,3 +199,5 @@ class RolloutState:
     holds: int = 0
     ended: GateDecision | None = None
     kpis: Mapping[str, KpiState] = field(default_factory=dict)
+    last_cohort: int | None = None  # the newest cohort judged; older ones are never revisited
+    cohort_stages: frozenset[float] = frozenset()  # stages with a judged cohort of their own
