@@ -61,6 +61,7 @@ class Category(StrEnum):
 class KpiType(StrEnum):
     RATE = "rate"
     QUANTILE = "quantile"
+    EXCEEDANCE = "exceedance"  # share of observations above a threshold (a bucket bound)
     AUC = "auc"
     GAP = "gap"
 
@@ -184,6 +185,18 @@ class Kpi(_Strict):
         description="harm (KPI units) to catch fastest; default harm_scale x margin",
     )
     quantile: float | None = Field(default=None, gt=0, lt=1)
+    threshold: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="exceedance KPIs: the share of observations above this value (KPI units, "
+        "e.g. 250 ms), which must be one of the histogram's bucket bounds",
+    )
+    signed: bool = Field(
+        default=False,
+        description="gap KPIs: compare the signed gap a - b; by default the gap's magnitude "
+        "|a - b| is compared, so a reversed or widened gap both count as worse",
+    )
     segments: tuple[str, ...] = Field(
         default=(), description="segment values judged as separate hypotheses (name{value})"
     )
@@ -208,7 +221,7 @@ class Kpi(_Strict):
         """What the KPI reads: `metric`, else `latency` / `auc` by type, else its own name."""
         if self.metric:
             return self.metric
-        if self.type is KpiType.QUANTILE:
+        if self.type in (KpiType.QUANTILE, KpiType.EXCEEDANCE):
             return "latency"
         if self.type is KpiType.AUC:
             return "auc"
@@ -234,6 +247,15 @@ class Kpi(_Strict):
             raise ValueError("a quantile KPI needs `quantile` (for example 0.95)")
         if self.type is not KpiType.QUANTILE and self.quantile is not None:
             raise ValueError("`quantile` only applies to KPIs of type quantile")
+        if (self.type is KpiType.EXCEEDANCE) != (self.threshold is not None):
+            raise ValueError("an exceedance KPI needs `threshold`, and only it takes one")
+        if self.type is KpiType.GAP and not self.signed and self.direction is Direction.HIGHER:
+            raise ValueError(
+                "a gap is compared on its magnitude, where lower is better: set `direction: "
+                "lower`, or `signed: true` to compare the signed gap a - b"
+            )
+        if self.signed and self.type is not KpiType.GAP:
+            raise ValueError("`signed` only applies to KPIs of type gap")
         if self.scope is Scope.WINDOW and self.action is Action.ROLLBACK:
             raise ValueError(
                 "scope `window` cannot roll back: a per-window test repeated at every look "

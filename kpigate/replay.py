@@ -123,7 +123,7 @@ def _arm(kpi_type: KpiType, data: Any, where: str) -> ArmData | None:
         return _rate(data, where)
     if not isinstance(data, dict):
         raise LineError(f"{where} must be an object")
-    if kpi_type is KpiType.QUANTILE:
+    if kpi_type in (KpiType.QUANTILE, KpiType.EXCEEDANCE):
         if set(data) != {"buckets"}:
             raise LineError(f'{where} of a quantile KPI must be {{"buckets": {{...}}}}')
         return _buckets(data["buckets"], f"{where}.buckets")

@@ -9,7 +9,7 @@ with the reason, never a pass or a fail.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kpigate.engine import sequential as seq
@@ -38,7 +38,7 @@ def _margin(kpi: Kpi, state: KpiState) -> float | None:
     reference = kpi.baseline_mean
     if reference is None and state.baseline is not None:
         try:
-            reference = value_of(state.baseline, kpi.quantile)
+            reference = value_of(state.baseline, kpi.quantile, kpi.threshold)
         except NotComparable:
             return None
     return None if reference is None else kpi.margin * abs(reference)
@@ -72,20 +72,36 @@ def update(
     if state.candidate is not None and state.baseline is not None:
         earlier = _add(state.candidate, state.baseline)
     try:
-        comparison = compare(obs.candidate, reference, hyp.kpi.quantile, earlier)
+        kpi = hyp.kpi
+        comparison = compare(
+            obs.candidate,
+            reference,
+            kpi.quantile,
+            earlier,
+            span=kpi.margin if kpi.margin_type == "absolute" and kpi.margin > 0 else None,
+            threshold=kpi.threshold,
+            contrast=hyp.contrast,
+        )
     except (NotComparable, ValueError, OverflowError, ZeroDivisionError) as exc:
         return state, Unused(f"not comparable: {exc}")
     if not (_MIN_VARIANCE < comparison.variance < _MAX_VARIANCE) or not math.isfinite(
         comparison.difference
     ):
         return state, Unused("not comparable: the window's variance is zero or out of range")
+    # Accumulated evidence uses the window's model variance plus the between-window component
+    # estimated from earlier windows only, so it is known before the window is seen
+    # (predictable). A window-scope KPI asks whether this window alone differs: a transient
+    # spike is what it is for, and must not widen the windows after it.
+    variance = comparison.variance
+    if kpi.scope is Scope.ROLLOUT:
+        variance += state.spread.tau2()
     improvement = hyp.sign * comparison.difference
     history = state.history
     if obs.baseline is not None and len(history) < 64:
         history = (*history, comparison.baseline)
     updated = KpiState(
-        info=state.info + 1.0 / comparison.variance,
-        weighted=state.weighted + improvement / comparison.variance,
+        info=state.info + 1.0 / variance,
+        weighted=state.weighted + improvement / variance,
         candidate=_add(state.candidate, obs.candidate),
         baseline=state.baseline if obs.baseline is None else _add(state.baseline, obs.baseline),
         history=history,
@@ -93,8 +109,9 @@ def update(
             state.ewma, comparison.candidate, policy.sigma.ewma_lambda or _DISPLAY_EWMA_LAMBDA
         ),
         looks=state.looks + 1,
+        spread=state.spread.add(comparison.difference, comparison.variance),
     )
-    return updated, comparison
+    return updated, replace(comparison, variance=variance)
 
 
 def _limits(hyp: Hypothesis, policy: Policy, state: KpiState, value: float) -> ControlLimits | None:
@@ -268,7 +285,7 @@ def _value(arm: ArmData | None, kpi: Kpi) -> float | None:
     if arm is None:
         return None
     try:
-        return value_of(arm, kpi.quantile)
+        return value_of(arm, kpi.quantile, kpi.threshold)
     except NotComparable:
         return None
 

@@ -99,7 +99,7 @@ def judge(plan: GatePlan, state: RolloutState, window: Window) -> tuple[RolloutS
     reports: dict[str, KpiReport] = {}
     for hyp in plan.hypotheses:
         previous = kpi_states.get(hyp.key, KpiState())
-        obs = window.kpis.get(hyp.key)
+        obs = window.kpis.get(hyp.data)
         if window.stale:
             stale = Unused("stale evidence: " + (window.note or "too old"), Cause.STALE)
             reports[hyp.key] = no_evidence(hyp, stale)
