@@ -96,15 +96,18 @@ def _anchors(args: argparse.Namespace) -> list[AnchoredHead]:
         if anchored is None:
             raise ValueError(f"{path}: no such anchor file")
         anchors.append(anchored)
-    if args.from_mlflow:
+    refs = []
+    for ref in args.from_mlflow:  # all checked before MLflow is asked
+        model, sep, version = ref.rpartition(":")
+        if not sep or not model or not version:
+            raise ValueError(f"--from-mlflow {ref!r}: expected MODEL:VERSION")
+        refs.append((model, version))
+    if refs:
         from kpigate.audit import RegistryAnchor
         from kpigate.registry.mlflow import MlflowRegistry
 
         registry = MlflowRegistry(args.tracking_uri)
-        for ref in args.from_mlflow:
-            model, sep, version = ref.rpartition(":")
-            if not sep or not model or not version:
-                raise ValueError(f"--from-mlflow {ref!r}: expected MODEL:VERSION")
+        for model, version in refs:
             anchored = RegistryAnchor(registry, model, version, "").read()
             if anchored is None:
                 raise ValueError(f"{model} version {version} has no kpigate.audit.head tag")

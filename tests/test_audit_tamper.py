@@ -328,3 +328,16 @@ def test_against_mlflow_the_head_is_anchored_per_append_and_attacks_fail(
         AuditTrail(rewritten, key=KEY).append(event)
     done = _audit("verify", str(rewritten), *args, KPIGATE_AUDIT_KEY_FILE=key_file)
     assert done.returncode == 1 and "is not in the trail" in done.stderr
+
+
+def test_verify_says_which_anchor_cannot_be_read_with_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "trail.jsonl"
+    AuditTrail(path, key=None).append({"type": "action", "rollout": "r", "action": "start"})
+    done = _audit("verify", str(path), "--anchor-file", str(tmp_path / "none.json"))
+    assert done.returncode == 2 and "none.json: no such anchor file" in done.stderr
+    (tmp_path / "bad.json").write_text("{not json")
+    done = _audit("verify", str(path), "--anchor-file", str(tmp_path / "bad.json"))
+    assert done.returncode == 2 and "not an audit anchor file" in done.stderr
+    done = _audit("verify", str(path), "--from-mlflow", "no-version")
+    assert done.returncode == 2 and "expected MODEL:VERSION" in done.stderr
+    assert "Traceback" not in done.stderr
