@@ -10,8 +10,12 @@ with the policy's own boundaries, soak, burn-in, label horizon and max_holds (do
 Traffic: --rps is requests per second reaching the router (both arms). For each KPI,
 --kpi-base says which share of requests are its trials (recall: the fraud prevalence;
 precision: the share flagged; fpr: the share legitimate) and --kpi-value its baseline value
-(a rate in [0, 1], an AUC in [0.5, 1)). Unknown ones are assumed (every request a trial,
-value 0.5) and listed under notes, so give them for the KPIs that matter.
+(a rate in [0, 1], an AUC in [0.5, 1)); for an AUC, --kpi-base is the share of positives.
+A KPI with segments takes them per key (--kpi-base 'recall{eu}=0.01'). Unknown ones are
+assumed and listed under notes: every request a trial (far too optimistic for a rare event
+such as fraud), an AUC's positives half the requests, a value of 0.5 (the largest binomial
+variance). Give them for the KPIs that matter.
+Quantile and gap KPIs and scope window are not forecast (the notes say so).
 
 example:
   kpigate plan --policy policy.yaml --rps 50 \\

@@ -33,6 +33,8 @@ from kpigate.engine.forecast_sim import (
 )
 from kpigate.policy import Policy
 
+MAX_PATHS = 100_000  # a few hundred MB of simulation state at most
+
 __all__ = [
     "DropForecast",
     "Eta",
@@ -349,8 +351,10 @@ def forecast(
     seed: int = 0,
 ) -> Forecast:
     """Per stage and KPI, how long an identical candidate takes and how fast a drop is caught."""
-    if paths < 100:
-        raise ForecastError("at least 100 simulated paths are needed for a 90th percentile")
+    if not 100 <= paths <= MAX_PATHS:
+        raise ForecastError(
+            f"simulated paths must be between 100 (for a 90th percentile) and {MAX_PATHS:,}"
+        )
     models, notes = kpi_models(policy, traffic)
     if not models:
         raise ForecastError("no KPI of this policy can be forecast: " + "; ".join(notes))

@@ -92,7 +92,10 @@ def kpi_models(policy: Policy, traffic: Traffic) -> tuple[list[KpiModel], list[s
             continue
         assumed: list[str] = []
         base = traffic.base.get(hyp.key, traffic.base.get(kpi.name))
-        if base is None:
+        if base is None and kpi.type is KpiType.AUC:
+            base = 0.5
+            assumed.append("positives half of the requests")
+        elif base is None:
             base = 1.0
             assumed.append("every request a trial")
         value = traffic.value.get(hyp.key, traffic.value.get(kpi.name, kpi.baseline_mean))
