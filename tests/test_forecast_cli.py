@@ -85,6 +85,7 @@ def test_text_forecast_warns_for_a_stage_that_cannot_decide(
     [
         (["--rps", "0"], "--rps must be a positive number"),
         (["--rps", "nan"], "--rps must be a positive number"),
+        (["--rps", "1e308"], "requests per second must be a positive number up to 1e+09"),
         (["--rps", "100", "--kpi-base", "recall"], "write NAME=NUMBER"),
         (["--rps", "100", "--kpi-base", "recall=lots"], "'lots' is not a number"),
         (["--rps", "100", "--kpi-base", "recall=1.5"], "a share of requests is in (0, 1]"),

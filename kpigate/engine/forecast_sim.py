@@ -21,6 +21,7 @@ from kpigate.engine.plan import Hypothesis, compile_plan
 from kpigate.policy import Action, KpiType, Method, Policy, Scope
 
 FORECAST_TYPES = (KpiType.RATE, KpiType.AUC)
+MAX_RPS = 1e9  # beyond any router; keeps every count far from float overflow
 
 
 class ForecastError(ValueError):
@@ -170,8 +171,8 @@ class StagePlan:
 
 
 def stage_plans(policy: Policy, models: list[KpiModel], traffic: Traffic) -> list[StagePlan]:
-    if not (traffic.rps > 0 and math.isfinite(traffic.rps)):
-        raise ForecastError("requests per second must be a positive number")
+    if not 0 < traffic.rps <= MAX_RPS:
+        raise ForecastError(f"requests per second must be a positive number up to {MAX_RPS:g}")
     plans = []
     history = 0.0  # baseline requests so far, the reference when holdback is 0 at 100%
     for stage in policy.stages:
@@ -190,6 +191,14 @@ def stage_plans(policy: Policy, models: list[KpiModel], traffic: Traffic) -> lis
                 baseline_samples=tuple(arm_samples(m, base) for m in models),
             )
         )
+        unusable = [
+            m.key for m, i in zip(models, plans[-1].info, strict=True) if not 0 < i < math.inf
+        ]
+        if unusable:
+            raise ForecastError(
+                f"stage {stage.traffic:g}%: the traffic gives no usable information for "
+                f"{', '.join(unusable)} (check --rps, --kpi-base and --kpi-value)"
+            )
         history += (requests - cand) * stage.looks
     return plans
 
