@@ -18,6 +18,7 @@ from kpigate.engine.forecast import (
     forecast,
     info_to_catch,
     info_to_certify,
+    look_quantile,
     spread_quantile,
 )
 from kpigate.engine.forecast_sim import kpi_models, window_info
@@ -77,6 +78,8 @@ def test_spread_quantile_keeps_a_shared_look_time_and_says_when_out_of_reach() -
     times = np.array([600.0] * 4 + [math.inf] * 6)
     assert math.isinf(spread_quantile(times, widths, 0.5))
     assert spread_quantile(times, widths, 0.3) < 600.0 + 150.0
+    assert look_quantile(np.array([300.0] * 8 + [600.0, 900.0]), 0.9) == 600.0
+    assert math.isinf(look_quantile(times, 0.9))
 
 
 def test_window_info_is_the_engines_rate_variance() -> None:
