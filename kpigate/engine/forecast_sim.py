@@ -22,6 +22,9 @@ from kpigate.policy import Action, KpiType, Method, Policy, Scope
 
 FORECAST_TYPES = (KpiType.RATE, KpiType.AUC)
 MAX_RPS = 1e9  # beyond any router; keeps every count far from float overflow
+# An unknown baseline value: it maximises a rate's binomial variance and is the AUC's least
+# informative value, so the forecast errs on the slow side.
+DEFAULT_VALUE = 0.5
 
 
 class ForecastError(ValueError):
@@ -66,12 +69,6 @@ class KpiModel:
         return info * (-self.delta_r - upper)
 
 
-def _default_value(name: str) -> float:
-    # 0.5 maximises a rate's binomial variance and is the AUC's least informative value, so
-    # an unknown baseline gives a forecast on the slow side.
-    return 0.5
-
-
 def kpi_models(policy: Policy, traffic: Traffic) -> tuple[list[KpiModel], list[str]]:
     """The hypotheses the forecast covers, and a note for each one it cannot cover."""
     if policy.method is not Method.SEQUENTIAL:
@@ -101,8 +98,10 @@ def kpi_models(policy: Policy, traffic: Traffic) -> tuple[list[KpiModel], list[s
             assumed.append("every request a trial")
         value = traffic.value.get(hyp.key, traffic.value.get(kpi.name, kpi.baseline_mean))
         if value is None:
-            value = _default_value(kpi.name)
+            value = DEFAULT_VALUE
             assumed.append(f"baseline value {value:g}")
+        if not 0 < base <= 1:
+            raise ForecastError(f"{hyp.key}: the share of requests that are trials is in (0, 1]")
         if kpi.type is KpiType.AUC and not 0.5 <= value < 1:
             raise ForecastError(f"{hyp.key}: an AUC baseline value must be in [0.5, 1)")
         if kpi.type is KpiType.RATE and not 0 <= value <= 1:
