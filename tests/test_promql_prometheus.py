@@ -15,6 +15,8 @@ pkg/metrics/observers/istio.go: reporter="destination", destination_workload_nam
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -320,3 +322,59 @@ def test_kserve_predict_latency_per_revision_from_pod_labels(
     ).json()
     by_revision = {r["metric"]["revision"]: float(r["value"][1]) for r in p95["data"]["result"]}
     assert by_revision["fraud-predictor-00002"] > by_revision["fraud-predictor-00001"]
+
+
+def soak_step(*args: str) -> subprocess.Popen[str]:
+    """soak-and-collect as Argo runs it."""
+    command = [
+        sys.executable,
+        "-m",
+        "kpigate.steps.soak_and_collect",
+        "--policy",
+        str(EXAMPLE),
+        "--stage",
+        "5",
+        *args,
+    ]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def test_the_soak_step_reads_promql_kpis_with_the_rollouts_values(
+    prometheus: PrometheusServer, mesh_factory: Callable[[str], IstioMesh], tmp_path: Path
+) -> None:
+    mesh = mesh_factory("stepns")
+    evidence = tmp_path / "evidence.jsonl"
+    step = soak_step(
+        "--looks", "1", "--interval", "4", "--source", "prometheus",
+        "--prometheus-url", prometheus.url, "--model-name", "fraud", "--namespace", "stepns",
+        "--baseline-version", "v1", "--model-version", "v2", "--evidence", str(evidence),
+    )  # fmt: skip
+    rng = random.Random(11)
+    while step.poll() is None:  # traffic all along, wherever the step's window falls
+        mesh.serve("baseline", 300, error_rate=0.01, median_ms=40, rng=rng)
+        mesh.serve("candidate", 100, error_rate=0.01, median_ms=40, rng=rng)
+        time.sleep(0.2)
+    _, err = step.communicate()
+    assert step.returncode == 0, err
+    (record,) = FileStore(evidence).read()
+    assert "stale" not in record, record
+    for kpi in ("error_rate", "latency_p95"):
+        for arm in ("baseline", "candidate"):
+            assert record["kpis"][kpi][arm], record
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--source", "router"), "KPIs error_rate, latency_p95 bring their own PromQL: use --source prometheus"),
+        (("--source", "prometheus", "--prometheus-url", "http://127.0.0.1:9", "--namespace", "ns", "--model-version", "2"),
+         "KPI 'error_rate': its queries use {{ baseline_version }}, but the rollout gave no value"),
+    ],
+)  # fmt: skip
+def test_the_soak_step_refuses_promql_kpis_it_cannot_read(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    step = soak_step(*args, "--evidence", str(tmp_path / "e.jsonl"))
+    _, err = step.communicate(timeout=120)
+    assert step.returncode == 2 and message in err, err
+    assert not (tmp_path / "e.jsonl").exists()  # nothing collected, nothing lost

@@ -70,6 +70,9 @@ class PrometheusSource:
         # Without KPIs the source reads the router's series (as before this option existed).
         self.reads_router = not kpis or any(k.queries is None for k in kpis)
         self.context = context or promql.QueryContext()
+        promql.check_context(
+            {k.name: k.queries for k in self.query_kpis if k.queries is not None}, self.context
+        )
         self.selector = selector_of(matchers)
         self.mode = mode
         self.max_staleness_s = max_staleness_s

@@ -63,7 +63,7 @@ class QueryContext:
     """What the templates may refer to, known when the rollout starts."""
 
     model: str = ""
-    namespace: str = "default"
+    namespace: str = ""
     baseline_version: str = ""
     candidate_version: str = ""
 
@@ -224,6 +224,35 @@ class KpiQueries(BaseModel):
                         f"{part}: the query reads the same series for both arms; set `selector` "
                         f"and use {{{{ selector }}}} (or {{{{ version }}}}): {self.part(part)}"
                     )
+
+
+def named(queries: KpiQueries) -> set[str]:
+    """Every variable the KPI's queries name, directly or through the selector."""
+    found = {v for p in PARTS_ALL for v in _VARIABLE.findall(queries.part(p) or "")}
+    if "selector" in found:
+        for arm in ARMS:
+            found |= set(_VARIABLE.findall(queries.selector_for(arm)))
+    return found
+
+
+# Variables whose value the rollout must give (the others come from the window and the KPI).
+_GIVEN = frozenset({"model", "namespace", "baseline_version", "candidate_version"})
+
+
+def check_context(queries: Mapping[str, KpiQueries], context: QueryContext) -> None:
+    """Raise PromqlError when a KPI's queries name a value this rollout did not give: an empty
+    version would select nothing, and the gate would hold until it times out."""
+    for name, kpi_queries in queries.items():
+        wanted = named(kpi_queries)
+        if "version" in wanted:
+            wanted |= {"baseline_version", "candidate_version"}
+        empty = sorted(v for v in wanted & _GIVEN if not getattr(context, v))
+        if empty:
+            raise PromqlError(
+                f"KPI '{name}': its queries use {', '.join('{{ ' + v + ' }}' for v in empty)}, "
+                "but the rollout gave no value (pass the model name, its namespace and both "
+                "versions to the Prometheus source)"
+            )
 
 
 def _parse_instant(part: str, query: str, template: str) -> None:
