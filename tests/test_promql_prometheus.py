@@ -378,3 +378,42 @@ def test_the_soak_step_refuses_promql_kpis_it_cannot_read(
     _, err = step.communicate(timeout=120)
     assert step.returncode == 2 and message in err, err
     assert not (tmp_path / "e.jsonl").exists()  # nothing collected, nothing lost
+
+
+def test_a_query_prometheus_refuses_misses_its_kpi_not_the_window(
+    prometheus: PrometheusServer, mesh_factory: Callable[[str], IstioMesh]
+) -> None:
+    """Valid PromQL that fails to execute (HTTP 422, many-to-many matching: each side has one
+    series per response code) is that KPI's problem; the other KPI of the window is read."""
+    mesh = mesh_factory("refused")
+    example = istio_policy()
+    data = example.model_dump(mode="json", exclude_none=True)
+    data["kpis"][0]["queries"]["trials"] = (
+        "istio_requests_total{ {{ selector }} } / on (destination_version) istio_requests_total{ {{ selector }} }"
+    )
+    policy = policy_from_dict(data)
+    source = source_for(prometheus, policy, "refused")
+    source.mark()
+    time.sleep(SETTLE_S)
+    rng = random.Random(13)
+    for arm in ("baseline", "candidate"):
+        mesh.serve(arm, 500, error_rate=0.1, median_ms=40, rng=rng)
+    wait_scraped(prometheus, mesh)
+    record = window_record(policy, source, "r", 1, 5.0)
+    assert "stale" not in record, record
+    assert record["kpis"]["error_rate"] == {"baseline": None, "candidate": None}
+    assert "error_rate baseline trials: refused by Prometheus" in record["note"]
+    assert "many-to-many" in record["note"]
+    assert record["kpis"]["latency_p95"]["candidate"]["buckets"]["+Inf"] >= 500
+
+
+def test_prometheus_down_is_a_missing_window_for_promql_kpis() -> None:
+    policy = istio_policy()
+    context = QueryContext(
+        model="fraud", namespace="ns", baseline_version="1", candidate_version="2"
+    )
+    down = PrometheusSource("http://127.0.0.1:9", kpis=policy.kpis, context=context)
+    down.mark()
+    record = window_record(policy, down, "r", 1, 5.0)
+    assert record["stale"] and record["kpis"] == {}
+    assert "unreachable" in record["note"]

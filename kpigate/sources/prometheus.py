@@ -17,6 +17,7 @@ gauge are not read; the user's queries decide, and a part that returns nothing h
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -46,6 +47,16 @@ RECALL = (
     " / sum by (arm) "
     '(increase(kpigate_outcomes_total{{segment="all",outcome=~"tp|fn"{selector}}}[10m]))'
 )
+
+
+# prometheus_api_client reports a non-200 answer only in its message
+# (prometheus_connect.py: "HTTP Status Code {status} ({content!r})").
+_STATUS = re.compile(r"HTTP Status Code (\d{3})")
+
+
+class QueryRefused(SourceError):
+    """Prometheus answered but refused the query (HTTP 4xx: bad data, or an execution error such
+    as many-to-many matching): one KPI's query is wrong, the source is not down."""
 
 
 def selector_of(matchers: str) -> str:
@@ -88,7 +99,11 @@ class PrometheusSource:
             result: Any = self.client.custom_query(query, params={"time": at})
         except requests.ConnectionError as exc:
             raise SourceError(f"Prometheus at {self.url} is unreachable") from exc
-        except (PrometheusApiClientException, requests.RequestException, ValueError) as exc:
+        except PrometheusApiClientException as exc:
+            status = _STATUS.search(str(exc))
+            refused = QueryRefused if status and 400 <= int(status.group(1)) < 500 else SourceError
+            raise refused(f"Prometheus at {self.url} failed on {query!r}: {exc}") from exc
+        except (requests.RequestException, ValueError) as exc:
             raise SourceError(f"Prometheus at {self.url} failed on {query!r}: {exc}") from exc
         if isinstance(result, list) and len(result) == 2 and not isinstance(result[0], dict):
             return [{"metric": {}, "value": result}]  # a scalar: [time, "value"]
@@ -129,7 +144,11 @@ class PrometheusSource:
         assert kpi.queries is not None
         query = kpi.queries.render(part, arm, self.context, window_s, segment)
         found = WindowCounts()
-        rows = [r for r in self._query(query, at) if float(r["value"][1]) == float(r["value"][1])]
+        try:
+            answer = self._query(query, at)
+        except QueryRefused as exc:
+            return found, f"{kpi.name} {arm} {part}: refused by Prometheus ({exc.__cause__})"
+        rows = [r for r in answer if float(r["value"][1]) == float(r["value"][1])]
         if not rows:
             return found, f"{kpi.name} {arm} {part}: no data"
         if part not in promql.BUCKET_PARTS:
