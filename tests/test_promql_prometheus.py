@@ -14,6 +14,7 @@ pkg/metrics/observers/istio.go: reporter="destination", destination_workload_nam
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from kpigate.engine import Decision, GateDecision
@@ -194,6 +196,14 @@ def test_a_healthy_istio_canary_is_promoted_on_error_rate_and_p95_latency(
     buckets = first["latency_p95"]["baseline"]["buckets"]
     assert set(buckets) == {f"{b:g}" for b in ISTIO_DURATION_BUCKETS} | {"+Inf"}
     assert buckets["+Inf"] == pytest.approx(first["error_rate"]["baseline"]["trials"], rel=1e-9)
+    # `kpigate replay` reads the same evidence to the same decision.
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump(policy.model_dump(mode="json", exclude_none=True)))
+    replayed = subprocess.run(
+        [sys.executable, "-m", "kpigate.cli", "replay", str(tmp_path / "evidence.jsonl"), "--policy", str(policy_file)],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert json.loads(replayed[-1])["decision"] == "promote"
 
 
 @pytest.mark.parametrize(
