@@ -275,6 +275,11 @@ def run(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"kpigate rollout: bad policy:\n{exc}", file=sys.stderr)
         return 2
+    if args.source != "prometheus" and any(k.queries is not None for k in policy.kpis):
+        print(
+            "kpigate rollout: the policy has PromQL KPIs: use --source prometheus", file=sys.stderr
+        )
+        return 2
     state_dir = Path(args.state_dir)
     try:
         # The lock comes first: a second start for the same model must not touch anything.
@@ -317,11 +322,6 @@ def _rollout(args: argparse.Namespace, policy: Policy, state_dir: Path) -> int:
         except PromqlError as exc:
             print(f"kpigate rollout: {exc}", file=sys.stderr)
             return 2
-    elif any(k.queries is not None for k in policy.kpis):
-        print(
-            "kpigate rollout: the policy has PromQL KPIs: use --source prometheus", file=sys.stderr
-        )
-        return 2
     else:
         source = RouterScrapeSource(args.router_url)
 

@@ -241,3 +241,19 @@ def test_a_broken_example_is_refused_with_the_file_the_kpi_and_the_query(tmp_pat
 def test_queries_do_not_leak_into_kpis_without_them() -> None:
     plain = copy.deepcopy(policy_from_dict({"kpis": [{"name": "recall"}]}).kpis[0])
     assert plain.queries is None and plain.needs_labels
+
+
+def test_kpigate_rollout_refuses_promql_kpis_on_the_router_source(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "kpigate.cli", "rollout", "--policy",
+         str(root / "manifests/examples/policy-istio-promql.yaml"), "--model-name", "fraud",
+         "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "PromQL KPIs: use --source prometheus" in done.stderr
+    assert not (tmp_path / "state").exists()  # refused before anything was touched
