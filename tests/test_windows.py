@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -97,7 +98,7 @@ def test_windows_can_take_their_intervals_from_recorded_evidence(
     policy_file: Path, log_url: str, tmp_path: Path
 ) -> None:
     evidence = tmp_path / "evidence.jsonl"
-    lines = [{"rollout": "fraud-2", "window": i, "stage": 5, "kpis": {},
+    lines: list[dict[str, Any]] = [{"rollout": "fraud-2", "window": i, "stage": 5, "kpis": {},
               "served_from": T0 + 90 * (i - 1), "served_to": T0 + 90 * i} for i in (1, 2, 3, 4)]  # fmt: skip
     evidence.write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "w.jsonl"
