@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,39 @@ def test_timeline_helpers() -> None:
     assert [(w.served_from, w.served_to) for w in windows] == [
         (0.0, 60.0), (60.0, 120.0), (120.0, 150.0), (150.0, 200.0)
     ]  # fmt: skip
+
+
+def test_soak_and_collect_reads_the_prediction_log_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    from kpigate.steps.soak_and_collect import main as soak_main
+
+    policy = {**POLICY, "stages": [{"traffic": 5, "soak": "1s", "interval": "0.3s"},
+                                   {"traffic": 100, "soak": "1s", "interval": "0.3s"}],
+              "labels": {"horizon": "0.3s"}}  # fmt: skip
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    engine, url = engine_for(Database(None, "kpigate_"), tmp_path)
+    now = time.time()
+    write_rows(engine, Tables("kpigate_"), random_rows(3000, now, now + 3.0, 0.3, seed=2))
+    engine.dispose()
+    evidence = tmp_path / "evidence.jsonl"
+    args = ["--policy", str(path), "--stage", "5", "--looks", "4", "--source", "predlog",
+            "--evidence", str(evidence)]  # fmt: skip
+    monkeypatch.delenv("KPIGATE_DB_URL", raising=False)
+    monkeypatch.delenv("KPIGATE_DB_URL_FILE", raising=False)
+    monkeypatch.setattr("sys.argv", ["soak_and_collect", *args])
+    assert soak_main() == 2
+    assert "KPIGATE_DB_URL" in capsys.readouterr().err
+    monkeypatch.setenv("KPIGATE_DB_URL", url)
+    assert soak_main() == 0
+    records = [json.loads(line) for line in evidence.read_text().splitlines()]
+    assert len(records) == 4
+    for before, after in itertools.pairwise(records):
+        assert before["served_to"] == after["served_from"]
+    assert records[0]["pending"]["window"] == 1 and "recall" not in records[0]["kpis"]
+    cohorts = [r["cohort"]["window"] for r in records if "cohort" in r]
+    assert cohorts == list(range(1, len(cohorts) + 1)) and cohorts  # each once, in order
+    assert all(r["kpis"]["error_rate"]["baseline"] is not None for r in records)
