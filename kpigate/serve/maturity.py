@@ -92,7 +92,8 @@ class MaturityJob:
             ids = (
                 select(t.c.id)
                 .where(t.c.matured_at.is_(None), t.c.created_at < now - self.horizon_s)
-                .order_by(t.c.id)
+                # In the partial index's order: the scan stops after batch_rows rows.
+                .order_by(t.c.created_at)
                 .limit(self.batch_rows)
                 .with_for_update(skip_locked=True)  # rendered as nothing on SQLite
             )
