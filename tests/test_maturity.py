@@ -22,8 +22,10 @@ from kpigate.serve.maturity import MaturityJob, ensure_matured_column
 from kpigate.serve.predlog import Tables, make_engine
 from kpigate.sources.base import SourceError
 from kpigate.sources.cohorts import NextCohort, ServedWindow, label_at_maturity
+from kpigate.sources.prometheus import PrometheusSource
 from kpigate.sources.router import RouterScrapeSource
 from tests.cohort_helpers import engine_for, random_rows
+from tests.prometheus_fixtures import PrometheusServer
 from tests.serve_fixtures import (
     Database,
     FixedModel,
@@ -209,3 +211,42 @@ def test_a_router_without_a_horizon_cannot_give_matured_cohorts(
     cohort = NextCohort(ServedWindow(1, 5.0, 0.0, 1.0), 5.0, 2.0, True)
     with pytest.raises(SourceError, match="--label-horizon"):
         source.matured(cohort, Labels(horizon=60.0))
+
+
+def test_prometheus_sums_the_matured_counters_of_two_replicas(
+    prometheus: PrometheusServer, start_router: Callable[..., RouterServer]
+) -> None:
+    db = Database(None, "kpigate_")
+    replicas = [_start(start_router, db, initial_weight=50.0) for _ in range(2)]
+    targets = [r.url.removeprefix("http://") for r in replicas]
+    prometheus.scrape(*targets)
+    matchers = 'instance=~"' + "|".join(targets) + '"'
+    prometheus.wait_for(
+        f"count(up{{{matchers}}} == 1)", lambda r: bool(r) and r[0]["value"][1] == "2"
+    )
+    source = PrometheusSource(prometheus.url, matchers=matchers, mode="delta")
+    source.mark()
+    answers = []
+    for i, replica in enumerate(replicas):
+        with replica.client() as client:
+            batch = {"instances": transactions(60, seed=40 + i)}
+            answers += client.post("/predict", json=batch).json()["predictions"]
+        with replica.client() as client:
+            labels = [{"request_id": a["request_id"], "label": 1} for a in answers[-60:][:15]]
+            assert client.post("/feedback", json={"labels": labels}).json()["joined"] == 15
+    _wait_matured(replicas[0], 120)
+    prometheus.wait_for(
+        f'sum(kpigate_matured_predictions_total{{segment="all",{matchers}}})',
+        lambda r: bool(r) and float(r[0]["value"][1]) == 120,
+    )
+    source.collect()
+    cohort = NextCohort(ServedWindow(1, 50.0, 0.0, 1.0), 50.0, 1.0 + HORIZON, True)
+    matured = source.matured(cohort, Labels(horizon=HORIZON, unlabeled="negative")).counts
+    assert matured.total("outcomes", segment="all") == 120
+    assert (
+        matured.total("outcomes", segment="all", outcome="tp")
+        + matured.total("outcomes", segment="all", outcome="fn")
+        == 30
+    )
+    with pytest.raises(SourceError, match="differs"):
+        source.matured(cohort, Labels(horizon=HORIZON * 2))
