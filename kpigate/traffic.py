@@ -302,7 +302,8 @@ def format_summary(summary: TrafficSummary) -> str:
         f"in {d['elapsed_s']:.1f}s ({d['throughput_rps']:.0f}/s)",
         f"latency ms: p50 {lat['p50']:.2f}  p95 {lat['p95']:.2f}  p99 {lat['p99']:.2f}",
         f"arms: {d['arms']}  decisions: {d['decisions']}  fallbacks: {d['fallbacks']}",
-        f"labels: {d['labels_posted']} posted, {d['labels_pending']} not posted; "
+        f"labels: {d['labels_posted']} posted, {d['labels_pending']} not posted, "
+        f"{d['labels_withheld']} never sent; "
         f"router says {d['feedback']}",
     ]
     return "\n".join(lines)
@@ -316,7 +317,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--rate", type=float, default=d.rate, help="requests/s, 0 = unthrottled (%(default)s)")
     add("--concurrency", type=int, default=d.concurrency, help="in-flight requests (%(default)s)")
     add("--fraud-delay", type=float, default=d.fraud_delay_s,
-        help="mean seconds until a fraud label arrives (%(default)s)")  # fmt: skip
+        help="seconds until a fraud label arrives: the mean, or the median when lognormal "
+             "(%(default)s)")  # fmt: skip
     add("--maturity", type=float, default=d.maturity_s,
         help="seconds until a legitimate label arrives (%(default)s)")  # fmt: skip
     add("--fraud-delay-dist", choices=DELAY_KINDS[:3], default=d.fraud_delay_kind,
