@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-replay bench-router bench-soak setup system clean
+.PHONY: demo test lint typecheck unit bench bench-cohorts bench-replay bench-router bench-soak setup system clean
 
 demo: $(STAMP)
 	$(BIN)/kpigate demo
@@ -40,9 +40,15 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# delayed_labels.py writes its own section at the end of docs/statistics.md, so it runs after
+# statistical.py (which rewrites everything below its marker).
 bench: $(STAMP)
 	$(BIN)/python bench/statistical.py --write docs/statistics.md $(BENCH_ARGS)
 	$(BIN)/python bench/forecast.py --write docs/forecast.md
+	$(BIN)/python bench/delayed_labels.py --rollouts 1000 --write docs/statistics.md
+
+bench-cohorts: $(STAMP)
+	$(BIN)/python bench/cohort_query.py --write docs/prediction-log.md $(BENCH_ARGS)
 
 bench-replay: $(STAMP)
 	$(BIN)/python bench/replay_speed.py --write docs/replay-speed.md $(BENCH_ARGS)

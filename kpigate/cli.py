@@ -14,6 +14,10 @@ from collections.abc import Sequence
 # `kpigate replay` does not pay for MLflow or the router.
 COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("kpigate.replay", "replay KPI windows (JSON Lines) through the decision gate"),
+    "windows": (
+        "kpigate.windows",
+        "rebuild a rollout's windows from the prediction log (backtest)",
+    ),
     "demo": ("kpigate.demo", "run the fraud case study end to end on the embedded default"),
     "serve": ("kpigate.serve.cli", "serve champion and candidate behind the canary/shadow router"),
     "traffic": ("kpigate.traffic", "replay generated transactions and delayed labels at a router"),

@@ -7,7 +7,8 @@ Input: JSON Lines, one evaluation window per line, in order:
                        "candidate": {"successes": 451, "trials": 512}}}}
 
 `rollout` is optional; each rollout id is judged independently. Optional: "stale": true
-(the collector marked this window's data too old), "note": "...", "time": "...".
+(the collector marked this window's data too old), "note": "...", "time": "...",
+"served_from" / "served_to" (Unix seconds: the interval this window's traffic was served in).
 With delayed labels (a policy `labels` section) the label KPIs of a line belong to a matured
 cohort, named by "cohort": {"window": 3, "stage": 5, "matured_at": 1764590400.0} (the serving
 window, its stage or null if it straddles two, Unix seconds); a line without a cohort carries
@@ -69,7 +70,10 @@ from kpigate.policy import (
     load_policy,
 )
 
-_TOP_LEVEL = {"rollout", "window", "stage", "kpis", "stale", "note", "time", "cohort", "pending"}
+_TOP_LEVEL = {
+    *("rollout", "window", "stage", "kpis", "stale", "note", "time", "cohort", "pending"),
+    *("served_from", "served_to"),
+}
 
 
 class LineError(ValueError):
@@ -212,6 +216,9 @@ def parse_line(text: str) -> RawWindow:
     stale = data.get("stale", False)
     if not isinstance(stale, bool):
         raise LineError('"stale" must be true or false')
+    served = [_number(data[k], f'"{k}"') for k in ("served_from", "served_to") if k in data]
+    if len(served) == 2 and served[1] < served[0]:
+        raise LineError('"served_to" is before "served_from"')
     rollout = data.get("rollout", "")
     if not isinstance(rollout, str | int):
         raise LineError('"rollout" must be a string')

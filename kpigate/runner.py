@@ -38,7 +38,7 @@ from kpigate.engine import Decision, GateDecision
 from kpigate.journal import Journal
 from kpigate.policy import Policy, PolicyError, load_policy
 from kpigate.registry.base import CHAMPION, Registry, RegistryError, RegistryUnavailable
-from kpigate.sources.base import MetricsSource
+from kpigate.sources.base import MetricsSource, SourceError
 from kpigate.steps.deploy_stage import deploy
 from kpigate.steps.evaluate_gate import judge_evidence
 from kpigate.steps.promote_or_rollback import Outcome, promote, rollback
@@ -248,7 +248,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-version", default="", help="number or alias (default: candidate)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
     parser.add_argument("--router-url", default="http://127.0.0.1:8080", help="kpigate router")
-    parser.add_argument("--source", choices=["router", "prometheus"], default="router")
+    parser.add_argument(
+        "--source",
+        choices=["router", "prometheus", "predlog"],
+        default="router",
+        help="predlog: SQL on the prediction log at KPIGATE_DB_URL or KPIGATE_DB_URL_FILE",
+    )
     parser.add_argument("--prometheus-url", default="")
     parser.add_argument("--mode", choices=["canary", "shadow"], default="canary")
     parser.add_argument(
@@ -295,6 +300,9 @@ def run(args: argparse.Namespace) -> int:
     except AuditError as exc:  # e.g. a KPIGATE_AUDIT_KEY too short, or its file unreadable
         print(f"kpigate rollout: {exc}", file=sys.stderr)
         return 2
+    except SourceError as exc:  # the source cannot be set up (e.g. no database URL)
+        print(f"kpigate rollout: {exc}", file=sys.stderr)
+        return 2
 
 
 def _rollout(args: argparse.Namespace, policy: Policy, state_dir: Path) -> int:
@@ -332,6 +340,10 @@ def _rollout(args: argparse.Namespace, policy: Policy, state_dir: Path) -> int:
         except PromqlError as exc:
             print(f"kpigate rollout: {exc}", file=sys.stderr)
             return 2
+    elif args.source == "predlog":
+        from kpigate.sources.predlog import source_from_env
+
+        source = source_from_env(policy)
     else:
         source = RouterScrapeSource(args.router_url)
 

@@ -5,9 +5,19 @@ label is posted to POST /feedback later, as in production: fraud labels arrive l
 chargeback, --fraud-delay) and legitimate ones only once the maturity window has passed
 (--maturity). A progress line runs on stderr and a summary is printed at the end.
 
+Label delays per class (--fraud-delay-dist, --legit-delay-dist):
+  uniform    0.5x to 1.5x the delay (the default for fraud)
+  fixed      exactly the delay (the default for legitimate labels)
+  lognormal  a long right tail around the delay as its median, spread --delay-sigma (log
+             scale): chargebacks mostly come in days, a few in weeks
+  never      the label is never sent (legitimate only): silence means legitimate, as in
+             production fraud feeds; pair it with a policy whose labels.unlabeled is negative
+
 examples:
   kpigate traffic --url http://127.0.0.1:8080 --count 5000 --rate 200 --concurrency 16
   kpigate traffic --url http://127.0.0.1:8080 --count 2000 --fraud-delay 2 --maturity 5
+  kpigate traffic --url http://127.0.0.1:8080 --fraud-delay 20 --fraud-delay-dist lognormal \
+      --legit-delay-dist never       fraud about 20 s late (long tail), legitimate never sent
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import asyncio
 import contextlib
 import heapq
 import json
+import math
 import random
 import signal
 import sys
@@ -66,6 +77,30 @@ def generate_transactions(
         chunk_seed += 1_000_003
 
 
+DELAY_KINDS = ("uniform", "fixed", "lognormal", "never")
+
+
+@dataclass(frozen=True)
+class LabelDelay:
+    """When one class's label is sent after its prediction (see the module help)."""
+
+    kind: str
+    seconds: float
+    sigma: float = 0.5
+
+    def sample(self, rng: random.Random) -> float | None:
+        """Seconds until the label is sent, or None when it is never sent."""
+        if self.kind == "never":
+            return None
+        if self.kind == "fixed":
+            return self.seconds
+        if self.kind == "uniform":
+            return self.seconds * rng.uniform(0.5, 1.5)
+        if self.kind == "lognormal":
+            return self.seconds * math.exp(self.sigma * rng.gauss(0.0, 1.0))
+        raise ValueError(f"unknown delay distribution {self.kind!r}; use one of {DELAY_KINDS}")
+
+
 @dataclass
 class TrafficOptions:
     url: str
@@ -83,6 +118,14 @@ class TrafficOptions:
     progress: bool = True
     fraud_share: float | None = None  # enrich the stream in fraud (demos); None = as generated
     stop: threading.Event | None = None  # set it to end a long replay early
+    fraud_delay_kind: str = "uniform"  # around fraud_delay_s; see LabelDelay
+    legit_delay_kind: str = "fixed"  # around maturity_s
+    delay_sigma: float = 0.5
+
+    def delay(self, label: int) -> LabelDelay:
+        if label:
+            return LabelDelay(self.fraud_delay_kind, self.fraud_delay_s, self.delay_sigma)
+        return LabelDelay(self.legit_delay_kind, self.maturity_s, self.delay_sigma)
 
 
 @dataclass
@@ -96,6 +139,7 @@ class TrafficSummary:
     latencies_ms: list[float] = field(default_factory=list)
     labels_posted: int = 0
     labels_pending: int = 0
+    labels_withheld: int = 0  # never sent (--legit-delay-dist never)
     feedback: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
 
@@ -117,6 +161,7 @@ class TrafficSummary:
             "fallbacks": self.fallbacks,
             "labels_posted": self.labels_posted,
             "labels_pending": self.labels_pending,
+            "labels_withheld": self.labels_withheld,
             "feedback": dict(self.feedback),
             "elapsed_s": self.elapsed_s,
         }
@@ -131,9 +176,10 @@ class _Labels:
         self.rng = random.Random(opts.seed + 1)
 
     def schedule(self, request_id: str, label: int) -> None:
-        delay = self.opts.maturity_s
-        if label:
-            delay = self.opts.fraud_delay_s * self.rng.uniform(0.5, 1.5)
+        delay = self.opts.delay(label).sample(self.rng)
+        if delay is None:
+            self.summary.labels_withheld += 1
+            return
         heapq.heappush(self.heap, (time.monotonic() + delay, request_id, label))
 
     async def post_due(self, everything: bool = False) -> None:
@@ -256,7 +302,8 @@ def format_summary(summary: TrafficSummary) -> str:
         f"in {d['elapsed_s']:.1f}s ({d['throughput_rps']:.0f}/s)",
         f"latency ms: p50 {lat['p50']:.2f}  p95 {lat['p95']:.2f}  p99 {lat['p99']:.2f}",
         f"arms: {d['arms']}  decisions: {d['decisions']}  fallbacks: {d['fallbacks']}",
-        f"labels: {d['labels_posted']} posted, {d['labels_pending']} not posted; "
+        f"labels: {d['labels_posted']} posted, {d['labels_pending']} not posted, "
+        f"{d['labels_withheld']} never sent; "
         f"router says {d['feedback']}",
     ]
     return "\n".join(lines)
@@ -270,9 +317,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--rate", type=float, default=d.rate, help="requests/s, 0 = unthrottled (%(default)s)")
     add("--concurrency", type=int, default=d.concurrency, help="in-flight requests (%(default)s)")
     add("--fraud-delay", type=float, default=d.fraud_delay_s,
-        help="mean seconds until a fraud label arrives (%(default)s)")  # fmt: skip
+        help="seconds until a fraud label arrives: the mean, or the median when lognormal "
+             "(%(default)s)")  # fmt: skip
     add("--maturity", type=float, default=d.maturity_s,
         help="seconds until a legitimate label arrives (%(default)s)")  # fmt: skip
+    add("--fraud-delay-dist", choices=DELAY_KINDS[:3], default=d.fraud_delay_kind,
+        help="how fraud delays spread around --fraud-delay (%(default)s; see above)")  # fmt: skip
+    add("--legit-delay-dist", choices=DELAY_KINDS, default=d.legit_delay_kind,
+        help="how legitimate delays spread around --maturity, or never (%(default)s)")  # fmt: skip
+    add("--delay-sigma", type=float, default=d.delay_sigma,
+        help="spread of lognormal delays on the log scale (%(default)s)")  # fmt: skip
     add("--no-labels", action="store_true", help="do not post labels")
     add("--no-wait", action="store_true", help="exit without waiting for pending labels")
     add("--seed", type=int, default=d.seed, help="generator seed (%(default)s)")
@@ -297,7 +351,13 @@ def run(args: argparse.Namespace) -> int:
         drift=args.drift,
         progress=not args.quiet,
         fraud_share=args.fraud_share,
+        fraud_delay_kind=args.fraud_delay_dist,
+        legit_delay_kind=args.legit_delay_dist,
+        delay_sigma=args.delay_sigma,
     )
+    if opts.fraud_delay_s < 0 or opts.maturity_s < 0 or not 0 <= opts.delay_sigma <= 5:
+        print("--fraud-delay and --maturity must be >= 0, --delay-sigma in [0, 5]", file=sys.stderr)
+        return 2
     if opts.count < 0 or opts.rate < 0 or opts.concurrency < 1:
         print("--count and --rate must be >= 0 and --concurrency >= 1", file=sys.stderr)
         return 2

@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from kpigate.policy import Policy
 from kpigate.sources import catalogue, promql
-from kpigate.sources.base import MetricsSource, SourceError
+from kpigate.sources.base import Collected, MetricsSource, SourceError
+from kpigate.sources.records import build_record
 from kpigate.steps.common import BAD_INPUT, DONE, StepError, fail, read_policy, say, step_main
 from kpigate.store import EvidenceStore, StoreError, open_store
 
@@ -49,36 +50,43 @@ def make_source(args: argparse.Namespace, policy: Policy) -> MetricsSource:
         raise StepError(
             f"KPIs {', '.join(with_queries)} bring their own PromQL: use --source prometheus"
         )
+    if args.source == "predlog":
+        from kpigate.sources.predlog import source_from_env
+
+        return source_from_env(policy)
     from kpigate.sources.router import RouterScrapeSource
 
     return RouterScrapeSource(args.router_url)
 
 
 def window_record(
-    policy: Policy, source: MetricsSource, rollout: str, index: int, stage: float
+    policy: Policy,
+    source: MetricsSource,
+    rollout: str,
+    index: int,
+    stage: float,
+    served_from: float | None = None,
+    history: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """One window from the source; never raises on a source failure: it marks the window."""
-    record: dict[str, Any] = {
+    """One window from the source; never raises on a source failure: it marks the window.
+
+    The record keeps its serving interval (Unix seconds); with a policy `labels` section its
+    label KPIs are those of the oldest matured cohort of `history` (kpigate/sources/records.py).
+    """
+    try:
+        collected: Collected | SourceError = source.collect()
+    except SourceError as exc:
+        collected = exc
+    served_to = time.time()
+    base: dict[str, Any] = {
         "rollout": rollout,
         "window": index,
         "stage": stage,
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "served_from": served_to if served_from is None else served_from,
+        "served_to": served_to,
     }
-    try:
-        collected = source.collect()
-    except SourceError as exc:
-        return {**record, "kpis": {}, "stale": True, "note": f"missing: {exc}"}
-    kpis = {
-        key: catalogue.read(kpi, key, collected.counts)
-        for kpi in policy.kpis
-        for key in kpi.hypotheses()
-    }
-    record["kpis"] = kpis
-    if collected.stale:
-        record["stale"] = True
-    if collected.note:
-        record["note"] = collected.note
-    return record
+    return build_record(policy, source, collected, history, base)
 
 
 def soak(
@@ -93,16 +101,19 @@ def soak(
     on_window: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
     """Collect until the stage has `looks` windows; returns how many were added."""
-    records = store.read()
+    records = list(store.read())
     have = sum(1 for r in records if float(r.get("stage", -1)) == stage)
     missing = max(0, looks - have)
     next_index = (int(records[-1]["window"]) + 1) if records else 1
+    served_from = time.time()
     if missing:
         source.mark()
     for n in range(missing):
         sleep(interval_s)
-        record = window_record(policy, source, rollout, next_index + n, stage)
+        record = window_record(policy, source, rollout, next_index + n, stage, served_from, records)
+        served_from = record["served_to"]
         store.append(record)
+        records.append(record)
         if on_window is not None:
             on_window(record)
     return missing
@@ -117,7 +128,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interval", type=float, default=0.0, help="seconds per window (default: the policy's)"
     )
-    parser.add_argument("--source", choices=["router", "prometheus"], default="router")
+    parser.add_argument(
+        "--source",
+        choices=["router", "prometheus", "predlog"],
+        default="router",
+        help="predlog: SQL on the prediction log at KPIGATE_DB_URL or KPIGATE_DB_URL_FILE",
+    )
     parser.add_argument("--router-url", default="http://127.0.0.1:8080")
     parser.add_argument("--prometheus-url", default="")
     parser.add_argument(
@@ -147,7 +163,13 @@ def run(args: argparse.Namespace) -> int:
         store = open_store(args.evidence, args.tracking_uri)
         rollout = args.rollout or args.evidence.rstrip("/").rsplit("/", 1)[-1]
         source = make_source(args, policy)
-    except (StepError, catalogue.CatalogueError, promql.PromqlError, StoreError) as exc:
+    except (
+        StepError,
+        catalogue.CatalogueError,
+        promql.PromqlError,
+        StoreError,
+        SourceError,
+    ) as exc:
         return fail("soak-and-collect", exc, BAD_INPUT)
 
     def progress(record: dict[str, Any]) -> None:

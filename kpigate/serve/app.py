@@ -19,16 +19,32 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kpigate.serve.admin import admin_routes
-from kpigate.serve.config import ServeConfig
+from kpigate.serve.config import ServeConfig, late_label_cutoff_s
 from kpigate.serve.feedback import FeedbackJoiner, parse_items
 from kpigate.serve.instances import InstanceError, parse_instance
 from kpigate.serve.loader import MlflowAliasLoader, ModelLoader
+from kpigate.serve.maturity import MaturityJob
 from kpigate.serve.metrics import RouterMetrics
 from kpigate.serve.openapi import build_openapi
 from kpigate.serve.predlog import PredictionLog, Tables, make_engine
 from kpigate.serve.router import BaselineError, RouterCore
 
 log = logging.getLogger(__name__)
+
+
+def _maturity_job(
+    config: ServeConfig, predlog: PredictionLog, metrics: RouterMetrics
+) -> MaturityJob | None:
+    if config.label_horizon_s is None:
+        return None
+    metrics.label_horizon.set(config.label_horizon_s)
+    return MaturityJob(
+        predlog.engine,
+        predlog.tables,
+        config.label_horizon_s,
+        metrics.count_matured,
+        interval_s=config.maturity_interval_s,
+    )
 
 
 def create_app(config: ServeConfig, loader: ModelLoader | None = None) -> Starlette:
@@ -50,7 +66,8 @@ def create_app(config: ServeConfig, loader: ModelLoader | None = None) -> Starle
         metrics,
         predlog,
     )
-    joiner = FeedbackJoiner(predlog, config.label_window_s)
+    joiner = FeedbackJoiner(predlog, late_label_cutoff_s(config))
+    maturity = _maturity_job(config, predlog, metrics)
     invalid_predict = metrics.invalid.labels("/predict")
     invalid_feedback = metrics.invalid.labels("/feedback")
 
@@ -132,6 +149,8 @@ def create_app(config: ServeConfig, loader: ModelLoader | None = None) -> Starle
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(core.start)
+        if maturity is not None:
+            await run_in_threadpool(maturity.start)
         # Models, MLflow and pandas leave ~10^6 long-lived objects; a full GC pass over them
         # stalls every in-flight request for tens of ms. Freezing moves them out of the GC's way.
         gc.collect()
@@ -139,6 +158,8 @@ def create_app(config: ServeConfig, loader: ModelLoader | None = None) -> Starle
         try:
             yield
         finally:
+            if maturity is not None:
+                await run_in_threadpool(maturity.stop)
             await core.close()
 
     routes = [

@@ -18,6 +18,15 @@ import sys
 from kpigate.serve.config import MODES, ServeConfig
 
 
+def _duration(text: str) -> float:
+    from kpigate.policy import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServeConfig()
     add = parser.add_argument
@@ -49,6 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.label_window_s / 3600,
         help="labels for older predictions are refused as late (default: %(default)s)",
     )
+    add(
+        "--label-horizon",
+        type=_duration,
+        default=None,
+        help="label horizon (e.g. 30d, 2m): predictions are counted as matured this long after "
+        "they were served (kpigate_matured_predictions_total) and later labels are refused as "
+        "late; match the policy's labels.horizon (default: off)",
+    )
     add("--hash-salt", default=d.hash_salt, help="reshuffles which cards see the candidate")
     add("--access-log", action="store_true", help="log every request (costs throughput)")
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -68,6 +85,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         max_batch=args.max_batch,
         label_window_s=args.label_window_hours * 3600.0,
         hash_salt=args.hash_salt,
+        label_horizon_s=args.label_horizon,
     )
 
 

@@ -30,6 +30,11 @@ class ServeConfig:
     max_batch: int = 256
     # Labels for predictions older than this are refused as "late": their windows are closed.
     label_window_s: float = 7 * 24 * 3600.0
+    # The label horizon (seconds): a prediction matures this long after it was served and is
+    # then counted once in the matured metrics; /feedback refuses later labels as late. None:
+    # no maturity counting, and label_window_s is the late cutoff.
+    label_horizon_s: float | None = None
+    maturity_interval_s: float = 1.0
     # Changing the salt reshuffles which entities land in the candidate's share.
     hash_salt: str = ""
     # Rows are written when this many are buffered or every flush_interval_s, whichever is first.
@@ -38,6 +43,11 @@ class ServeConfig:
     # Buffered rows beyond this are dropped (and counted) rather than exhausting memory when the
     # database is down for a long time.
     log_max_buffer_rows: int = 1_000_000
+
+
+def late_label_cutoff_s(config: ServeConfig) -> float:
+    """Labels for predictions older than this are late: the horizon when one is set."""
+    return config.label_window_s if config.label_horizon_s is None else config.label_horizon_s
 
 
 def read_admin_token(environ: dict[str, str] | None = None) -> str | None:

@@ -118,6 +118,24 @@ class RouterMetrics:
         self.log_pending = Gauge(
             "kpigate_predlog_pending_rows", "Rows buffered, not yet written.", registry=r
         )
+        # Counted once per prediction when its label horizon has passed (maturity.py), so
+        # increase() over a window is one cohort's matured counts; label is 1|0|none.
+        self.matured = Counter(
+            "kpigate_matured_predictions_total",
+            "Predictions counted at maturity (label horizon passed) per arm, version, shadow, "
+            "segment, decision and label (1|0|none: no label within the horizon).",
+            ["arm", "model_version", "shadow", "segment", "decision", "label"], registry=r,
+        )  # fmt: skip
+        self.matured_score = Histogram(
+            "kpigate_matured_score",
+            "Scores of matured predictions per label (1|0|none), for ROC AUC of a cohort.",
+            ["arm", "model_version", "shadow", "label"], buckets=SCORE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.label_horizon = Gauge(
+            "kpigate_label_horizon_seconds",
+            "The router's label horizon: a prediction matures this long after it was served.",
+            registry=r,
+        )  # fmt: skip
         for result in FEEDBACK_RESULTS:
             self.feedback.labels(result)
         self._cache: dict[tuple[Any, ...], Any] = {}
@@ -150,6 +168,19 @@ class RouterMetrics:
         self.child(self.labeled_score, *base, str(label)).observe(row["score"])
         if lag_s is not None:
             self.child(self.label_lag, str(label)).observe(max(lag_s, 0.0))
+
+    def count_matured(self, row: dict[str, Any], label: int | None) -> None:
+        """Account one prediction claimed at maturity (called exactly once per row)."""
+        value = "none" if label is None else str(label)
+        base = (row["arm"], row["model_version"], _flag(bool(row["shadow"])))
+        for segment in (
+            "all",
+            f"region={row['region']}",
+            f"payment_method={row['payment_method']}",
+            f"amount_band={row['amount_band']}",
+        ):
+            self.child(self.matured, *base, segment, row["decision"], value).inc()
+        self.child(self.matured_score, *base, value).observe(row["score"])
 
     def set_routing(self, weight: float, mode: str, modes: tuple[str, ...]) -> None:
         self.weight.set(weight)

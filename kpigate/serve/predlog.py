@@ -29,6 +29,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -62,8 +63,17 @@ class Tables:
             Column("created_at", Float, nullable=False),
             Column("label", Integer, nullable=True),
             Column("labeled_at", Float, nullable=True),
+            # When a replica counted the prediction as matured (kpigate/serve/maturity.py).
+            Column("matured_at", Float, nullable=True),
             UniqueConstraint("request_id", "shadow", name=f"{prefix}pred_req_shadow"),
             Index(f"{prefix}pred_created", "created_at"),
+            # Only the rows still to mature: the maturity job's claim stays small at any size.
+            Index(
+                f"{prefix}pred_unmatured",
+                "created_at",
+                postgresql_where=text("matured_at IS NULL"),
+                sqlite_where=text("matured_at IS NULL"),
+            ),
         )
         self.state = Table(
             f"{prefix}router_state",

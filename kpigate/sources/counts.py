@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from kpigate.sources.cohorts import outcome_of
+
 Labels = tuple[tuple[str, str], ...]  # sorted (name, value) pairs
 
 
@@ -29,7 +31,12 @@ SERIES: tuple[Series, ...] = (
     Series("latency", "kpigate_request_latency_seconds_bucket", ("arm", "le")),
     Series("errors", "kpigate_model_errors_total", ("arm",)),
     Series("decisions", "kpigate_decisions_total", ("arm", "decision")),
+    # Counted when predictions mature (label 1|0|none); read as a cohort by matured_tables().
+    Series("matured", "kpigate_matured_predictions_total", ("arm", "segment", "decision", "label")),
+    Series("matured_scores", "kpigate_matured_score_bucket", ("arm", "label", "le")),
 )
+# A gauge, read as is (never differenced): the router's label horizon in seconds.
+HORIZON_METRIC = "kpigate_label_horizon_seconds"
 
 
 def labels_of(mapping: Mapping[str, str], names: Iterable[str]) -> Labels:
@@ -67,6 +74,37 @@ class WindowCounts:
 
     def is_empty(self) -> bool:
         return not any(self.tables.values())
+
+
+def matured_tables(counts: WindowCounts, unlabeled: str) -> WindowCounts:
+    """The label tables (outcomes, scores) of what matured in a window, from the matured series:
+    a prediction without a label counts as label 0 (`negative`) or not at all (`exclude`)."""
+    out = WindowCounts()
+
+    def label_of(found: dict[str, str]) -> str | None:
+        label = found.get("label", "none")
+        if label in ("0", "1"):
+            return label
+        return "0" if unlabeled == "negative" else None
+
+    for labels, value in counts.tables.get("matured", {}).items():
+        found = dict(labels)
+        if (label := label_of(found)) is None:
+            continue
+        outcome = outcome_of(found.get("decision") == "decline", int(label))
+        keys = {
+            "arm": found.get("arm", ""),
+            "segment": found.get("segment", ""),
+            "outcome": outcome,
+        }
+        out.add("outcomes", labels_of(keys, ("arm", "segment", "outcome")), value)
+    for labels, value in counts.tables.get("matured_scores", {}).items():
+        found = dict(labels)
+        if (label := label_of(found)) is None:
+            continue
+        keys = {"arm": found.get("arm", ""), "label": label, "le": found.get("le", "")}
+        out.add("scores", labels_of(keys, ("arm", "label", "le")), value)
+    return out
 
 
 def aggregate(samples: Iterable[tuple[str, Mapping[str, str], float]]) -> WindowCounts:

@@ -27,16 +27,27 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
-from kpigate.policy import Kpi, KpiType
+from kpigate.policy import Kpi, KpiType, Labels
 from kpigate.sources import promql
-from kpigate.sources.base import Collected, SourceError
+from kpigate.sources.base import Collected, SourceError, check_horizon
 from kpigate.sources.catalogue import segment_of
-from kpigate.sources.counts import SERIES, Series, WindowCounts, difference, labels_of
+from kpigate.sources.cohorts import NextCohort
+from kpigate.sources.counts import (
+    HORIZON_METRIC,
+    SERIES,
+    Series,
+    WindowCounts,
+    difference,
+    labels_of,
+    matured_tables,
+)
 
 INCREASE = "sum by ({by}) (increase({metric}{selector}[{seconds}s]))"
 RAW = "sum by ({by}) ({metric}{selector})"
 # The age of the newest sample of a gauge the router always exposes.
 LAG = "time() - max(timestamp(kpigate_candidate_weight_percent{selector}))"
+# The replicas' label horizons: all must equal the policy's for matured counts to be cohorts.
+HORIZONS = "{agg}(" + HORIZON_METRIC + "{selector})"
 # For dashboards and rules (not used to decide): p95 latency and recall per arm over 10m.
 LATENCY_P95 = (
     "histogram_quantile(0.95, sum by (arm, le) "
@@ -93,6 +104,7 @@ class PrometheusSource:
         self.client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout_s, retry=retry)
         self._start_time: float | None = None
         self._start_counts: WindowCounts | None = None
+        self._last: tuple[float, WindowCounts] | None = None  # for matured()
 
     def _query(self, query: str, at: float) -> list[dict[str, Any]]:
         try:
@@ -220,7 +232,8 @@ class PrometheusSource:
             self._start_time = now
             if begin is None:
                 raise SourceError("no start-of-window reading from Prometheus")
-            return Collected(difference(end_counts, begin), stale=stale, note=note)
+            self._last = (now, difference(end_counts, begin))
+            return Collected(self._last[1], stale=stale, note=note)
         counts = WindowCounts()
         seconds = max(1, round(now - start))
         for series in SERIES:
@@ -232,4 +245,24 @@ class PrometheusSource:
             )
             self._table(series, query, now, counts)
         self._start_time = now
+        self._last = (now, counts)
         return Collected(counts, stale=stale, note=note)
+
+    def matured(self, cohort: NextCohort, labels: Labels) -> Collected:
+        """What matured in the last window (see RouterScrapeSource.matured), once every
+        replica's horizon is the policy's."""
+        if self._last is None:
+            raise SourceError("no window collected yet")
+        at, counts = self._last
+        found = []
+        for agg in ("min", "max"):
+            rows = self._query(HORIZONS.format(agg=agg, selector=self.selector), at)
+            found.append(float(rows[0]["value"][1]) if rows else None)
+        low, high = found
+        if low is not None and high is not None and low != high:
+            raise SourceError(
+                f"the router replicas' label horizons differ ({low:g}s to {high:g}s): "
+                "restart them with one --label-horizon"
+            )
+        check_horizon(high, labels.horizon, f"Prometheus at {self.url}")
+        return Collected(matured_tables(counts, labels.unlabeled), note="matured counters")

@@ -7,8 +7,16 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from kpigate.sources.base import Collected, SourceError
-from kpigate.sources.counts import WindowCounts, aggregate, difference
+from kpigate.policy import Labels
+from kpigate.sources.base import Collected, SourceError, check_horizon
+from kpigate.sources.cohorts import NextCohort
+from kpigate.sources.counts import (
+    HORIZON_METRIC,
+    WindowCounts,
+    aggregate,
+    difference,
+    matured_tables,
+)
 
 
 def parse_exposition(text: str) -> WindowCounts:
@@ -21,6 +29,15 @@ def parse_exposition(text: str) -> WindowCounts:
     return aggregate(samples)
 
 
+def horizon_of(text: str) -> float | None:
+    """The router's label horizon gauge in an exposition, None when it does not count maturity."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == HORIZON_METRIC:
+                return float(sample.value)
+    return None
+
+
 class RouterScrapeSource:
     name = "router"
 
@@ -29,6 +46,8 @@ class RouterScrapeSource:
         self.timeout_s = timeout_s
         self._start: WindowCounts | None = None
         self._start_error = ""
+        self._last: WindowCounts | None = None  # the last window's counts, for matured()
+        self._horizon: float | None = None
 
     def _scrape(self) -> WindowCounts:
         try:
@@ -36,6 +55,7 @@ class RouterScrapeSource:
             response.raise_for_status()
         except httpx.HTTPError as exc:
             raise SourceError(f"cannot scrape {self.url}: {exc}") from exc
+        self._horizon = horizon_of(response.text)
         return parse_exposition(response.text)
 
     def mark(self) -> None:
@@ -53,4 +73,13 @@ class RouterScrapeSource:
             raise SourceError(f"no start-of-window scrape ({self._start_error or 'never marked'})")
         counts = difference(now, self._start)
         self._start = now
+        self._last = counts
         return Collected(counts, note=f"scraped {self.url} at {time.strftime('%H:%M:%S')}")
+
+    def matured(self, cohort: NextCohort, labels: Labels) -> Collected:
+        """What matured during the last window: the predictions served one horizon earlier,
+        which the cohort rule names `cohort` (exact when the horizon is whole windows)."""
+        check_horizon(self._horizon, labels.horizon, self.url)
+        if self._last is None:
+            raise SourceError("no window collected yet")
+        return Collected(matured_tables(self._last, labels.unlabeled), note="matured counters")

@@ -1,0 +1,289 @@
+"""Window counts from the router's prediction log, with SQL: serving windows and matured cohorts.
+
+Reads the table `<prefix>predictions` (the contract is docs/prediction-log.md). A serving window
+gives the immediate tables (decisions, latency, errors: a candidate error is a baseline row
+logged with fallback = true); a matured cohort gives the label tables (confusion counts per
+segment, labeled-score histograms per class) of the predictions *served* in its window, each
+label counted only if it arrived within the horizon of its own prediction, and a prediction
+without such a label counted as the policy's `unlabeled` says. The tables are the same
+`WindowCounts` the router scrape and Prometheus produce, so the KPI catalogue reads every KPI
+one way. SQLite embedded, PostgreSQL at scale: both read through the index on created_at.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, case, false, func, literal, or_, select, true
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
+
+from kpigate.policy import Labels, Policy
+from kpigate.serve.metrics import LATENCY_BUCKETS, SCORE_BUCKETS
+from kpigate.serve.predlog import Tables, make_engine
+from kpigate.sources.base import Collected, SourceError
+from kpigate.sources.cohorts import NextCohort, Unlabeled, outcome_of
+from kpigate.sources.counts import WindowCounts, labels_of
+
+DB_URL_ENV = "KPIGATE_DB_URL"
+DB_URL_FILE_ENV = "KPIGATE_DB_URL_FILE"
+SEGMENTS = ("region", "payment_method", "amount_band")
+NO_LABEL = -1
+
+
+def db_url_from_env(environ: dict[str, str] | None = None) -> str | None:
+    """The prediction log's URL from KPIGATE_DB_URL, else from the file KPIGATE_DB_URL_FILE
+    names (a mounted secret: the URL holds a password, so it never travels in argv)."""
+    env = os.environ if environ is None else environ
+    url = env.get(DB_URL_ENV, "").strip()
+    if url:
+        return url
+    path = env.get(DB_URL_FILE_ENV)
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip() or None
+    except OSError as exc:
+        raise SourceError(f"cannot read {DB_URL_FILE_ENV}={path}: {exc.strerror}") from None
+
+
+def _cumulative(counts: dict[int, float], n_bounds: int) -> list[float]:
+    """Per-bucket counts (index of the first bound >= value) -> cumulative counts per bound."""
+    out, running = [], 0.0
+    for i in range(n_bounds + 1):
+        running += counts.get(i, 0.0)
+        out.append(running)
+    return out
+
+
+def _bucket_index(column: Any, bounds: tuple[float, ...]) -> Any:
+    """SQL: index of the first bound >= value (len(bounds) for +Inf), as Prometheus counts."""
+    return case(*((column <= b, i) for i, b in enumerate(bounds)), else_=len(bounds))
+
+
+def _le(i: int, bounds: tuple[float, ...]) -> str:
+    return "+Inf" if i >= len(bounds) else repr(float(bounds[i]))
+
+
+class PredlogReader:
+    """SQL reads over one prediction log; every method is one or two queries."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        tables: Tables,
+        baseline_version: str | None = None,
+        candidate_version: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.table = tables.predictions
+        self.versions = {"baseline": baseline_version, "candidate": candidate_version}
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "kpigate_", **versions: str | None) -> PredlogReader:
+        return cls(make_engine(url), Tables(prefix), **versions)
+
+    def _arms(self) -> ColumnElement[bool]:
+        """Rows of the two arms, each at its version when one is given."""
+        t = self.table
+        parts = []
+        for arm, version in self.versions.items():
+            cond = t.c.arm == arm
+            parts.append(cond if version is None else and_(cond, t.c.model_version == version))
+        return or_(*parts)
+
+    def _served(self, start: float, end: float) -> ColumnElement[bool]:
+        t = self.table
+        return and_(t.c.created_at >= start, t.c.created_at < end)
+
+    def _rows(self, query: Any) -> list[Any]:
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(query))
+        except SQLAlchemyError as exc:
+            raise SourceError(f"prediction log query failed: {type(exc).__name__}: {exc}") from exc
+
+    def immediate(self, start: float, end: float) -> WindowCounts:
+        """Decisions, latency and errors of the predictions served in [start, end)."""
+        t = self.table
+        counts = WindowCounts()
+        where = and_(self._served(start, end), self._arms())
+        decisions = select(t.c.arm, t.c.decision, func.count()).where(where)
+        for arm, decision, n in self._rows(decisions.group_by(t.c.arm, t.c.decision)):
+            counts.add(
+                "decisions", labels_of({"arm": arm, "decision": decision}, ("arm", "decision")), n
+            )
+        # Latency is the client's: shadow copies were never answered.
+        bucket = _bucket_index(t.c.latency_ms / 1000.0, LATENCY_BUCKETS).label("b")
+        latency = (
+            select(t.c.arm, bucket, func.count())
+            .where(where, t.c.shadow == false())
+            .group_by(t.c.arm, bucket)
+        )
+        per_arm: dict[str, dict[int, float]] = {}
+        for arm, b, n in self._rows(latency):
+            per_arm.setdefault(arm, {})[int(b)] = float(n)
+        for arm, found in per_arm.items():
+            for i, value in enumerate(_cumulative(found, len(LATENCY_BUCKETS))):
+                counts.add(
+                    "latency",
+                    labels_of({"arm": arm, "le": _le(i, LATENCY_BUCKETS)}, ("arm", "le")),
+                    value,
+                )
+        # A failed candidate request is answered by the baseline and logged with fallback.
+        errors = select(func.count()).where(
+            self._served(start, end), t.c.fallback == true(), t.c.shadow == false()
+        )
+        failed = self._rows(errors)[0][0]
+        if failed:
+            counts.add("errors", (("arm", "candidate"),), float(failed))
+        return counts
+
+    def _label(self, horizon: float | None, as_of: float | None) -> Any:
+        """SQL: the label a row counts with (NO_LABEL when none counts), see cohorts.py."""
+        t = self.table
+        conds = [t.c.label.is_not(None), t.c.labeled_at >= t.c.created_at]
+        if horizon is not None:
+            conds.append(t.c.labeled_at <= t.c.created_at + horizon)
+        if as_of is not None:
+            conds.append(t.c.labeled_at <= as_of)
+        return case((and_(*conds), t.c.label), else_=literal(NO_LABEL))
+
+    def labeled(
+        self,
+        start: float,
+        end: float,
+        horizon: float | None,
+        unlabeled: Unlabeled,
+        as_of: float | None = None,
+    ) -> WindowCounts:
+        """Confusion counts per segment and score histograms per class of the predictions served
+        in [start, end), with the labels that count (arrived within `horizon`, by `as_of`)."""
+        t = self.table
+        label = self._label(horizon, as_of).label("lab")
+        where = and_(self._served(start, end), self._arms())
+        counts = WindowCounts()
+        keys = (t.c.arm, t.c.decision, *(t.c[s] for s in SEGMENTS), label)
+        confusion = select(*keys, func.count()).where(where).group_by(*keys)
+        for arm, decision, region, method, band, lab, n in self._rows(confusion):
+            if (value := self._counted(lab, unlabeled)) is None:
+                continue
+            outcome = outcome_of(decision == "decline", value)
+            segments = (
+                "all",
+                f"region={region}",
+                f"payment_method={method}",
+                f"amount_band={band}",
+            )
+            for segment in segments:
+                row = {"arm": arm, "segment": segment, "outcome": outcome}
+                counts.add("outcomes", labels_of(row, ("arm", "segment", "outcome")), float(n))
+        bucket = _bucket_index(t.c.score, SCORE_BUCKETS).label("b")
+        scores = (
+            select(t.c.arm, label, bucket, func.count())
+            .where(where)
+            .group_by(t.c.arm, label, bucket)
+        )
+        per: dict[tuple[str, int], dict[int, float]] = {}
+        for arm, lab, b, n in self._rows(scores):
+            if (value := self._counted(lab, unlabeled)) is not None:
+                found = per.setdefault((arm, value), {})
+                found[int(b)] = found.get(int(b), 0.0) + float(n)
+        for (arm, value), found in per.items():
+            for i, total in enumerate(_cumulative(found, len(SCORE_BUCKETS))):
+                row = {"arm": arm, "label": str(value), "le": _le(i, SCORE_BUCKETS)}
+                counts.add("scores", labels_of(row, ("arm", "label", "le")), total)
+        return counts
+
+    @staticmethod
+    def _counted(lab: Any, unlabeled: Unlabeled) -> int | None:
+        if int(lab) != NO_LABEL:
+            return int(lab)
+        return 0 if unlabeled == "negative" else None
+
+    def label_problems(self, start: float, end: float, horizon: float) -> dict[str, int]:
+        """Labels of the window's predictions that do not count: late (after the horizon) and
+        before the prediction (a bad clock or writer), so a record can report them."""
+        t = self.table
+        late = func.sum(case((t.c.labeled_at > t.c.created_at + horizon, 1), else_=0))
+        early = func.sum(case((t.c.labeled_at < t.c.created_at, 1), else_=0))
+        query = select(late, early).where(
+            self._served(start, end), self._arms(), t.c.label.is_not(None)
+        )
+        row = self._rows(query)[0]
+        return {"late": int(row[0] or 0), "before_prediction": int(row[1] or 0)}
+
+
+def _problems_note(problems: dict[str, int]) -> str:
+    found = [f"{n} {kind.replace('_', ' ')}" for kind, n in problems.items() if n]
+    return f"labels not counted: {', '.join(found)}" if found else ""
+
+
+class PredlogSource:
+    """The metrics-source interface over the prediction log, plus matured cohorts."""
+
+    name = "predlog"
+
+    def __init__(
+        self,
+        reader: PredlogReader,
+        labels: Labels | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.reader = reader
+        self.labels = labels
+        self.clock = clock
+        self._start: float | None = None
+
+    def mark(self) -> None:
+        self._start = self.clock()
+
+    def window(self, start: float, end: float) -> WindowCounts:
+        """Immediate counts of [start, end); without a labels section also the labels known by
+        `end` (the policy then takes label KPIs per serving window, as the router reports)."""
+        counts = self.reader.immediate(start, end)
+        if self.labels is None:
+            _merge(counts, [self.reader.labeled(start, end, None, "exclude", as_of=end)])
+        return counts
+
+    def collect(self) -> Collected:
+        end = self.clock()
+        start = self._start if self._start is not None else end
+        self._start = end
+        if end <= start:
+            raise SourceError("no start-of-window mark")
+        return Collected(self.window(start, end), note="prediction log")
+
+    def matured(self, cohort: NextCohort, labels: Labels) -> Collected:
+        """The cohort's label tables; labels after its maturity are never seen."""
+        w = cohort.window
+        counts = self.reader.labeled(
+            w.served_from, w.served_to, labels.horizon, labels.unlabeled, as_of=cohort.matures_at
+        )
+        note = _problems_note(
+            self.reader.label_problems(w.served_from, w.served_to, labels.horizon)
+        )
+        return Collected(counts, note=note)
+
+
+def _merge(into: WindowCounts, others: Iterable[WindowCounts]) -> None:
+    for other in others:
+        for key, table in other.tables.items():
+            for labels, value in table.items():
+                into.add(key, labels, value)
+
+
+def source_from_env(policy: Policy, prefix: str = "kpigate_") -> PredlogSource:
+    """The predlog source of a rollout step, its database URL from the environment only."""
+    url = db_url_from_env()
+    if not url:
+        raise SourceError(
+            f"--source predlog needs the prediction log's URL in {DB_URL_ENV} or in the file "
+            f"named by {DB_URL_FILE_ENV}"
+        )
+    return PredlogSource(PredlogReader.from_url(url, prefix), policy.labels)

@@ -1,0 +1,112 @@
+"""One window record from a source: immediate KPIs of the serving window, label KPIs of a cohort.
+
+Without a policy `labels` section every KPI is read from the window's own counts, as before.
+With one, the label KPIs (Kpi.needs_labels) come from the oldest cohort that has matured and was
+not judged yet (kpigate/sources/cohorts.py), or are left out while it matures: the record then
+says which cohort it waits for ("pending") and the gate holds on it. soak-and-collect and
+`kpigate windows` both build their records here, so a live rollout and its backtest agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from kpigate.policy import Labels, Policy
+from kpigate.sources import catalogue
+from kpigate.sources.base import Collected, SourceError
+from kpigate.sources.cohorts import (
+    NextCohort,
+    ServedWindow,
+    judged_cohorts,
+    next_cohort,
+    served_windows,
+)
+from kpigate.sources.counts import WindowCounts
+
+
+class CohortReader(Protocol):
+    def matured(self, cohort: NextCohort, labels: Labels) -> Collected:
+        """The label tables of a matured cohort; raises SourceError when they cannot be read."""
+
+
+def window_kpis(
+    policy: Policy, counts: WindowCounts, matured: WindowCounts | None
+) -> dict[str, Any]:
+    """The record's "kpis": label KPIs from `matured` when the policy has labels (left out
+    when it is None), every other KPI from the window's own counts."""
+    out: dict[str, Any] = {}
+    for kpi in policy.kpis:
+        from_cohort = policy.labels is not None and kpi.needs_labels
+        if from_cohort and matured is None:
+            continue
+        source = matured if from_cohort and matured is not None else counts
+        for key in kpi.hypotheses():
+            out[key] = catalogue.read(kpi, key, source)
+    return out
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+
+
+def cohort_part(
+    labels: Labels,
+    reader: object,
+    history: Sequence[Mapping[str, Any]],
+    window: ServedWindow,
+) -> tuple[WindowCounts | None, dict[str, Any], str]:
+    """(matured counts or None, the record's cohort/pending fields, a note) at the end of
+    `window`, given the rollout's earlier records."""
+    windows = [*served_windows(history), window]
+    found = next_cohort(windows, judged_cohorts(history), labels.horizon, now=window.served_to)
+    if found is None:
+        return None, {}, ""
+    waiting = {"pending": found.pending_json()}
+    if not found.due:
+        note = (
+            f"waiting for labels: the cohort of window {found.window.index} matures at "
+            f"{_clock(found.matures_at)}"
+        )
+        return None, waiting, note
+    matured = getattr(reader, "matured", None)
+    if matured is None:
+        name = getattr(reader, "name", type(reader).__name__)
+        return None, waiting, f"the {name} source cannot read matured cohorts"
+    try:
+        collected: Collected = matured(found, labels)
+    except SourceError as exc:
+        return None, waiting, f"matured cohort of window {found.window.index} missing: {exc}"
+    if collected.stale:
+        return None, waiting, f"cohort of window {found.window.index}: {collected.note}"
+    return collected.counts, {"cohort": found.cohort_json()}, collected.note
+
+
+def build_record(
+    policy: Policy,
+    reader: object,
+    collected: Collected | SourceError,
+    history: Sequence[Mapping[str, Any]],
+    base: dict[str, Any],
+) -> dict[str, Any]:
+    """Complete `base` (rollout, window, stage, time, served_from, served_to) into a record."""
+    record = dict(base)
+    if isinstance(collected, SourceError):
+        return {**record, "kpis": {}, "stale": True, "note": f"missing: {collected}"}
+    notes = [collected.note] if collected.note else []
+    matured: WindowCounts | None = None
+    if policy.labels is not None:
+        window = ServedWindow(
+            int(base["window"]), float(base["stage"]), base["served_from"], base["served_to"]
+        )
+        matured, fields, note = cohort_part(policy.labels, reader, history, window)
+        record.update(fields)
+        if note:
+            notes.append(note)
+    record["kpis"] = window_kpis(policy, collected.counts, matured)
+    if collected.stale:
+        record["stale"] = True
+    if notes:
+        record["note"] = "; ".join(notes)
+    return record
