@@ -44,6 +44,7 @@ unit: $(STAMP)
 # statistical.py (which rewrites everything below its marker).
 bench: $(STAMP)
 	$(BIN)/python bench/statistical.py --write docs/statistics.md $(BENCH_ARGS)
+	$(BIN)/python bench/forecast.py --write docs/forecast.md
 	$(BIN)/python bench/delayed_labels.py --rollouts 1000 --write docs/statistics.md
 
 bench-cohorts: $(STAMP)
