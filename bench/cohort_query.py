@@ -20,6 +20,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     fills = []
     targets = [(os.environ.get("KPIGATE_DB_URL") or DEFAULT_PG, args.rows)]
     if args.sqlite_rows:
-        targets.append((f"sqlite:////tmp/{prefix}predlog.db", args.sqlite_rows))
+        sqlite_file = Path(tempfile.gettempdir()) / f"{prefix}predlog.db"
+        targets.append((f"sqlite:///{sqlite_file}", args.sqlite_rows))
     for url, rows in targets:
         engine = make_engine(url)
         tables = Tables(prefix)

@@ -55,7 +55,7 @@ HORIZON = 5  # windows
 FRAUD_MEDIAN, LEGIT_MEDIAN, DELAY_SIGMA = 1.0, 4.0, 0.6  # windows, lognormal
 STAGES = (5.0, 25.0, 50.0, 100.0)
 HOLDBACK = 5.0
-MAX_WINDOWS = 4 * 12 + 4
+MAX_WINDOWS = 80  # beyond every stage's soak plus holds: a rollout still open here is counted
 PRE_ROLLOUT = 12  # baseline-only windows before the rollout (its steady state)
 CELLS = ("tp", "fn", "fp", "tn")
 MAX_DELAY = 24  # windows; later labels never arrive in the simulation
@@ -325,10 +325,10 @@ def _fmt(value: float) -> str:
 
 def _table(outcomes: list[Outcome]) -> str:
     lines = [
-        "| candidate | reading | rollouts | rolled back | promoted to 100% | suspended | rolled "
-        "back within 2 cohorts | mean cohorts to rollback | mean window of rollback "
+        "| candidate | reading | rollouts | rolled back | promoted to 100% | suspended | open | "
+        "rolled back within 2 cohorts | mean cohorts to rollback | mean window of rollback "
         "| failed KPIs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for o in outcomes:
         s = o.setting
@@ -337,7 +337,7 @@ def _table(outcomes: list[Outcome]) -> str:
         within = _fmt(o.within_2) if s.reading == "cohorts" else "-"
         lines.append(
             f"| {s.name} | {s.reading} | {s.rollouts} | {o.rollback:.3f} | {o.promoted:.3f} | "
-            f"{o.suspended:.3f} | "
+            f"{o.suspended:.3f} | {max(0.0, 1 - o.rollback - o.promoted - o.suspended):.3f} | "
             f"{within} | {cohorts} | {_fmt(o.mean_window)} | {failed} |"
         )
     return "\n".join(lines)
