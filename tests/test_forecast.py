@@ -68,7 +68,10 @@ def test_certify_eta_counts_the_samples_still_missing() -> None:
     assert certify_eta(2 * needed, 0.0, 0.02, 0.02, log_k, 2.0, 0.5).samples == 0
     never = certify_eta(needed, -0.03 * needed, 0.02, 0.02, log_k, 2.0, 0.5)
     assert math.isinf(never.samples) and "cannot be certified" in never.describe()
-    assert math.isinf(certify_eta(0.0, 0.0, 0.02, 0.02, log_k, 2.0, 0.5).samples)
+    fresh = certify_eta(0.0, 0.0, 0.02, 0.02, log_k, 2.0, 0.5)  # no evidence: as if identical
+    assert fresh.samples == pytest.approx(needed / 2.0)
+    unknown = certify_eta(0.0, 0.0, 0.02, 0.02, log_k, 0.0, 0.5)
+    assert math.isnan(unknown.samples) and "no labeled samples yet" in unknown.describe()
     assert math.isinf(certify_eta(needed / 4, 0.0, 0.02, 0.02, log_k, 2.0, 0.0).seconds)
 
 

@@ -32,6 +32,10 @@ TRAFFIC = ["--kpi-base", "recall=0.02", "--kpi-value", "recall=0.876"]
 TRAFFIC += ["--kpi-base", "auc=0.02", "--kpi-value", "auc=0.95"]
 
 
+def _refuse(constant: str) -> None:
+    raise ValueError(f"not JSON: {constant}")
+
+
 def _policy_file(tmp_path: Path, data: object = POLICY) -> str:
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -59,7 +63,7 @@ def test_json_forecast_per_stage_and_kpi(
         "--json",
     )
     assert code == 0
-    result = json.loads(out)
+    result = json.loads(out, parse_constant=_refuse)  # strict JSON: no NaN or Infinity
     assert [s["traffic"] for s in result["stages"]] == [5, 25, 50, 100]
     first = result["stages"][0]
     assert set(first["kpis"]) == {"recall", "auc"}
@@ -131,3 +135,23 @@ def test_help_teaches_with_an_example(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert "kpigate plan --policy policy.yaml --rps 50" in out
     assert "Exit status" in out and "--kpi-base" in out
+
+
+def test_json_says_null_for_what_is_out_of_reach(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _plan(
+        capsys,
+        "--policy",
+        _policy_file(tmp_path),
+        "--rps",
+        "20",
+        *TRAFFIC,
+        "--drop",
+        "recall=0.01",
+        "--json",
+    )
+    assert code == 0
+    result = json.loads(out, parse_constant=_refuse)
+    assert result["identical"]["promote_all"] == {"median_s": None, "p90_s": None}
+    assert result["stages"][0]["timed_out"] > 0.5 and result["warnings"]

@@ -58,10 +58,12 @@ __all__ = [
 class Eta:
     """How far a KPI is from certification if its current estimate held."""
 
-    samples: float  # more labeled samples (candidate arm); inf: never at this estimate
+    samples: float  # more labeled samples (candidate arm); inf: never; nan: no data to say
     seconds: float  # at the current rate; inf when never or the rate is unknown
 
     def describe(self) -> str:
+        if math.isnan(self.samples):
+            return "no labeled samples yet to say how many more it needs"
         if not math.isfinite(self.samples):
             return "cannot be certified at the current estimate"
         if self.samples <= 0:
@@ -113,9 +115,11 @@ def certify_eta(
     and theta, the log non-inferiority threshold, the information one labeled candidate sample
     adds (state.info / candidate samples) and the current labeled samples per second.
     """
-    if info <= 0 or info_per_sample <= 0 or not math.isfinite(info_per_sample):
-        return Eta(math.inf, math.inf)
-    needed = info_to_certify(weighted / info, margin, theta, log_threshold)
+    if not 0 < info_per_sample < math.inf:
+        return Eta(math.nan, math.nan)
+    # No evidence yet: assume the candidate is as good as the baseline.
+    estimate = weighted / info if info > 0 else 0.0
+    needed = info_to_certify(estimate, margin, theta, log_threshold)
     samples = max(0.0, needed - info) / info_per_sample
     if samples <= 0:
         return Eta(0.0, 0.0)
@@ -273,6 +277,9 @@ class Forecast:
                 "drop": drop.drop,
                 "rollback": drop.rollback.as_dict(),
                 "rolled_back": round(drop.rolled_back, 4),
+                "info_to_catch": float(f"{drop.info_to_catch:.6g}")
+                if math.isfinite(drop.info_to_catch)
+                else None,
             },
             "warnings": list(self.warnings),
             "notes": list(self.notes),
