@@ -27,7 +27,7 @@ LAG_BUCKETS = (
     2 * 86400, 4 * 86400, 7 * 86400, 14 * 86400, 30 * 86400, 60 * 86400,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-FEEDBACK_RESULTS = ("joined", "unknown", "duplicate", "invalid", "late")
+FEEDBACK_RESULTS = ("joined", "unknown", "duplicate", "invalid", "late", "before_prediction")
 
 
 def _flag(value: bool) -> str:
@@ -81,7 +81,8 @@ class RouterMetrics:
         )  # fmt: skip
         self.feedback = Counter(
             "kpigate_feedback_labels_total",
-            "Labels received on /feedback per result: joined|unknown|duplicate|invalid|late.",
+            "Labels received on /feedback per result: joined|unknown|duplicate|invalid|late|"
+            "before_prediction.",
             ["result"], registry=r,
         )  # fmt: skip
         self.shadow_compared = Counter(
@@ -110,14 +111,24 @@ class RouterMetrics:
         self.log_written = Counter(
             "kpigate_predlog_rows_written_total", "Prediction log rows written.", registry=r
         )
-        self.log_dropped = Counter(
-            "kpigate_predlog_rows_dropped_total",
-            "Prediction log rows dropped because the buffer was full (database down too long).",
+        self.log_dead_letter = Counter(
+            "kpigate_predlog_dead_letter_total",
+            "Rows the database refused for their content (dead-lettered, never retried); their "
+            "requests were answered 500. Should stay 0: request validation keeps such rows out.",
+            registry=r,
+        )  # fmt: skip
+        self.log_unavailable = Counter(
+            "kpigate_predlog_unavailable_total",
+            "Predictions answered 503 because the log could not commit them in time.",
             registry=r,
         )  # fmt: skip
         self.log_pending = Gauge(
-            "kpigate_predlog_pending_rows", "Rows buffered, not yet written.", registry=r
+            "kpigate_predlog_pending_rows", "Rows queued, not yet committed.", registry=r
         )
+        self.state_version = Gauge(
+            "kpigate_routing_state_version",
+            "Version of the shared routing state this replica has applied.", registry=r,
+        )  # fmt: skip
         for result in FEEDBACK_RESULTS:
             self.feedback.labels(result)
         self._cache: dict[tuple[Any, ...], Any] = {}
