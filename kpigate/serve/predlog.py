@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import threading
@@ -116,12 +117,16 @@ class Tables:
     )
 
     def create(self, engine: Engine) -> None:
-        self.metadata.create_all(engine, checkfirst=True)
-        inspector = inspect(engine)
-        for attr, name, ddl in self._ADDED_COLUMNS:
-            table: Table = getattr(self, attr)
-            if name not in {c["name"] for c in inspector.get_columns(table.name)}:
-                with engine.begin() as conn:
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # Replicas starting together would race on CREATE TABLE: one at a time.
+                key = int.from_bytes(hashlib.blake2b(self.prefix.encode(), digest_size=7).digest())
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            self.metadata.create_all(conn, checkfirst=True)
+            inspector = inspect(conn)
+            for attr, name, ddl in self._ADDED_COLUMNS:
+                table: Table = getattr(self, attr)
+                if name not in {c["name"] for c in inspector.get_columns(table.name)}:
                     conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {ddl}"))
 
     def drop(self, engine: Engine) -> None:

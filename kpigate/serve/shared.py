@@ -135,10 +135,25 @@ class SharedState:
         ]
 
     def laggards(self, version: int, timeout_s: float, poll_s: float = 0.05) -> list[Replica]:
-        """Wait until every live replica applied `version`; return those that did not."""
+        """Wait until every replica live now has applied `version`; return those that did not.
+
+        The set is fixed when the wait starts: a replica that stops heartbeating during the
+        wait (stopped, partitioned, killed) is a laggard, not silently dropped; once it has
+        been silent for `live_after_s` it no longer counts, and a retry goes through."""
         deadline = time.monotonic() + timeout_s
+        expected = {r.replica_id for r in self.live_replicas()}
         while True:
-            behind = [r for r in self.live_replicas() if r.applied_version < version]
+            t = self.tables.replicas
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(t).where(t.c.replica_id.in_(expected))).all()
+            seen = {
+                r.replica_id: Replica(
+                    r.replica_id, int(r.applied_version), float(r.heartbeat_at), r.error
+                )
+                for r in rows
+            }
+            # A replica that stopped cleanly (its row deleted) has nothing left to apply.
+            behind = [r for _, r in sorted(seen.items()) if r.applied_version < version or r.error]
             if not behind or time.monotonic() >= deadline:
                 return behind
             time.sleep(poll_s)
