@@ -67,7 +67,9 @@ def create_app(config: ServeConfig, loader: ModelLoader | None = None) -> Starle
 
     def refuse(status: int, counter: Any, body: dict[str, Any]) -> JSONResponse:
         counter.inc()
-        return JSONResponse(body, status_code=status)
+        # After a body that was too big or too slow, close: its rest is never read.
+        close = {"Connection": "close"} if status in (408, 413) else None
+        return JSONResponse(body, status_code=status, headers=close)
 
     async def body_of(request: Request) -> Any:
         return await read_json(
