@@ -50,7 +50,7 @@ def create_app(config: ServeConfig, loader: ModelLoader | None = None) -> Starle
         Tables(config.table_prefix),
         max_batch_rows=config.log_max_batch_rows,
         max_pending_rows=config.log_max_pending_rows,
-        on_written=metrics.log_written.inc,
+        on_written=metrics.committed,
         on_dead_letter=metrics.log_dead_letter.inc,
         on_shadow_labeled=lambda row, label: metrics.count_outcome(row, label, None),
     )

@@ -27,6 +27,11 @@ LAG_BUCKETS = (
     2 * 86400, 4 * 86400, 7 * 86400, 14 * 86400, 30 * 86400, 60 * 86400,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+COMMIT_BUCKETS = (
+    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+    0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+COMMIT_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 FEEDBACK_RESULTS = ("joined", "unknown", "duplicate", "invalid", "late", "before_prediction")
 
 
@@ -125,6 +130,16 @@ class RouterMetrics:
         self.log_pending = Gauge(
             "kpigate_predlog_pending_rows", "Rows queued, not yet committed.", registry=r
         )
+        self.commit_wait = Histogram(
+            "kpigate_predlog_commit_seconds",
+            "Time a served prediction waited for its log commit before its answer left.",
+            buckets=COMMIT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.commit_rows = Histogram(
+            "kpigate_predlog_commit_rows",
+            "Rows per prediction log commit (group commit: all rows queued during the last one).",
+            buckets=COMMIT_ROW_BUCKETS, registry=r,
+        )  # fmt: skip
         self.state_version = Gauge(
             "kpigate_routing_state_version",
             "Version of the shared routing state this replica has applied.", registry=r,
@@ -139,6 +154,11 @@ class RouterMetrics:
         if found is None:
             found = self._cache[key] = metric.labels(*labels)
         return found
+
+    def committed(self, rows: int) -> None:
+        self.log_written.inc(rows)
+        if rows:
+            self.commit_rows.observe(rows)
 
     def observe_served(self, arm: str, version: str, seconds: float) -> None:
         self.child(self.latency, arm, version).observe(seconds)

@@ -320,11 +320,13 @@ class RouterCore:
         return answer
 
     async def _commit(self, row: dict[str, Any]) -> None:
+        started = time.perf_counter()
         committed = self.predlog.submit(row)
         timeout = self.config.db_statement_timeout_s
         try:
             # shield: a row whose wait timed out may still be committed, and must not be lost.
             await asyncio.wait_for(asyncio.shield(committed), timeout)
+            self.metrics.commit_wait.observe(time.perf_counter() - started)
         except TimeoutError:
             committed.add_done_callback(_consume)
             raise LogUnavailable(f"the prediction log did not commit within {timeout:g}s") from None
