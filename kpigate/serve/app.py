@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from kpigate.serve.admin import admin_routes
 from kpigate.serve.config import ServeConfig
-from kpigate.serve.feedback import FeedbackJoiner, parse_items
+from kpigate.serve.feedback import FeedbackJoiner, FeedbackReport, parse_items
 from kpigate.serve.health import DatabaseProbe
 from kpigate.serve.instances import InstanceError, parse_instance
 from kpigate.serve.limits import BodyError, read_json
@@ -128,11 +128,21 @@ def create_app(config: ServeConfig, loader: ModelLoader | None = None) -> Starle
                 "error": f"{len(items)} labels is more than the limit of {config.max_instances} "
                 "per request: split them",
             })  # fmt: skip
+        join = asyncio.ensure_future(run_in_threadpool(joiner.join, items, time.time()))
         try:
             report = await asyncio.wait_for(
-                run_in_threadpool(joiner.join, items, time.time()),
-                config.db_statement_timeout_s + config.db_connect_timeout_s,
+                asyncio.shield(join), config.db_statement_timeout_s + config.db_connect_timeout_s
             )
+        except TimeoutError:
+            # The join goes on in its thread and may still commit: its labels are counted
+            # when it does (never twice), and a re-sent label then answers "duplicate".
+            join.add_done_callback(count_late_join)
+            log.error("feedback join slower than the database timeouts; still running")
+            return JSONResponse(
+                {"error": "could not join labels in time: the prediction log is slow; send "
+                 "them again (those that joined meanwhile answer duplicate)"},
+                status_code=503,
+            )  # fmt: skip
         except Exception as exc:
             # The details (which may hold SQL and values) go to the log, redacted; the answer
             # says only what happened.
@@ -142,12 +152,20 @@ def create_app(config: ServeConfig, loader: ModelLoader | None = None) -> Starle
                  "was counted, send them again"},
                 status_code=503,
             )  # fmt: skip
+        count_joined(report)
+        return JSONResponse(report.as_dict())
+
+    def count_joined(report: FeedbackReport) -> None:
         for row, label, lag in report.joined_rows:
             metrics.count_outcome(row, label, lag)
         for result in FEEDBACK_RESULTS:
             if n := getattr(report, result):
                 metrics.feedback.labels(result).inc(n)
-        return JSONResponse(report.as_dict())
+
+    def count_late_join(join: asyncio.Future[FeedbackReport]) -> None:
+        if join.cancelled() or join.exception() is not None:
+            return  # rolled back: nothing was joined
+        count_joined(join.result())
 
     async def metrics_endpoint(request: Request) -> Response:
         metrics.log_pending.set(predlog.pending)

@@ -141,6 +141,7 @@ class FeedbackJoiner:
         table = self.predlog.tables.predictions
         cutoff = now - self.label_window_s
         served: dict[str, dict[str, Any]] = {}
+        joined: dict[str, Wanted] = {}
         ids = list(wanted)
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
@@ -177,10 +178,19 @@ class FeedbackJoiner:
                 continue
             report.add("joined", want.index, rid)
             report.joined_rows.append((row, want.label, want.labeled_at - row["created_at"]))
-            shadow_query = select(table).where(
-                table.c.request_id == rid, table.c.shadow.is_(True), table.c.label.is_(None)
-            )
-            for copy in conn.execute(shadow_query).all():
+            joined[rid] = want
+        # Then their shadow copies already logged (the served rows are locked by now, so a copy
+        # landing later sees the label: predlog.py). One query per chunk, not one per label.
+        ids = list(joined)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            copies = conn.execute(
+                select(table).where(
+                    table.c.request_id.in_(chunk), table.c.shadow.is_(True), table.c.label.is_(None)
+                )
+            ).all()
+            for copy in copies:
+                want = joined[copy.request_id]
                 labeled = conn.execute(
                     update(table)
                     .where(table.c.id == copy.id, table.c.label.is_(None))
