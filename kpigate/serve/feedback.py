@@ -141,7 +141,7 @@ class FeedbackJoiner:
         table = self.predlog.tables.predictions
         cutoff = now - self.label_window_s
         served: dict[str, dict[str, Any]] = {}
-        joined: dict[str, Wanted] = {}
+        eligible: dict[str, Wanted] = {}
         ids = list(wanted)
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
@@ -165,36 +165,43 @@ class FeedbackJoiner:
                     "labeled_at is earlier than the prediction; not counted",
                 )  # fmt: skip
                 continue
-            # The served row first: this takes its row lock, which a shadow copy landing at the
-            # same time takes as well (predlog.py), so the copy is labelled exactly once.
-            done = conn.execute(
-                update(table)
-                .where(table.c.request_id == rid, table.c.shadow.is_(False))
-                .where(table.c.label.is_(None))
-                .values(label=want.label, labeled_at=want.labeled_at)
-            ).rowcount
-            if not done:
+            eligible[rid] = want
+        # One UPDATE per (label, labeled_at) group and chunk, not one per label: RETURNING says
+        # which rows this call labelled (a concurrent join took the others). Served rows first:
+        # that takes their row locks, which a shadow copy landing now takes as well (predlog.py),
+        # so each copy is labelled exactly once, here or when it lands.
+        done: set[str] = set()
+        for (label, at), rids in _groups(eligible).items():
+            for start in range(0, len(rids), 500):
+                done.update(self._label(conn, rids[start : start + 500], label, at, shadow=False))
+        for rid, want in eligible.items():
+            if rid not in done:
                 report.add("duplicate", want.index, rid, "labeled concurrently")
                 continue
+            row = served[rid]
             report.add("joined", want.index, rid)
             report.joined_rows.append((row, want.label, want.labeled_at - row["created_at"]))
-            joined[rid] = want
-        # Then their shadow copies already logged (the served rows are locked by now, so a copy
-        # landing later sees the label: predlog.py). One query per chunk, not one per label.
-        ids = list(joined)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            copies = conn.execute(
-                select(table).where(
-                    table.c.request_id.in_(chunk), table.c.shadow.is_(True), table.c.label.is_(None)
-                )
-            ).all()
-            for copy in copies:
-                want = joined[copy.request_id]
-                labeled = conn.execute(
-                    update(table)
-                    .where(table.c.id == copy.id, table.c.label.is_(None))
-                    .values(label=want.label, labeled_at=want.labeled_at)
-                ).rowcount
-                if labeled:
-                    report.joined_rows.append((dict(copy._mapping), want.label, None))
+        for (label, at), rids in _groups({r: eligible[r] for r in done}).items():
+            for start in range(0, len(rids), 500):
+                for copy in self._label(conn, rids[start : start + 500], label, at, shadow=True):
+                    report.joined_rows.append((copy, label, None))
+
+    def _label(self, conn: Connection, rids: list[str], label: int, at: float, shadow: bool) -> Any:
+        table = self.predlog.tables.predictions
+        statement = (
+            update(table)
+            .where(table.c.request_id.in_(rids), table.c.shadow.is_(shadow))
+            .where(table.c.label.is_(None))
+            .values(label=label, labeled_at=at)
+        )
+        if not shadow:
+            return {r for (r,) in conn.execute(statement.returning(table.c.request_id))}
+        return [dict(r._mapping) for r in conn.execute(statement.returning(*table.c))]
+
+
+def _groups(joined: dict[str, Wanted]) -> dict[tuple[int, float], list[str]]:
+    """Request ids by (label, labeled_at), sorted so concurrent joins lock rows in one order."""
+    groups: dict[tuple[int, float], list[str]] = {}
+    for rid, want in sorted(joined.items()):
+        groups.setdefault((want.label, want.labeled_at), []).append(rid)
+    return groups
