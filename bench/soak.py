@@ -111,10 +111,7 @@ class Replica:
         return self.proc.pid
 
     def kill(self) -> None:
-        import httpx
-
-        with contextlib.suppress(httpx.HTTPError):
-            self.killed_counters.append(httpx.get(self.url + "/metrics", timeout=5).text)
+        """SIGKILL at once (no scrape first: requests in flight must die with it)."""
         self.up = False
         os.killpg(self.pid, signal.SIGKILL)
         assert self.proc is not None
@@ -361,6 +358,10 @@ async def drive(replicas: list[Replica], opts: argparse.Namespace) -> Load:
                     await asyncio.wait_for(done.wait(), 5.0)
 
         async def kill_and_restart(victim: Replica) -> None:
+            # Its counters die with it: keep its last scrape (a lower bound of what it counted).
+            with contextlib.suppress(httpx.HTTPError):
+                scraped = await client.get(victim.url + "/metrics")
+                victim.killed_counters.append(scraped.text)
             victim.kill()
             load.kills += 1
             print(f"\nSIGKILLed {victim.name}; restarting it", file=sys.stderr)
