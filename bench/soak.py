@@ -539,7 +539,8 @@ def section(
         f"{load.percentile(0.99):.1f} ms | |",
         f"| arms (baseline / candidate) | {load.arms['baseline']:,} / "
         f"{load.arms['candidate']:,} | about 50/50 |",
-        f"| prediction log rows | {checks.log_rows:,} | = answered |",
+        f"| prediction log rows | {checks.log_rows:,} | >= answered (a request killed in flight "
+        "may be committed, never answered) |",
         f"| **predictions missing from the log** | **{checks.missing}** | 0 |",
         f"| rows dead-lettered by the log | {checks.dropped:g} | 0 |",
         f"| labels posted (incl. re-posts) | {load.labels_posted:,} | |",
