@@ -67,7 +67,7 @@ class RouterProcess:
 def main() -> None:
     import uvicorn
 
-    from kpigate.serve._secrets import from_env
+    from kpigate.secrets import read_secret
     from kpigate.serve.app import create_app
     from kpigate.serve.cli import uvicorn_config
     from kpigate.serve.config import ServeConfig
@@ -86,7 +86,7 @@ def main() -> None:
         "candidate": FixedModel("2", score=constant(0.9)),
     }
     config = ServeConfig(
-        db_url=from_env("KPIGATE_DB_URL") or "",
+        db_url=read_secret("KPIGATE_DB_URL") or "",
         table_prefix=args.prefix,
         replica_id=args.replica_id,
         initial_weight=args.weight,

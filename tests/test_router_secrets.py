@@ -1,5 +1,6 @@
 """Secrets for `kpigate serve` and `kpigate relay` come from the environment or mounted files,
-never only from argv; an unreadable secret file is a clear exit 2."""
+never only from argv; an unreadable secret file is a clear exit 2 (the reader itself,
+kpigate/secrets.py, is tested in tests/test_secrets.py)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,7 @@ import pytest
 
 from kpigate.cli import build_parser, main
 from kpigate.relay.cli import make_trigger
-from kpigate.serve._secrets import SecretError, from_env
 from kpigate.serve.cli import config_from_args
-
-
-def test_a_secret_comes_from_the_variable_or_the_file_it_names(tmp_path: Path) -> None:
-    secret = tmp_path / "db-url"
-    secret.write_text("postgresql+psycopg://kpigate:s3cret@db/kpigate\n")
-    assert from_env("X", {"X": " v "}) == "v"
-    assert (
-        from_env("X", {"X_FILE": str(secret)}) == "postgresql+psycopg://kpigate:s3cret@db/kpigate"
-    )
-    assert from_env("X", {}) is None
-    with pytest.raises(SecretError, match=r"X_FILE=.*cannot read it") as err:
-        from_env("X", {"X_FILE": str(tmp_path / "missing")})
-    assert "s3cret" not in str(err.value)
 
 
 def test_serve_reads_the_database_url_from_a_file(
@@ -52,7 +39,10 @@ def test_an_unreadable_secret_file_is_exit_2(
 def test_the_help_names_every_secret_variable(capsys: pytest.CaptureFixture[str]) -> None:
     for command, names in (
         ("serve", ["KPIGATE_DB_URL_FILE", "KPIGATE_ADMIN_TOKEN_FILE"]),
-        ("relay", ["KPIGATE_WEBHOOK_SECRET_FILE", "KPIGATE_RELAY_DB_URL_FILE", "ARGO_TOKEN_FILE"]),
+        (
+            "relay",
+            ["KPIGATE_WEBHOOK_SECRET_FILE", "KPIGATE_RELAY_DB_URL_FILE", "KPIGATE_ARGO_TOKEN_FILE"],
+        ),
     ):
         with pytest.raises(SystemExit):
             main([command, "--help"])

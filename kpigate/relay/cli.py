@@ -7,7 +7,8 @@ read with ps):
   KPIGATE_RELAY_DB_URL / KPIGATE_RELAY_DB_URL_FILE      where delivery ids are kept (default: a
                                                         SQLite file in --state-dir; PostgreSQL
                                                         when several relays share the work)
-  ARGO_TOKEN / ARGO_TOKEN_FILE                          the Argo Server token (--trigger argo)
+  KPIGATE_ARGO_TOKEN / KPIGATE_ARGO_TOKEN_FILE          the Argo Server token (--trigger argo;
+                                                        ARGO_TOKEN / ARGO_TOKEN_FILE also work)
 Delivery ids are kept for twice the --tolerance plus a minute, so a captured delivery replayed
 after a restart is refused. --register-with TRACKING_URI also creates the webhook in MLflow,
 pointing at --public-url.
@@ -35,7 +36,7 @@ from typing import Any
 from kpigate.relay.app import BODY_TIMEOUT_S, WEBHOOK_PATH, RelaySettings, create_relay
 from kpigate.relay.deliveries import DeliveryStore
 from kpigate.relay.triggers.base import Trigger
-from kpigate.serve._secrets import SecretError, from_env
+from kpigate.secrets import SecretError, read_secret, secret_help
 from kpigate.serve.predlog import redacted
 
 SECRET_ENV = "KPIGATE_WEBHOOK_SECRET"
@@ -74,7 +75,7 @@ def make_trigger(args: argparse.Namespace) -> Trigger:
         host = args.argo_server or os.environ.get("ARGO_SERVER", "")
         return ArgoTrigger(
             host,
-            args.argo_token or from_env("ARGO_TOKEN"),
+            read_secret("KPIGATE_ARGO_TOKEN", args.argo_token) or read_secret("ARGO_TOKEN"),
             args.argo_namespace or os.environ.get("ARGO_NAMESPACE", "argo"),
         )
     if args.trigger == "argo-events":
@@ -97,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", default=".kpigate", help="local: logs and locks")
     parser.add_argument("--argo-server", default="")
     parser.add_argument(
-        "--argo-token", default="", help="prefer ARGO_TOKEN or ARGO_TOKEN_FILE: argv is visible"
+        "--argo-token", default="", help=secret_help("KPIGATE_ARGO_TOKEN", "argo: bearer token")
     )
     parser.add_argument("--argo-namespace", default="")
     parser.add_argument("--events-url", default="", help="argo-events: the EventSource URL")
@@ -114,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def delivery_store(args: argparse.Namespace, keep_s: float) -> DeliveryStore:
-    url = from_env(DB_URL_ENV) or f"sqlite:///{Path(args.state_dir) / 'relay-deliveries.db'}"
+    url = read_secret(DB_URL_ENV) or f"sqlite:///{Path(args.state_dir) / 'relay-deliveries.db'}"
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     from kpigate.serve.predlog import DatabaseTimeouts, make_engine
@@ -125,8 +126,8 @@ def delivery_store(args: argparse.Namespace, keep_s: float) -> DeliveryStore:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    read_secret = secret_reader()
-    if read_secret is None:
+    read_webhook_secret = secret_reader()
+    if read_webhook_secret is None:
         print(
             f"kpigate relay: no webhook secret: set {SECRET_ENV} or {SECRET_FILE_ENV}",
             file=sys.stderr,
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         print("kpigate relay: --trigger argo-events needs --events-url", file=sys.stderr)
         return 2
     settings = RelaySettings(
-        secret=read_secret(),
+        secret=read_webhook_secret(),
         trigger_alias=args.alias,
         models=frozenset(m for m in args.models.split(",") if m),
         tolerance_s=args.tolerance,
@@ -151,10 +152,10 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"kpigate relay: cannot open the delivery store: {redacted(exc)}", file=sys.stderr)
         return 1
-    app = create_relay(settings, trigger, secret=read_secret, deliveries=deliveries)
+    app = create_relay(settings, trigger, secret=read_webhook_secret, deliveries=deliveries)
     if args.register_with:
         url = args.public_url or f"http://{args.host}:{args.port}{WEBHOOK_PATH}"
-        hook = register_webhook(args.register_with, url, read_secret())
+        hook = register_webhook(args.register_with, url, read_webhook_secret())
         print(f"registered MLflow webhook {hook} -> {url}")
     from kpigate.serve.limits import header_timeout_protocol
 

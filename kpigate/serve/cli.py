@@ -22,7 +22,7 @@ import logging
 import sys
 from typing import Any
 
-from kpigate.serve._secrets import SecretError, from_env
+from kpigate.secrets import SecretError, read_secret
 from kpigate.serve.config import MODES, ServeConfig
 
 DB_URL_ENV = "KPIGATE_DB_URL"
@@ -114,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """Raises SecretError when KPIGATE_DB_URL_FILE names a file that cannot be read."""
-    db_url = args.db_url or from_env(DB_URL_ENV) or ServeConfig().db_url
+    db_url = args.db_url or read_secret(DB_URL_ENV) or ServeConfig().db_url
     return ServeConfig(
         model_name=args.model_name,
         tracking_uri=args.tracking_uri,
