@@ -467,7 +467,7 @@ def check(
         labelled_rows=labelled,
         outcomes_all=outcomes,
         joined_counter=joined,
-        dropped=sum(metric_sum(t, "kpigate_predlog_dead_letter_total") for t in texts),
+        dropped=sum(metric_sum(t, "kpigate_predlog_rows_dropped_total") for t in texts),
         double_counted=double,
         # Labels joined by the killed replica whose answer died with it come back as
         # duplicates on the retry: joined all the same (the labelled rows show it).
@@ -542,7 +542,7 @@ def section(
         f"| prediction log rows | {checks.log_rows:,} | >= answered (a request killed in flight "
         "may be committed, never answered) |",
         f"| **predictions missing from the log** | **{checks.missing}** | 0 |",
-        f"| rows dead-lettered by the log | {checks.dropped:g} | 0 |",
+        f"| rows dropped by the log (dead-lettered or queue full) | {checks.dropped:g} | 0 |",
         f"| labels posted (incl. re-posts) | {load.labels_posted:,} | |",
         f"| joined: /feedback answers (+ duplicates of labels re-sent after the kill) / "
         f"labelled rows | {load.feedback['joined']:,} (+ "

@@ -71,7 +71,7 @@ def test_poison_rows_get_422_and_the_good_ones_are_served_and_logged(
     assert codes == [422] * len(poison)
     assert _count(router) == len(good)
     assert metric_value(text, "kpigate_invalid_requests_total", endpoint="/predict") == len(poison)
-    assert metric_value(text, "kpigate_predlog_dead_letter_total") == 0
+    assert metric_value(text, "kpigate_predlog_rows_dropped_total") == 0
 
 
 @pytest.mark.parametrize("path", ["/predict", "/feedback", "/admin/state"])

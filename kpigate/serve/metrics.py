@@ -32,6 +32,7 @@ COMMIT_BUCKETS = (
     0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
 COMMIT_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+DROP_REASONS = ("dead_letter", "queue_full")
 FEEDBACK_RESULTS = ("joined", "unknown", "duplicate", "invalid", "late", "before_prediction")
 
 
@@ -116,12 +117,15 @@ class RouterMetrics:
         self.log_written = Counter(
             "kpigate_predlog_rows_written_total", "Prediction log rows written.", registry=r
         )
-        self.log_dead_letter = Counter(
-            "kpigate_predlog_dead_letter_total",
-            "Rows the database refused for their content (dead-lettered, never retried); their "
-            "requests were answered 500. Should stay 0: request validation keeps such rows out.",
-            registry=r,
+        self.log_dropped = Counter(
+            "kpigate_predlog_rows_dropped_total",
+            "Rows the log lost, per reason: dead_letter (the database refused the row's content; "
+            "its request was answered 500) or queue_full (a shadow copy, the queue full). "
+            "Should stay 0.",
+            ["reason"], registry=r,
         )  # fmt: skip
+        for reason in DROP_REASONS:
+            self.log_dropped.labels(reason)
         self.log_unavailable = Counter(
             "kpigate_predlog_unavailable_total",
             "Predictions answered 503 because the log could not commit them in time.",

@@ -203,7 +203,7 @@ class PredictionLog:
         max_batch_rows: int = 2000,
         max_pending_rows: int = 50_000,
         on_written: Callable[[int], None] | None = None,
-        on_dead_letter: Callable[[int], None] | None = None,
+        on_dropped: Callable[[str, int], None] | None = None,
         on_shadow_labeled: Callable[[dict[str, Any], int], None] | None = None,
     ) -> None:
         self.engine = engine
@@ -211,7 +211,8 @@ class PredictionLog:
         self.max_batch_rows = max_batch_rows
         self.max_pending_rows = max_pending_rows
         self._on_written = on_written or (lambda n: None)
-        self._on_dead_letter = on_dead_letter or (lambda n: None)
+        # (reason, rows): dead_letter (refused by the database) or queue_full (shadow copies).
+        self._on_dropped = on_dropped or (lambda reason, n: None)
         # A shadow copy that landed after its request was labelled: counted by the caller.
         self._on_shadow_labeled = on_shadow_labeled or (lambda row, label: None)
         self._queue: deque[Pending] = deque()
@@ -257,8 +258,7 @@ class PredictionLog:
     def append(self, row: dict[str, Any]) -> None:
         """Queue a row nobody waits for (a shadow copy: its answer has already left)."""
         if len(self._queue) >= self.max_pending_rows:
-            self.dead_lettered += 1
-            self._on_dead_letter(1)
+            self._on_dropped("queue_full", 1)
             log.error("prediction log queue full: a shadow row was dropped")
             return
         self._queue.append((row, None, None))
@@ -273,9 +273,22 @@ class PredictionLog:
 
     def _run(self) -> None:
         while not self._stop:
-            self._wake.wait(0.5)
+            woken = self._wake.wait(0.5)
             self._wake.clear()
+            if not woken and self.last_error is not None:
+                self._recheck()
             self._drain()
+
+    def _recheck(self) -> None:
+        """With no traffic nothing would clear an old error, and a replica kept out of the
+        load balancer by /readyz gets no traffic: read the table to see whether it is back."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(select(self.tables.predictions.c.id).limit(1)).all()
+        except Exception as exc:
+            self.last_error = redacted(exc)
+            return
+        self.last_error = None
 
     def _drain(self) -> None:
         while self._queue:
@@ -323,7 +336,7 @@ class PredictionLog:
             return LogUnavailable("the prediction log is unavailable"), []
         except Exception as exc:
             self.dead_lettered += 1
-            self._on_dead_letter(1)
+            self._on_dropped("dead_letter", 1)
             log.error("prediction log refused a row (dead-lettered): %s", redacted(exc))
             return RowRefused("the prediction log refused this row"), []
 
