@@ -24,6 +24,7 @@ import uvicorn
 
 from kpigate.fraud.schema import FEATURES, LABEL
 from kpigate.serve.app import create_app
+from kpigate.serve.cli import uvicorn_config
 from kpigate.serve.config import TOKEN_ENV, ServeConfig
 from kpigate.serve.loader import ScoringModel, StaticLoader
 from kpigate.traffic import generate_transactions
@@ -73,9 +74,7 @@ class RouterServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
-            uvicorn.Config(
-                self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-            )
+            uvicorn_config(self.app, config, "127.0.0.1", self.port, log_level="warning")
         )
         self.thread = threading.Thread(target=self._run, name="uvicorn-test", daemon=True)
         self.exit_code: int | str | None = None

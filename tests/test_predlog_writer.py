@@ -1,19 +1,23 @@
-"""The prediction log writer keeps rows through a database error, bounds its buffer, and
-drains on close."""
+"""The prediction log commits each row before its future completes, fails rows when the database
+is down instead of pretending, dead-letters a poison row without blocking the others, and
+labels a shadow copy that lands after its label. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from kpigate.serve.predlog import PredictionLog, Tables, make_engine
+from kpigate.serve.predlog import LogUnavailable, PredictionLog, RowRefused, Tables, make_engine
+from kpigate.serve.shared import SharedState
+from tests.serve_fixtures import Database
 
 
-def _row(i: int) -> dict[str, Any]:
-    return {
+def _row(i: int, **changes: Any) -> dict[str, Any]:
+    row = {
         "request_id": f"r{i}",
         "entity_key": f"c{i}",
         "model_version": "1",
@@ -28,6 +32,8 @@ def _row(i: int) -> dict[str, Any]:
         "latency_ms": 1.0,
         "created_at": time.time(),
     }
+    row.update(changes)
+    return row
 
 
 def _count(log: PredictionLog) -> int:
@@ -37,49 +43,120 @@ def _count(log: PredictionLog) -> int:
         )
 
 
-def test_rows_survive_a_database_error_and_are_retried(tmp_path: Path) -> None:
-    tables = Tables("w_")
-    log = PredictionLog(make_engine(f"sqlite:///{tmp_path / 'p.db'}"), tables,
-                        flush_interval_s=0.05)  # fmt: skip
+def _log(db: Database, tmp_path: Path, **kw: Any) -> PredictionLog:
+    url = db.url or f"sqlite:///{tmp_path / 'p.db'}"
+    log = PredictionLog(make_engine(url), Tables(db.prefix), **kw)
     log.start()
-    tables.predictions.drop(log.engine)  # the database "loses" the table
-    for i in range(10):
-        log.append(_row(i))
-    deadline = time.monotonic() + 5
-    while log.last_error is None:
-        assert time.monotonic() < deadline, "the writer never tried"
-        time.sleep(0.02)
-    assert log.pending == 10
-    tables.create(log.engine)  # the database is back
-    deadline = time.monotonic() + 10
-    while log.pending:
-        assert time.monotonic() < deadline, f"rows not retried: {log.last_error}"
-        time.sleep(0.05)
-    log.close()
-    assert (_count(log), log.written) == (10, 10)
-    assert log.last_error is None
+    return log
 
 
-def test_a_full_buffer_drops_and_counts(tmp_path: Path) -> None:
-    dropped: list[int] = []
-    log = PredictionLog(make_engine(f"sqlite:///{tmp_path / 'p.db'}"), Tables("w_"),
-                        max_buffer_rows=3, on_dropped=dropped.append)  # fmt: skip
-    for i in range(5):  # not started: nothing drains the buffer
-        log.append(_row(i))
-    assert (log.pending, log.dropped, sum(dropped)) == (3, 2, 2)
-    log.start()
-    log.close()
-    assert _count(log) == 3
+async def _submit_all(log: PredictionLog, rows: list[dict[str, Any]]) -> list[Any]:
+    futures = [log.submit(row) for row in rows]
+    return list(await asyncio.gather(*futures, return_exceptions=True))
 
 
-def test_schema_creation_is_idempotent(tmp_path: Path) -> None:
+def test_a_completed_row_is_committed(tmp_path: Path, database: Database) -> None:
+    log = _log(database, tmp_path)
+    try:
+        outcomes = asyncio.run(_submit_all(log, [_row(i) for i in range(50)]))
+        assert outcomes == [None] * 50
+        # No flush and no close: completion means committed.
+        assert _count(log) == 50
+    finally:
+        log.close()
+
+
+def test_a_database_that_is_down_fails_the_rows_and_recovers(tmp_path: Path) -> None:
+    log = _log(Database(None, "w_"), tmp_path)
+    try:
+        log.tables.predictions.drop(log.engine)  # the database "loses" the table
+        outcomes = asyncio.run(_submit_all(log, [_row(i) for i in range(10)]))
+        assert all(isinstance(o, LogUnavailable) for o in outcomes), outcomes
+        assert log.last_error is not None and "r1" not in log.last_error
+        log.tables.create(log.engine)  # the database is back
+        # With no traffic at all, the writer finds out by itself (so /readyz turns ready again
+        # for a replica the load balancer took out).
+        deadline = time.monotonic() + 20
+        while log.last_error is not None:
+            assert time.monotonic() < deadline, "the error never cleared without traffic"
+            time.sleep(0.05)
+        assert asyncio.run(_submit_all(log, [_row(i) for i in range(10, 15)])) == [None] * 5
+        assert _count(log) == 5 and log.last_error is None
+    finally:
+        log.close()
+
+
+def test_a_poison_row_is_dead_lettered_and_the_others_commit(
+    tmp_path: Path, database: Database
+) -> None:
+    dead: list[int] = []
+    log = _log(database, tmp_path, on_dropped=lambda reason, n: dead.append(n))
+    try:
+        rows = [_row(i) for i in range(20)]
+        rows[7] = _row(7, score=None)  # NOT NULL: the database refuses this one row
+        if database.url:  # PostgreSQL refuses NUL in text, where SQLite stores it
+            rows[12] = _row(12, entity_key="nul\x00inside")
+        outcomes = asyncio.run(_submit_all(log, rows))
+        refused = [i for i, o in enumerate(outcomes) if isinstance(o, RowRefused)]
+        assert refused == ([7, 12] if database.url else [7])
+        assert all(o is None for i, o in enumerate(outcomes) if i not in refused)
+        assert _count(log) == 20 - len(refused) and sum(dead) == len(refused)
+        # The writer is not stuck on the poison row: the next rows commit at once.
+        assert asyncio.run(_submit_all(log, [_row(100)])) == [None]
+    finally:
+        log.close()
+
+
+def test_a_shadow_copy_landing_after_its_label_is_labelled(
+    tmp_path: Path, database: Database
+) -> None:
+    labelled: list[tuple[str, int]] = []
+    log = _log(
+        database, tmp_path, on_shadow_labeled=lambda r, lab: labelled.append((r["request_id"], lab))
+    )
+    try:
+        assert asyncio.run(_submit_all(log, [_row(1), _row(2)])) == [None, None]
+        t = log.tables.predictions
+        with log.engine.begin() as conn:  # /feedback labels the served row r1 only
+            conn.execute(update(t).where(t.c.request_id == "r1").values(label=1, labeled_at=5.0))
+        shadows = [_row(1, shadow=True, arm="candidate"), _row(2, shadow=True, arm="candidate")]
+        assert asyncio.run(_submit_all(log, shadows)) == [None, None]
+        with log.engine.connect() as conn:
+            got = conn.execute(select(t.c.request_id, t.c.label).where(t.c.shadow.is_(True)))
+            labels = dict(got.all())
+        assert labels == {"r1": 1, "r2": None}
+        assert labelled == [("r1", 1)]
+    finally:
+        log.close()
+
+
+def test_schema_creation_is_idempotent_and_state_versions_grow(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'p.db'}")
     Tables("w_").create(engine)
     Tables("w_").create(engine)
-    log = PredictionLog(engine, Tables("w_"))
-    log.start()
-    log.save_state(25.0, "shadow", False)
-    log.save_state(50.0, "canary", False)
-    log.close()
-    state = log.load_state()
-    assert state is not None and (state["weight"], state["mode"]) == (50.0, "canary")
+    state = SharedState(engine, Tables("w_"), "r1")
+    assert state.save(25.0, "shadow", False) == 1
+    assert state.save(50.0, "canary", False) == 2
+    saved = state.load()
+    assert saved is not None
+    assert (saved.weight, saved.mode, saved.version, saved.reload_version) == (50.0, "canary", 2, 0)
+    assert state.save(50.0, "canary", False, reload=True) == 3
+    assert state.load() is not None and state.load().reload_version == 3  # type: ignore[union-attr]
+
+
+def test_an_older_state_table_is_upgraded_in_place(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    with engine.begin() as conn:  # the table as the first release created it
+        conn.execute(
+            text(
+                "CREATE TABLE w_router_state (id INTEGER PRIMARY KEY, weight FLOAT NOT NULL, "
+                "mode VARCHAR(16) NOT NULL, detached BOOLEAN NOT NULL, updated_at FLOAT NOT NULL, "
+                "note TEXT)"
+            )
+        )
+        conn.execute(text("INSERT INTO w_router_state VALUES (1, 25.0, 'canary', 0, 1.0, NULL)"))
+    Tables("w_").create(engine)
+    saved = SharedState(engine, Tables("w_"), "r1").load()
+    assert saved is not None and (saved.weight, saved.version) == (25.0, 0)

@@ -157,3 +157,84 @@ def test_a_version_registered_in_mlflow_starts_a_rollout_on_argo(
     parameters = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
     assert parameters == {"model-name": "relay-demo", "model-version": version.version}
     assert counts.get("started") == 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_replay_after_a_restart_is_refused(kind: str, tmp_path: Any) -> None:
+    """The delivery ids outlive the relay process (kpigate/relay/deliveries.py); before, a
+    captured delivery replayed within the tolerance after a restart started a second rollout."""
+    from kpigate.relay.deliveries import DeliveryStore
+    from kpigate.serve.predlog import make_engine
+    from tests.serve_fixtures import postgres_or_skip
+
+    url = postgres_or_skip() if kind == "postgres" else f"sqlite:///{tmp_path / 'relay.db'}"
+    prefix = f"d{uuid.uuid4().hex[:10]}_"
+    settings = RelaySettings(secret=SECRET, models=frozenset({"fraud"}))
+    approve = event("model_version_alias", "created", name="fraud", version="7", alias="candidate")
+    stamp = time.time()
+    answers = []
+    triggers = []
+    stores = []
+    try:
+        for _ in range(2):  # the relay, then the relay restarted on the same store
+            store = DeliveryStore(make_engine(url), settings.keep_deliveries_s, prefix)
+            stores.append(store)
+            trigger = RecordingTrigger()
+            triggers.append(trigger)
+            with AppThread(create_relay(settings, trigger, deliveries=store)) as server:
+                answers.append(post(server.url, approve, delivery="captured-1", timestamp=stamp))
+    finally:
+        if kind == "postgres":
+            stores[0].metadata.drop_all(stores[0].engine)
+    assert [a.json()["status"] for a in answers] == ["started", "duplicate"]
+    assert (triggers[0].started, triggers[1].started) == ([("fraud", "7")], [])
+
+
+def test_a_failed_start_releases_the_delivery_for_the_retry(tmp_path: Any) -> None:
+    from kpigate.relay.deliveries import DeliveryStore
+    from kpigate.serve.predlog import make_engine
+
+    store = DeliveryStore(make_engine(f"sqlite:///{tmp_path / 'relay.db'}"), 660.0)
+    trigger = RecordingTrigger(fail=True)
+    approve = event("model_version_alias", "created", name="fraud", version="8", alias="candidate")
+    with AppThread(create_relay(RelaySettings(secret=SECRET), trigger, deliveries=store)) as srv:
+        assert post(srv.url, approve, delivery="d-8").status_code == 502
+        trigger.fail = False
+        assert post(srv.url, approve, delivery="d-8").json()["status"] == "started"
+        assert post(srv.url, approve, delivery="d-8").json()["status"] == "duplicate"
+
+
+def test_an_oversized_chunked_body_is_refused_without_reading_it_all(
+    relay: tuple[str, RecordingTrigger],
+) -> None:
+    """A chunked body (no Content-Length) of up to 300 MB: the relay answers 413 and closes
+    the connection after its 64 KiB limit; before, it read all of it (622 MB resident)."""
+    import select
+    import socket
+
+    url, _ = relay
+    host, port = url.removeprefix("http://").split(":")
+    chunk = b"10000\r\n" + b"x" * 65536 + b"\r\n"
+    sent, answer = 0, b""
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: relay\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        try:
+            while sent < 300 * 1024 * 1024:
+                if select.select([sock], [], [], 0)[0]:
+                    break
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # the relay closed the connection: it stopped reading
+        answer = sock.recv(1000)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"connection: close" in answer.lower()
+    assert sent < 50 * 1024 * 1024, f"sent {sent} bytes before the relay refused"
+
+
+def test_deep_nesting_is_refused_with_400(relay: tuple[str, RecordingTrigger]) -> None:
+    url, _ = relay
+    assert post(url, "[" * 20_000 + "]" * 20_000).status_code == 400

@@ -52,7 +52,10 @@ def test_split_matches_weight_and_is_sticky(shared_router: RouterServer) -> None
     bodies = transactions(n, seed=3)
     with shared_router.client() as client:
         instances = [dict(body, card_id=card) for body, card in zip(bodies, cards, strict=True)]
-        first = client.post("/predict", json={"instances": instances}).json()["predictions"]
+        first = []
+        for start in range(0, n, 1000):  # the router's default limit per request
+            chunk = {"instances": instances[start : start + 1000]}
+            first += client.post("/predict", json=chunk).json()["predictions"]
         again = client.post("/predict", json={"instances": instances[:300]}).json()["predictions"]
         singles = [client.post("/predict", json=instances[i]).json() for i in range(0, 300, 10)]
     share = sum(p["arm"] == "candidate" for p in first) / n

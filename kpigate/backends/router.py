@@ -1,7 +1,10 @@
 """The kpigate router's admin API (kpigate/serve/admin.py) over HTTP.
 
 The router keeps (weight, mode, detached) and persists them, so every call here is idempotent:
-PUT sets absolute values, and detaching twice is the same as once.
+PUT sets absolute values, and detaching twice is the same as once. The state is shared by every
+replica through the router's database: the replica that takes a change answers only once every
+live replica has applied it, and otherwise 503 with the laggards, which fails the call here
+naming them (kpigate/serve/admin.py), so a step never goes on while a replica routes the old way.
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ class RouterBackend:
             raise BackendError(
                 f"the router at {self.url} refused the admin token ({data.get('error')}): "
                 f"set {TOKEN_ENV} to the router's token"
+            )
+        laggards = data.get("laggards") if isinstance(data, dict) else None
+        if response.status_code == 503 and laggards:
+            raise BackendError(
+                f"{method} {url}: the change is saved but not applied by every router replica: "
+                f"{data.get('error')} (lagging: {', '.join(map(str, laggards))})"
             )
         if response.status_code >= 400:
             raise BackendError(

@@ -3,10 +3,12 @@
 Events that start a rollout (MLflow >= 3.3 webhooks):
   model_version_alias.created  when the alias is the trigger alias (default `candidate`)
   model_version_tag.set        when the tag is kpigate.approved=true
-Every request is checked in this order: size (413), signature and timestamp (401), JSON (400),
-replayed delivery id (200, "duplicate", nothing started), known model (422), event kind (202,
-"ignored"); then the trigger starts the rollout (202, "started") or fails (502). A version
-already started is not started again ("already started").
+Every request is checked in this order: size (413; the body is read in capped chunks within a
+timeout, 408), signature and timestamp (401), JSON and its nesting (400), replayed delivery id
+(200, "duplicate", nothing started; the ids are persisted, kpigate/relay/deliveries.py, so a
+replay after a restart is refused too), known model (422), event kind (202, "ignored"); then the
+trigger starts the rollout (202, "started") or fails (502). A version already started is not
+started again ("already started").
 
 MLflow refuses http and private-IP webhook targets (such as this relay on loopback or in a
 cluster) unless its server runs with MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https and
@@ -16,7 +18,6 @@ MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,18 +30,21 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from kpigate.registry.base import APPROVAL_TAG, CANDIDATE
+from kpigate.relay.deliveries import DELIVERY_ID_MAX, DeliveryStore
 from kpigate.relay.signature import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    DeliveryLog,
     Refused,
     verify,
 )
 from kpigate.relay.triggers.base import Trigger, TriggerError
+from kpigate.serve.limits import BodyError, parse_json, read_body
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
+BODY_TIMEOUT_S = 10.0
+MAX_JSON_DEPTH = 32
 WEBHOOK_PATH = "/webhooks/mlflow"
 
 
@@ -50,11 +54,18 @@ class RelaySettings:
     trigger_alias: str = CANDIDATE
     models: frozenset[str] = frozenset()  # empty: any model
     tolerance_s: float = 300.0
+    max_body_bytes: int = MAX_BODY_BYTES
+    body_timeout_s: float = BODY_TIMEOUT_S
+
+    @property
+    def keep_deliveries_s(self) -> float:
+        """Past the tolerance a replay fails the timestamp check; a margin for clock skew."""
+        return 2 * self.tolerance_s + 60.0
 
 
 @dataclass
 class RelayState:
-    deliveries: DeliveryLog = field(default_factory=DeliveryLog)
+    deliveries: DeliveryStore
     started: dict[tuple[str, str], str] = field(default_factory=dict)
     # One start at a time, so two deliveries for one version can never start two rollouts.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -88,20 +99,28 @@ def _answer(state: RelayState, status: int, body: dict[str, Any]) -> JSONRespons
 
 
 def create_relay(
-    settings: RelaySettings, trigger: Trigger, secret: Callable[[], str] | None = None
+    settings: RelaySettings,
+    trigger: Trigger,
+    secret: Callable[[], str] | None = None,
+    deliveries: DeliveryStore | None = None,
 ) -> Starlette:
-    """`secret` (optional) re-reads the secret per request, for a rotated mounted file."""
-    state = RelayState()
+    """`secret` (optional) re-reads the secret per request, for a rotated mounted file.
+    `deliveries` persists the delivery ids (default: in memory, for tests and embedding)."""
+    state = RelayState(deliveries or DeliveryStore.in_memory(settings.keep_deliveries_s))
 
     async def webhook(request: Request) -> JSONResponse:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            return _answer(state, 413, {"status": "refused", "error": "body too large"})
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return _answer(state, 413, {"status": "refused", "error": "body too large"})
+        try:
+            body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+        except BodyError as exc:
+            error = "body too large" if exc.status == 413 else exc.message
+            refused = _answer(state, exc.status, {"status": "refused", "error": error})
+            # Close: the rest of the body is never read (uvicorn would read it to keep alive).
+            refused.headers["Connection"] = "close"
+            return refused
         payload = body.decode("utf-8", errors="replace")
         delivery = request.headers.get(DELIVERY_HEADER)
+        if delivery is not None and len(delivery) > DELIVERY_ID_MAX:
+            return _answer(state, 401, {"status": "refused", "error": "delivery id too long"})
         try:
             verify(
                 secret() if secret else settings.secret,
@@ -115,17 +134,23 @@ def create_relay(
             log.warning("refused webhook: %s", exc)
             return _answer(state, exc.status, {"status": "refused", "error": str(exc)})
         try:
-            event = json.loads(payload)
-        except json.JSONDecodeError:
-            return _answer(state, 400, {"status": "refused", "error": "body is not JSON"})
+            event = parse_json(payload.encode("utf-8"), MAX_JSON_DEPTH)
+        except BodyError as exc:
+            error = "body is not JSON" if "not valid JSON" in exc.message else exc.message
+            return _answer(state, 400, {"status": "refused", "error": error})
         if not isinstance(event, dict):
             return _answer(state, 400, {"status": "refused", "error": "body is not an object"})
         assert delivery is not None  # verify() refused it otherwise
-        if state.deliveries.seen(delivery):
+        try:
+            first = await run_in_threadpool(state.deliveries.claim, delivery)
+        except Exception as exc:  # the store is down: refuse, MLflow retries later
+            log.error("delivery store unavailable: %s: %s", type(exc).__name__, exc)
+            return _answer(state, 503, {"status": "failed", "error": "delivery store unavailable"})
+        if not first:
             return _answer(state, 200, {"status": "duplicate", "delivery": delivery})
         response = await _act(event, delivery)
-        if response.status_code != 502:
-            state.deliveries.remember(delivery)
+        if response.status_code == 502:  # not started: MLflow's retry must go through
+            await run_in_threadpool(state.deliveries.release, delivery)
         return response
 
     async def _act(event: dict[str, Any], delivery: str) -> JSONResponse:
@@ -211,9 +236,11 @@ OPENAPI: dict[str, Any] = {
                         ("202", "rollout started, or event ignored"),
                         ("400", "body is not a JSON object"),
                         ("401", "missing or wrong signature, or stale timestamp"),
+                        ("408", "body not received within the timeout"),
                         ("413", "body too large"),
                         ("422", "unknown model"),
                         ("502", "the rollout could not be started"),
+                        ("503", "the delivery store is unavailable"),
                     )
                 },
             }

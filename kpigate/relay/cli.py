@@ -1,8 +1,17 @@
 """`kpigate relay`: receive MLflow registry webhooks and start rollouts.
 
-The webhook secret comes from KPIGATE_WEBHOOK_SECRET or the file named by
-KPIGATE_WEBHOOK_SECRET_FILE (re-read per request, so a rotated mounted secret applies at once).
---register-with TRACKING_URI also creates the webhook in MLflow, pointing at --public-url.
+Secrets come from the environment or files, never only from argv (which every local user can
+read with ps):
+  KPIGATE_WEBHOOK_SECRET / KPIGATE_WEBHOOK_SECRET_FILE  the webhook secret (the file is re-read
+                                                        per request: a rotated secret applies)
+  KPIGATE_RELAY_DB_URL / KPIGATE_RELAY_DB_URL_FILE      where delivery ids are kept (default: a
+                                                        SQLite file in --state-dir; PostgreSQL
+                                                        when several relays share the work)
+  KPIGATE_ARGO_TOKEN / KPIGATE_ARGO_TOKEN_FILE          the Argo Server token (--trigger argo;
+                                                        ARGO_TOKEN / ARGO_TOKEN_FILE also work)
+Delivery ids are kept for twice the --tolerance plus a minute, so a captured delivery replayed
+after a restart is refused. --register-with TRACKING_URI also creates the webhook in MLflow,
+pointing at --public-url.
 
 Triggers:
   local        run `kpigate rollout` here with the --rollout-arg options (the embedded default)
@@ -24,12 +33,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kpigate.relay.app import WEBHOOK_PATH, RelaySettings, create_relay
+from kpigate.relay.app import BODY_TIMEOUT_S, WEBHOOK_PATH, RelaySettings, create_relay
+from kpigate.relay.deliveries import DeliveryStore
 from kpigate.relay.triggers.base import Trigger
-from kpigate.secrets import SecretError, secret_help
+from kpigate.secrets import SecretError, read_secret, secret_help
+from kpigate.serve.predlog import redacted
 
 SECRET_ENV = "KPIGATE_WEBHOOK_SECRET"
 SECRET_FILE_ENV = "KPIGATE_WEBHOOK_SECRET_FILE"
+DB_URL_ENV = "KPIGATE_RELAY_DB_URL"
 EVENTS = ("model_version_alias.created", "model_version_tag.set")
 
 
@@ -59,12 +71,11 @@ def register_webhook(tracking_uri: str, url: str, secret: str, name: str = "kpig
 def make_trigger(args: argparse.Namespace) -> Trigger:
     if args.trigger == "argo":
         from kpigate.relay.triggers.argo import ArgoTrigger
-        from kpigate.secrets import read_secret
 
         host = args.argo_server or os.environ.get("ARGO_SERVER", "")
         return ArgoTrigger(
             host,
-            read_secret("KPIGATE_ARGO_TOKEN", args.argo_token) or os.environ.get("ARGO_TOKEN"),
+            read_secret("KPIGATE_ARGO_TOKEN", args.argo_token) or read_secret("ARGO_TOKEN"),
             args.argo_namespace or os.environ.get("ARGO_NAMESPACE", "argo"),
         )
     if args.trigger == "argo-events":
@@ -93,13 +104,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events-url", default="", help="argo-events: the EventSource URL")
     parser.add_argument("--register-with", default="", help="MLflow tracking URI to register in")
     parser.add_argument("--public-url", default="", help="the relay's URL as MLflow sees it")
+    parser.add_argument(
+        "--body-timeout", type=float, default=BODY_TIMEOUT_S,
+        help="seconds for a webhook body to arrive; 408 after (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--header-timeout", type=float, default=10.0,
+        help="seconds for a request's headers to arrive (default: %(default)s)",
+    )  # fmt: skip
+
+
+def delivery_store(args: argparse.Namespace, keep_s: float) -> DeliveryStore:
+    url = read_secret(DB_URL_ENV) or f"sqlite:///{Path(args.state_dir) / 'relay-deliveries.db'}"
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    from kpigate.serve.predlog import DatabaseTimeouts, make_engine
+
+    return DeliveryStore(make_engine(url, DatabaseTimeouts()), keep_s)
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    read_secret = secret_reader()
-    if read_secret is None:
+    read_webhook_secret = secret_reader()
+    if read_webhook_secret is None:
         print(
             f"kpigate relay: no webhook secret: set {SECRET_ENV} or {SECRET_FILE_ENV}",
             file=sys.stderr,
@@ -109,20 +137,33 @@ def run(args: argparse.Namespace) -> int:
         print("kpigate relay: --trigger argo-events needs --events-url", file=sys.stderr)
         return 2
     settings = RelaySettings(
-        secret=read_secret(),
+        secret=read_webhook_secret(),
         trigger_alias=args.alias,
         models=frozenset(m for m in args.models.split(",") if m),
         tolerance_s=args.tolerance,
+        body_timeout_s=args.body_timeout,
     )
     try:
+        deliveries = delivery_store(args, settings.keep_deliveries_s)
         trigger = make_trigger(args)
     except SecretError as exc:
         print(f"kpigate relay: {exc}", file=sys.stderr)
         return 2
-    app = create_relay(settings, trigger, secret=read_secret)
+    except Exception as exc:
+        print(f"kpigate relay: cannot open the delivery store: {redacted(exc)}", file=sys.stderr)
+        return 1
+    app = create_relay(settings, trigger, secret=read_webhook_secret, deliveries=deliveries)
     if args.register_with:
         url = args.public_url or f"http://{args.host}:{args.port}{WEBHOOK_PATH}"
-        hook = register_webhook(args.register_with, url, read_secret())
+        hook = register_webhook(args.register_with, url, read_webhook_secret())
         print(f"registered MLflow webhook {hook} -> {url}")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    from kpigate.serve.limits import header_timeout_protocol
+
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        http=header_timeout_protocol(args.header_timeout),
+    )
     return 0

@@ -1,14 +1,16 @@
 """The authenticated admin API: read and set weight and mode, detach the candidate, reload models.
 
 Every endpoint needs `Authorization: Bearer <token>` with the token from KPIGATE_ADMIN_TOKEN or
-the file named by KPIGATE_ADMIN_TOKEN_FILE (a mounted secret). Changes apply to the next request
-and are written to the database first, so a restarted router comes back in the same state.
+the file named by KPIGATE_ADMIN_TOKEN_FILE (a mounted secret). A change is written to the shared
+database first (so a restarted router comes back in the same state), applied here, and answered
+only once every live replica has applied it; otherwise 503 names the replicas that lag.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
+import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
 from typing import Any
@@ -19,10 +21,28 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kpigate.serve.config import MODES, TOKEN_ENV, TOKEN_FILE_ENV, read_admin_token
+from kpigate.serve.limits import BodyError
 from kpigate.serve.loader import ModelLoadError
+from kpigate.serve.predlog import redacted
 from kpigate.serve.router import RouterCore, StateConflict
+from kpigate.serve.shared import Replica
 
 Handler = Callable[[Request], Awaitable[Response]]
+log = logging.getLogger(__name__)
+
+
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _database_error(action: str, exc: Exception) -> JSONResponse:
+    log.error("admin: could not %s: %s", action, redacted(exc))
+    return _error(503, f"could not {action}: the shared state database is unavailable; retry")
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -56,46 +76,87 @@ def authenticated(handler: Handler) -> Handler:
     return wrapper
 
 
-def admin_routes(core: RouterCore) -> list[Route]:
+def _applied(core: RouterCore, laggards: list[Replica]) -> JSONResponse:
+    body = core.describe()
+    if not laggards:
+        return JSONResponse(body)
+    names = ", ".join(
+        r.replica_id + (f" ({r.error})" if r.error else f" at version {r.applied_version}")
+        for r in laggards
+    )
+    wait = core.config.state_apply_timeout_s
+    return _error(
+        503,
+        f"state version {core.version} is saved, but replica(s) {names} did not apply it within "
+        f"{wait:g}s: they keep the old routing until they do; retry or check them",
+        laggards=[r.replica_id for r in laggards],
+        state=body,
+    )
+
+
+def admin_routes(core: RouterCore, read_body: Callable[[Request], Awaitable[Any]]) -> list[Route]:
+    """`read_body` reads a request's JSON under the router's limits (BodyError otherwise)."""
+
+    async def body_or_error(request: Request, example: str) -> Any:
+        try:
+            return await read_body(request)
+        except BodyError as exc:
+            if exc.status == 400:
+                return _error(400, f"{exc.message}: send JSON like {example}")
+            return _error(exc.status, exc.message)
+
     @authenticated
     async def get_state(request: Request) -> Response:
-        return JSONResponse(core.describe())
+        try:
+            replicas = await run_in_threadpool(core.replicas)
+        except Exception as exc:
+            log.warning("could not read the replicas: %s", redacted(exc))
+            replicas = None
+        return JSONResponse({**core.describe(), "replicas": replicas})
 
     @authenticated
     async def put_state(request: Request) -> Response:
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return _error(400, 'body must be JSON like {"weight": 25, "mode": "canary"}')
+        body = await body_or_error(request, '{"weight": 25, "mode": "canary"}')
+        if isinstance(body, Response):
+            return body
         if not isinstance(body, dict) or not body or set(body) - {"weight", "mode"}:
             return _error(422, "body must be an object with 'weight' (percent 0-100) and/or 'mode'")
         weight = body.get("weight")
         mode = body.get("mode")
-        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)):
+        if weight is not None and not _finite_number(weight):
             return _error(422, f"weight must be a number of percent in [0, 100], got {weight!r}",
                           field="weight")  # fmt: skip
         if mode is not None and mode not in MODES:
             return _error(422, f"mode must be one of {list(MODES)}, got {mode!r}", field="mode")
         try:
-            await run_in_threadpool(core.set_state, None if weight is None else float(weight), mode)
+            laggards = await run_in_threadpool(
+                core.set_state, None if weight is None else float(weight), mode
+            )
         except ValueError as exc:
             return _error(422, str(exc), field="weight")
         except StateConflict as exc:
             return _error(409, str(exc))
-        return JSONResponse(core.describe())
+        except Exception as exc:
+            return _database_error("set the state", exc)
+        return _applied(core, laggards)
 
     @authenticated
     async def detach(request: Request) -> Response:
-        await run_in_threadpool(core.detach)
-        return JSONResponse(core.describe())
+        try:
+            laggards = await run_in_threadpool(core.detach)
+        except Exception as exc:
+            return _database_error("detach", exc)
+        return _applied(core, laggards)
 
     @authenticated
     async def reload(request: Request) -> Response:
         try:
-            await run_in_threadpool(core.reload)
+            laggards = await run_in_threadpool(core.reload)
         except ModelLoadError as exc:
             return _error(502, f"reload failed, still serving the previous models: {exc}")
-        return JSONResponse(core.describe())
+        except Exception as exc:
+            return _database_error("reload", exc)
+        return _applied(core, laggards)
 
     @authenticated
     async def get_faults(request: Request) -> Response:
@@ -103,15 +164,14 @@ def admin_routes(core: RouterCore) -> list[Route]:
 
     @authenticated
     async def put_faults(request: Request) -> Response:
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return _error(400, 'body must be JSON like {"candidate_delay_ms": 80}')
+        body = await body_or_error(request, '{"candidate_delay_ms": 80}')
+        if isinstance(body, Response):
+            return body
         allowed = {"candidate_delay_ms", "candidate_error_share"}
         if not isinstance(body, dict) or set(body) - allowed:
             return _error(422, f"body must be an object with fields among {sorted(allowed)}")
         for name, value in body.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            if not _finite_number(value) or value < 0:
                 return _error(422, f"{name} must be a non-negative number", field=name)
         if body.get("candidate_error_share", 0) > 1:
             return _error(422, "candidate_error_share is a share in [0, 1]",

@@ -4,9 +4,15 @@ The router splits traffic by weight with sticky hashing of card_id, logs every p
 joins delayed labels on /feedback, and exposes /metrics. Weight and mode are set through the
 admin API (token in KPIGATE_ADMIN_TOKEN or the file named by KPIGATE_ADMIN_TOKEN_FILE).
 
+Secrets come from the environment or files, not argv (which every local user can read):
+  KPIGATE_DB_URL / KPIGATE_DB_URL_FILE            the database URL, with its password
+  KPIGATE_ADMIN_TOKEN / KPIGATE_ADMIN_TOKEN_FILE  the admin API's bearer token
+Several replicas share routing state and labels through one PostgreSQL database; SQLite serves
+a single replica. Each answer is committed to the prediction log before it is sent.
+
 examples:
   kpigate serve --tracking-uri sqlite:///mlruns.db --model-name fraud
-  kpigate serve --db-url postgresql+psycopg://postgres@127.0.0.1/kpigate --weight 5
+  KPIGATE_DB_URL_FILE=/run/secrets/db-url kpigate serve --weight 5
 """
 
 from __future__ import annotations
@@ -14,8 +20,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
+from kpigate.secrets import SecretError, read_secret
 from kpigate.serve.config import MODES, ServeConfig
+
+DB_URL_ENV = "KPIGATE_DB_URL"
 
 
 def _duration(text: str) -> float:
@@ -36,7 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: MLflow's)")
     add("--baseline-alias", default=d.baseline_alias, help="default: %(default)s")
     add("--candidate-alias", default=d.candidate_alias, help="default: %(default)s")
-    add("--db-url", default=d.db_url, help="SQLAlchemy URL of the prediction log (%(default)s)")
+    add(
+        "--db-url",
+        default=None,
+        help=f"SQLAlchemy URL of the prediction log and routing state; prefer {DB_URL_ENV} or "
+        f"{DB_URL_ENV}_FILE, since argv is visible to every local user (default: {d.db_url})",
+    )
     add("--table-prefix", default=d.table_prefix, help="table name prefix (%(default)s)")
     add(
         "--weight",
@@ -67,17 +82,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "late; match the policy's labels.horizon (default: off)",
     )
     add("--hash-salt", default=d.hash_salt, help="reshuffles which cards see the candidate")
+    add("--replica-id", default="", help="this replica's name in the heartbeats (host:pid)")
+    add(
+        "--db-connect-timeout",
+        type=float,
+        default=d.db_connect_timeout_s,
+        help="seconds to connect to the database (default: %(default)s)",
+    )
+    add(
+        "--db-statement-timeout",
+        type=float,
+        default=d.db_statement_timeout_s,
+        help="seconds for any statement, incl. a prediction's commit (default: %(default)s)",
+    )
+    add(
+        "--max-body-bytes",
+        type=int,
+        default=d.max_body_bytes,
+        help="larger request bodies get 413 (default: %(default)s)",
+    )
+    add(
+        "--max-instances",
+        type=int,
+        default=d.max_instances,
+        help="instances per /predict, labels per /feedback (default: %(default)s)",
+    )
+    add(
+        "--max-json-depth",
+        type=int,
+        default=d.max_json_depth,
+        help="deeper JSON nesting gets 400 (default: %(default)s)",
+    )
+    add(
+        "--header-timeout",
+        type=float,
+        default=d.header_timeout_s,
+        help="seconds for a request's headers to arrive (default: %(default)s)",
+    )
+    add(
+        "--body-timeout",
+        type=float,
+        default=d.body_timeout_s,
+        help="seconds for a request's body to arrive; 408 after (default: %(default)s)",
+    )
     add("--access-log", action="store_true", help="log every request (costs throughput)")
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    """Raises SecretError when KPIGATE_DB_URL_FILE names a file that cannot be read."""
+    db_url = args.db_url or read_secret(DB_URL_ENV) or ServeConfig().db_url
     return ServeConfig(
         model_name=args.model_name,
         tracking_uri=args.tracking_uri,
         baseline_alias=args.baseline_alias,
         candidate_alias=args.candidate_alias,
-        db_url=args.db_url,
+        db_url=db_url,
         table_prefix=args.table_prefix,
         initial_weight=args.weight,
         initial_mode=args.mode,
@@ -86,6 +146,30 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         label_window_s=args.label_window_hours * 3600.0,
         hash_salt=args.hash_salt,
         label_horizon_s=args.label_horizon,
+        replica_id=args.replica_id,
+        db_connect_timeout_s=args.db_connect_timeout,
+        db_statement_timeout_s=args.db_statement_timeout,
+        max_body_bytes=args.max_body_bytes,
+        max_instances=args.max_instances,
+        max_json_depth=args.max_json_depth,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+    )
+
+
+def uvicorn_config(app: Any, config: ServeConfig, host: str, port: int, **options: Any) -> Any:
+    """The uvicorn settings every router process uses (CLI, tests, benchmarks)."""
+    import uvicorn
+
+    from kpigate.serve.limits import header_timeout_protocol
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        http=header_timeout_protocol(config.header_timeout_s),
+        **options,
     )
 
 
@@ -98,14 +182,19 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.weight <= 100:
         print(f"--weight must be a percentage in [0, 100], got {args.weight}", file=sys.stderr)
         return 2
-    app = create_app(config_from_args(args))
-    config = uvicorn.Config(
+    try:
+        serve_config = config_from_args(args)
+    except SecretError as exc:
+        print(f"kpigate serve: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(serve_config)
+    config = uvicorn_config(
         app,
-        host=args.host,
-        port=args.port,
+        serve_config,
+        args.host,
+        args.port,
         log_level=args.log_level,
         access_log=args.access_log,
-        lifespan="on",
     )
     server = uvicorn.Server(config)
     try:

@@ -37,12 +37,27 @@ class ServeConfig:
     maturity_interval_s: float = 1.0
     # Changing the salt reshuffles which entities land in the candidate's share.
     hash_salt: str = ""
-    # Rows are written when this many are buffered or every flush_interval_s, whichever is first.
-    log_batch_rows: int = 500
-    log_flush_interval_s: float = 0.25
-    # Buffered rows beyond this are dropped (and counted) rather than exhausting memory when the
-    # database is down for a long time.
-    log_max_buffer_rows: int = 1_000_000
+    # Group commit: one transaction takes at most this many queued rows; beyond
+    # log_max_pending_rows queued rows, /predict answers 503 instead of queueing more.
+    log_max_batch_rows: int = 2000
+    log_max_pending_rows: int = 50_000
+    # Database timeouts: connecting, and any statement (a prediction waits this long for its
+    # commit before a 503; /feedback and /readyz likewise).
+    db_connect_timeout_s: float = 3.0
+    db_statement_timeout_s: float = 5.0
+    # Shared routing state: this replica's name in the heartbeat table (default host:pid), how
+    # often it polls the state's version, when a silent replica stops counting as live, and how
+    # long an admin change waits for every live replica to apply it.
+    replica_id: str = ""
+    state_poll_interval_s: float = 0.2
+    replica_live_after_s: float = 3.0
+    state_apply_timeout_s: float = 3.0
+    # Request limits (413 / 400 / 408 with a message naming the limit).
+    max_body_bytes: int = 1024 * 1024
+    max_instances: int = 1000
+    max_json_depth: int = 32
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
 
 
 def late_label_cutoff_s(config: ServeConfig) -> float:

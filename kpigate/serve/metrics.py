@@ -27,7 +27,13 @@ LAG_BUCKETS = (
     2 * 86400, 4 * 86400, 7 * 86400, 14 * 86400, 30 * 86400, 60 * 86400,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-FEEDBACK_RESULTS = ("joined", "unknown", "duplicate", "invalid", "late")
+COMMIT_BUCKETS = (
+    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+    0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+COMMIT_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+DROP_REASONS = ("dead_letter", "queue_full")
+FEEDBACK_RESULTS = ("joined", "unknown", "duplicate", "invalid", "late", "before_prediction")
 
 
 def _flag(value: bool) -> str:
@@ -81,7 +87,8 @@ class RouterMetrics:
         )  # fmt: skip
         self.feedback = Counter(
             "kpigate_feedback_labels_total",
-            "Labels received on /feedback per result: joined|unknown|duplicate|invalid|late.",
+            "Labels received on /feedback per result: joined|unknown|duplicate|invalid|late|"
+            "before_prediction.",
             ["result"], registry=r,
         )  # fmt: skip
         self.shadow_compared = Counter(
@@ -112,11 +119,20 @@ class RouterMetrics:
         )
         self.log_dropped = Counter(
             "kpigate_predlog_rows_dropped_total",
-            "Prediction log rows dropped because the buffer was full (database down too long).",
+            "Rows the log lost, per reason: dead_letter (the database refused the row's content; "
+            "its request was answered 500) or queue_full (a shadow copy, the queue full). "
+            "Should stay 0.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        for reason in DROP_REASONS:
+            self.log_dropped.labels(reason)
+        self.log_unavailable = Counter(
+            "kpigate_predlog_unavailable_total",
+            "Predictions answered 503 because the log could not commit them in time.",
             registry=r,
         )  # fmt: skip
         self.log_pending = Gauge(
-            "kpigate_predlog_pending_rows", "Rows buffered, not yet written.", registry=r
+            "kpigate_predlog_pending_rows", "Rows queued, not yet committed.", registry=r
         )
         # Counted once per prediction when its label horizon has passed (maturity.py), so
         # increase() over a window is one cohort's matured counts; label is 1|0|none.
@@ -136,6 +152,20 @@ class RouterMetrics:
             "The router's label horizon: a prediction matures this long after it was served.",
             registry=r,
         )  # fmt: skip
+        self.commit_wait = Histogram(
+            "kpigate_predlog_commit_seconds",
+            "Time a served prediction waited for its log commit before its answer left.",
+            buckets=COMMIT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.commit_rows = Histogram(
+            "kpigate_predlog_commit_rows",
+            "Rows per prediction log commit (group commit: all rows queued during the last one).",
+            buckets=COMMIT_ROW_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.state_version = Gauge(
+            "kpigate_routing_state_version",
+            "Version of the shared routing state this replica has applied.", registry=r,
+        )  # fmt: skip
         for result in FEEDBACK_RESULTS:
             self.feedback.labels(result)
         self._cache: dict[tuple[Any, ...], Any] = {}
@@ -146,6 +176,11 @@ class RouterMetrics:
         if found is None:
             found = self._cache[key] = metric.labels(*labels)
         return found
+
+    def committed(self, rows: int) -> None:
+        self.log_written.inc(rows)
+        if rows:
+            self.commit_rows.observe(rows)
 
     def observe_served(self, arm: str, version: str, seconds: float) -> None:
         self.child(self.latency, arm, version).observe(seconds)

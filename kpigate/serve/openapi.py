@@ -6,6 +6,7 @@ from typing import Any
 
 from kpigate.fraud.schema import CATEGORICAL, ENTITY_KEY, FEATURES
 from kpigate.serve.config import MODES
+from kpigate.serve.feedback import RESULTS
 
 
 def _instance_schema() -> dict[str, Any]:
@@ -55,6 +56,18 @@ def build_openapi() -> dict[str, Any]:
         "401": _resp("missing or wrong admin token", error),
         "503": _resp("admin API disabled (no token configured)", error),
     }
+    limits = {
+        "400": _resp("the body is not JSON, or nested deeper than the limit", error),
+        "408": _resp("the body did not arrive within the body timeout", error),
+        "413": _resp("the body, or its number of instances or labels, is over the limit", error),
+    }
+    applied = {
+        "503": _resp(
+            "saved, but not applied by every live replica in time (`laggards` names them), "
+            "or the database is unavailable, or the admin API is disabled",
+            error,
+        )
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "kpigate router", "version": "1"},
@@ -95,9 +108,13 @@ def build_openapi() -> dict[str, Any]:
                                 ]
                             },
                         ),
-                        "400": _resp("the body is not JSON", error),
+                        **limits,
                         "422": _resp("invalid instance; `field` names the field", error),
-                        "500": _resp("the baseline failed", error),
+                        "500": _resp(
+                            "the baseline failed, or the log refused the row (not answered)",
+                            error,
+                        ),
+                        "503": _resp("the prediction log could not commit it: retry", error),
                     },
                 }
             },
@@ -110,9 +127,8 @@ def build_openapi() -> dict[str, Any]:
                             "counts of joined, unknown, duplicate, invalid and late labels",
                             {"$ref": "#/components/schemas/FeedbackReport"},
                         ),
-                        "422": _resp(
-                            "the body is not JSON, nor a label, a list or {labels: [...]}", error
-                        ),
+                        **limits,
+                        "422": _resp("the body is not a label, a list or {labels: [...]}", error),
                         "503": _resp("the prediction log could not join the labels", error),
                     },
                 }
@@ -136,11 +152,12 @@ def build_openapi() -> dict[str, Any]:
                         }
                     ),
                     "responses": {
-                        "200": _resp("new state", state),
-                        "400": _resp("the body is missing or not JSON", error),
+                        "200": _resp("new state, applied by every live replica", state),
+                        **limits,
                         "409": _resp("no candidate loaded", error),
                         "422": _resp("invalid weight or mode", error),
                         **auth_errors,
+                        **applied,
                     },
                 },
             },
@@ -156,7 +173,7 @@ def build_openapi() -> dict[str, Any]:
                     "requestBody": _body(faults),
                     "responses": {
                         "200": _resp("faults now injected", faults),
-                        "400": _resp("body is not JSON", error),
+                        **limits,
                         "422": _resp("unknown field or negative value", error),
                         **auth_errors,
                     },
@@ -166,7 +183,11 @@ def build_openapi() -> dict[str, Any]:
                 "post": {
                     "summary": "Weight 0 and stop scoring the candidate (shadow included)",
                     "security": admin_security,
-                    "responses": {"200": _resp("new state", state), **auth_errors},
+                    "responses": {
+                        "200": _resp("new state", state),
+                        **auth_errors,
+                        **applied,
+                    },
                 }
             },
             "/admin/reload": {
@@ -177,6 +198,7 @@ def build_openapi() -> dict[str, Any]:
                         "200": _resp("new state", state),
                         "502": _resp("a model failed to load", error),
                         **auth_errors,
+                        **applied,
                     },
                 }
             },
@@ -215,15 +237,17 @@ def build_openapi() -> dict[str, Any]:
                     "properties": {
                         "request_id": {"type": "string"},
                         "label": {"type": "integer", "enum": [0, 1]},
+                        "labeled_at": {
+                            "type": "number",
+                            "description": "Unix seconds when the truth became known (default: "
+                            "when received); earlier than the prediction: not counted",
+                        },
                     },
                     "required": ["request_id", "label"],
                 },
                 "FeedbackReport": {
                     "type": "object",
-                    "properties": {
-                        k: {"type": "integer"}
-                        for k in ("received", "joined", "unknown", "duplicate", "invalid", "late")
-                    }
+                    "properties": {k: {"type": "integer"} for k in ("received", *RESULTS)}
                     | {"problems": {"type": "array", "items": {"type": "object"}}},
                 },
                 "RouterState": {
@@ -233,13 +257,20 @@ def build_openapi() -> dict[str, Any]:
                         "mode": {"type": "string", "enum": list(MODES)},
                         "detached": {"type": "boolean"},
                         "effective_weight": {"type": "number"},
+                        "state_version": {"type": "integer"},
+                        "replica_id": {"type": "string"},
+                        "replicas": {"type": ["array", "null"], "items": {"type": "object"}},
                         "baseline": {"type": "object"},
                         "candidate": {"type": "object"},
                     },
                 },
                 "Error": {
                     "type": "object",
-                    "properties": {"error": {"type": "string"}, "field": {"type": "string"}},
+                    "properties": {
+                        "error": {"type": "string"},
+                        "field": {"type": "string"},
+                        "laggards": {"type": "array", "items": {"type": "string"}},
+                    },
                 },
             },
         },

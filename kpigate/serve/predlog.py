@@ -1,17 +1,26 @@
-"""The prediction log: one SQL row per scored request, written in batches off the event loop.
+"""The prediction log: one SQL row per scored request, committed before its answer leaves.
 
-The event loop only appends a dict to a buffer; a writer thread inserts buffered rows in one
-transaction every few hundred rows or a fraction of a second, keeps them on a database error and
-retries, and drains everything on close. SQLite by default; any SQLAlchemy URL (PostgreSQL) works.
+Group commit: the event loop appends a row and awaits a future; one writer thread inserts every
+row queued so far in one transaction and then resolves their futures, so under load one commit
+covers a whole micro-batch and a SIGKILL can lose only predictions nobody has been answered
+for. A batch the database refuses for its data (a poison row) is retried row by row: the good
+rows are committed, the refused ones are dead-lettered (counted, logged without their values)
+and never block the others. A database that is down or too slow fails the waiting rows with
+LogUnavailable, which the router answers with 503. SQLite by default; PostgreSQL at scale.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import logging
+import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -25,29 +34,41 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     create_engine,
     event,
     insert,
+    inspect,
     select,
     text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 
+# Limits of the columns, used by the request validation too (kpigate/serve/instances.py), so a
+# value the router accepts always fits the table.
+ENTITY_KEY_MAX = 128
+SEGMENT_MAX = 32
+
 
 class Tables:
-    """The router's tables under one prefix; created idempotently (CREATE TABLE IF NOT EXISTS)."""
+    """The router's tables under one prefix; created idempotently (CREATE TABLE IF NOT EXISTS).
+
+    New columns go at the end of a table (and into `_ADDED_COLUMNS`), so older databases are
+    upgraded in place by `create`."""
 
     def __init__(self, prefix: str = "kpigate_") -> None:
+        self.prefix = prefix
         self.metadata = MetaData()
         self.predictions = Table(
             f"{prefix}predictions",
             self.metadata,
             Column("id", Integer, primary_key=True, autoincrement=True),
             Column("request_id", String(32), nullable=False),
-            Column("entity_key", String(128), nullable=False),
+            Column("entity_key", String(ENTITY_KEY_MAX), nullable=False),
             Column("model_version", String(64), nullable=False),
             Column("arm", String(16), nullable=False),
             # The served answer, or a shadow copy the client never saw.
@@ -55,8 +76,8 @@ class Tables:
             Column("fallback", Boolean, nullable=False, default=False),
             Column("score", Float, nullable=False),
             Column("decision", String(16), nullable=False),
-            Column("region", String(32), nullable=False),
-            Column("payment_method", String(32), nullable=False),
+            Column("region", String(SEGMENT_MAX), nullable=False),
+            Column("payment_method", String(SEGMENT_MAX), nullable=False),
             Column("amount_band", String(16), nullable=False),
             Column("latency_ms", Float, nullable=False),
             # Unix seconds: portable across SQLite and PostgreSQL and cheap to compare.
@@ -84,29 +105,103 @@ class Tables:
             Column("detached", Boolean, nullable=False),
             Column("updated_at", Float, nullable=False),
             Column("note", Text, nullable=True),
+            # Bumped by every change; replicas apply it and report it (kpigate/serve/shared.py).
+            Column("version", Integer, nullable=False, server_default="0"),
+            Column("reload_version", Integer, nullable=False, server_default="0"),
+        )
+        # One row per live router replica: what it has applied, and when it was last seen.
+        self.replicas = Table(
+            f"{prefix}router_replicas",
+            self.metadata,
+            Column("replica_id", String(128), primary_key=True),
+            Column("applied_version", Integer, nullable=False),
+            Column("heartbeat_at", Float, nullable=False),
+            Column("error", Text, nullable=True),
         )
 
+    # (table attribute, column name, DDL type and default) added after the first release.
+    _ADDED_COLUMNS = (
+        ("state", "version", "INTEGER NOT NULL DEFAULT 0"),
+        ("state", "reload_version", "INTEGER NOT NULL DEFAULT 0"),
+    )
+
     def create(self, engine: Engine) -> None:
-        self.metadata.create_all(engine, checkfirst=True)
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # Replicas starting together would race on CREATE TABLE: one at a time.
+                key = int.from_bytes(hashlib.blake2b(self.prefix.encode(), digest_size=7).digest())
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            self.metadata.create_all(conn, checkfirst=True)
+            inspector = inspect(conn)
+            for attr, name, ddl in self._ADDED_COLUMNS:
+                table: Table = getattr(self, attr)
+                if name not in {c["name"] for c in inspector.get_columns(table.name)}:
+                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {ddl}"))
 
     def drop(self, engine: Engine) -> None:
         self.metadata.drop_all(engine, checkfirst=True)
 
 
-def make_engine(url: str) -> Engine:
+@dataclass(frozen=True)
+class DatabaseTimeouts:
+    """How long the router waits for its database; documented in docs/reliability.md."""
+
+    connect_s: float = 3.0
+    statement_s: float = 5.0
+
+
+def make_engine(url: str, timeouts: DatabaseTimeouts | None = None) -> Engine:
+    t = timeouts or DatabaseTimeouts()
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # SQLite's timeout is how long a writer waits for the file lock.
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": t.statement_s}
+        )
 
         @event.listens_for(engine, "connect")
         def _wal(dbapi_conn: Any, _record: Any) -> None:
-            # WAL lets /feedback read while the writer inserts; NORMAL sync is safe with WAL.
+            # WAL lets /feedback read while the writer inserts. NORMAL sync keeps a committed
+            # row through a process kill (the WAL is in the OS's page cache), not a power cut.
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        ms = max(1, round(t.statement_s * 1000))
+        connect_args = {
+            "connect_timeout": max(1, math.ceil(t.connect_s)),
+            # Server-side limits: a statement or a lock wait longer than this is cancelled.
+            "options": f"-c statement_timeout={ms} -c lock_timeout={ms}",
+        }
+    return create_engine(
+        url, pool_pre_ping=True, pool_timeout=t.statement_s, connect_args=connect_args
+    )
+
+
+class LogUnavailable(RuntimeError):
+    """The row could not be committed (database down, too slow, or the log closed)."""
+
+
+class RowRefused(RuntimeError):
+    """The database refused this row for its content; it was dead-lettered."""
+
+
+# Errors that say the database (not the row) is the problem: the whole batch waits or fails.
+_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+def redacted(exc: BaseException) -> str:
+    """An error for the log without SQL or parameters (they carry customers' data)."""
+    orig = getattr(exc, "orig", None)
+    inner = orig if isinstance(orig, BaseException) else exc
+    first = str(inner).splitlines()[0] if str(inner) else ""
+    return f"{type(inner).__name__}: {first[:200]}"
+
+
+Pending = tuple[dict[str, Any], "asyncio.Future[None] | None", "asyncio.AbstractEventLoop | None"]
 
 
 class PredictionLog:
@@ -114,27 +209,35 @@ class PredictionLog:
         self,
         engine: Engine,
         tables: Tables,
-        batch_rows: int = 500,
-        flush_interval_s: float = 0.25,
-        max_buffer_rows: int = 1_000_000,
+        max_batch_rows: int = 2000,
+        max_pending_rows: int = 50_000,
         on_written: Callable[[int], None] | None = None,
-        on_dropped: Callable[[int], None] | None = None,
+        on_dropped: Callable[[str, int], None] | None = None,
+        on_shadow_labeled: Callable[[dict[str, Any], int], None] | None = None,
     ) -> None:
         self.engine = engine
         self.tables = tables
-        self.batch_rows = batch_rows
-        self.flush_interval_s = flush_interval_s
-        self.max_buffer_rows = max_buffer_rows
+        self.max_batch_rows = max_batch_rows
+        self.max_pending_rows = max_pending_rows
         self._on_written = on_written or (lambda n: None)
-        self._on_dropped = on_dropped or (lambda n: None)
-        self._buffer: deque[dict[str, Any]] = deque()
+        # (reason, rows): dead_letter (refused by the database) or queue_full (shadow copies).
+        self._on_dropped = on_dropped or (lambda reason, n: None)
+        # A shadow copy that landed after its request was labelled: counted by the caller.
+        self._on_shadow_labeled = on_shadow_labeled or (lambda row, label: None)
+        self._queue: deque[Pending] = deque()
         self._wake = threading.Event()
         self._stop = False
-        self._lock = threading.Lock()  # one writer at a time (thread or explicit flush)
+        # One writer at a time on SQLite (the writer thread and /feedback share one file lock).
+        self.write_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        self.busy_since: float | None = None  # a commit in progress since (for /readyz)
         self.written = 0
-        self.dropped = 0
+        self.dead_lettered = 0
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
 
     def start(self) -> None:
         self.tables.create(self.engine)
@@ -147,82 +250,156 @@ class PredictionLog:
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        return len(self._queue)
+
+    def submit(self, row: dict[str, Any]) -> asyncio.Future[None]:
+        """On the event loop: queue a row; the future completes when it is committed, or fails
+        with LogUnavailable or RowRefused."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if self._stop or len(self._queue) >= self.max_pending_rows:
+            future.set_exception(LogUnavailable("the prediction log is not accepting rows"))
+            return future
+        self._queue.append((row, future, loop))
+        self._wake.set()
+        return future
 
     def append(self, row: dict[str, Any]) -> None:
-        """Called on the event loop: O(1), never touches the database."""
-        if len(self._buffer) >= self.max_buffer_rows:
-            self.dropped += 1
-            self._on_dropped(1)
+        """Queue a row nobody waits for (a shadow copy: its answer has already left)."""
+        if len(self._queue) >= self.max_pending_rows:
+            self._on_dropped("queue_full", 1)
+            log.error("prediction log queue full: a shadow row was dropped")
             return
-        self._buffer.append(row)
-        if len(self._buffer) >= self.batch_rows:
-            self._wake.set()
-
-    def flush(self) -> None:
-        """Write everything buffered so far (blocking; call from a thread). Raises if the
-        database refuses, leaving the rows buffered for the writer to retry."""
-        self._write_all(raise_errors=True)
+        self._queue.append((row, None, None))
+        self._wake.set()
 
     def close(self, timeout_s: float = 30.0) -> None:
         self._stop = True
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
-        self._write_all(raise_errors=False)
-        if self._buffer:
-            log.error(
-                "prediction log: %d rows could not be written at shutdown: %s",
-                len(self._buffer),
-                self.last_error,
-            )
+        self._drain()
 
     def _run(self) -> None:
-        backoff = self.flush_interval_s
         while not self._stop:
-            self._wake.wait(backoff)
+            woken = self._wake.wait(0.5)
             self._wake.clear()
-            ok = self._write_all(raise_errors=False)
-            backoff = self.flush_interval_s if ok else min(backoff * 2, 5.0)
+            if not woken and self.last_error is not None:
+                self._recheck()
+            self._drain()
 
-    def _write_all(self, raise_errors: bool) -> bool:
-        with self._lock:
-            while self._buffer:
-                n = min(len(self._buffer), 5000)
-                rows = [self._buffer[i] for i in range(n)]
-                try:
-                    with self.engine.begin() as conn:
-                        conn.execute(insert(self.tables.predictions), rows)
-                except Exception as exc:
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    log.warning("prediction log write failed, will retry: %s", self.last_error)
-                    if raise_errors:
-                        raise
-                    return False
-                for _ in range(n):
-                    self._buffer.popleft()
-                self.written += n
-                self._on_written(n)
-                self.last_error = None
+    def _recheck(self) -> None:
+        """With no traffic nothing would clear an old error, and a replica kept out of the
+        load balancer by /readyz gets no traffic: read the table to see whether it is back."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(select(self.tables.predictions.c.id).limit(1)).all()
+        except Exception as exc:
+            self.last_error = redacted(exc)
+            return
+        self.last_error = None
+
+    def _drain(self) -> None:
+        while self._queue:
+            n = min(len(self._queue), self.max_batch_rows)
+            batch = [self._queue.popleft() for _ in range(n)]
+            if not self._write_batch(batch):
+                time.sleep(0.05)  # the database is down: do not spin on it
+
+    def _write_batch(self, batch: list[Pending]) -> bool:
+        outcomes: list[BaseException | None] = [None] * len(batch)
+        self.busy_since = time.monotonic()
+        try:
+            try:
+                with self.write_lock, self.engine.begin() as conn:
+                    labeled = self._insert(conn, [row for row, _, _ in batch])
+            except _UNAVAILABLE as exc:
+                self.last_error = redacted(exc)
+                log.warning("prediction log unavailable: %s", self.last_error)
+                outcomes = [LogUnavailable("the prediction log is unavailable")] * len(batch)
+                return False
+            except Exception as exc:
+                log.warning("prediction log batch refused (%s); retrying row by row", redacted(exc))
+                labeled = []
+                for i, (row, _, _) in enumerate(batch):
+                    outcome, row_labeled = self._write_one(row)
+                    outcomes[i] = outcome
+                    labeled += row_labeled
+            self.last_error = None
+            ok = sum(1 for o in outcomes if o is None)
+            self.written += ok
+            self._on_written(ok)
+            for row, label in labeled:
+                self._on_shadow_labeled(row, label)
             return True
+        finally:
+            self.busy_since = None
+            self._resolve(batch, outcomes)
 
-    # -- persisted router state (weight, mode, detached) ------------------------------------
+    def _write_one(self, row: dict[str, Any]) -> tuple[BaseException | None, list[Any]]:
+        try:
+            with self.write_lock, self.engine.begin() as conn:
+                return None, self._insert(conn, [row])
+        except _UNAVAILABLE as exc:
+            self.last_error = redacted(exc)
+            return LogUnavailable("the prediction log is unavailable"), []
+        except Exception as exc:
+            self.dead_lettered += 1
+            self._on_dropped("dead_letter", 1)
+            log.error("prediction log refused a row (dead-lettered): %s", redacted(exc))
+            return RowRefused("the prediction log refused this row"), []
 
-    def load_state(self) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(self.tables.state).where(self.tables.state.c.id == 1)).first()
-        return None if row is None else dict(row._mapping)
+    def _insert(
+        self, conn: Connection, rows: list[dict[str, Any]]
+    ) -> list[tuple[dict[str, Any], int]]:
+        """Insert rows; label shadow copies whose request was labelled before they landed.
 
-    def save_state(self, weight: float, mode: str, detached: bool, note: str | None = None) -> None:
-        values = {
-            "weight": weight,
-            "mode": mode,
-            "detached": detached,
-            "updated_at": time.time(),
-            "note": note,
-        }
-        table = self.tables.state
-        with self.engine.begin() as conn:
-            done = conn.execute(update(table).where(table.c.id == 1).values(**values)).rowcount
-            if not done:
-                conn.execute(insert(table).values(id=1, **values))
+        The served rows of those shadow copies are locked first (FOR UPDATE on PostgreSQL),
+        and /feedback labels the served row before its shadow copies (feedback.py), so either
+        this transaction sees the label or /feedback sees the copy: never neither, never both.
+        """
+        table = self.tables.predictions
+        shadow_ids = [r["request_id"] for r in rows if r.get("shadow")]
+        if shadow_ids:
+            served = and_(table.c.request_id.in_(shadow_ids), table.c.shadow.is_(False))
+            conn.execute(select(table.c.id).where(served).with_for_update()).all()
+        conn.execute(insert(table), rows)
+        if not shadow_ids:
+            return []
+        found = conn.execute(
+            select(table.c.request_id, table.c.label, table.c.labeled_at).where(
+                served, table.c.label.is_not(None)
+            )
+        ).all()
+        labeled = []
+        by_id = {r["request_id"]: r for r in rows if r.get("shadow")}
+        for rid, label, labeled_at in found:
+            done = conn.execute(
+                update(table)
+                .where(table.c.request_id == rid, table.c.shadow.is_(True), table.c.label.is_(None))
+                .values(label=label, labeled_at=labeled_at)
+            ).rowcount
+            if done:
+                labeled.append((by_id[rid], int(label)))
+        return labeled
+
+    @staticmethod
+    def _resolve(batch: list[Pending], outcomes: list[BaseException | None]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, BaseException | None]]] = {}
+        for (_, future, loop), outcome in zip(batch, outcomes, strict=True):
+            if future is not None and loop is not None:
+                by_loop.setdefault(loop, []).append((future, outcome))
+        for loop, items in by_loop.items():
+            # RuntimeError: the loop is closed, so nobody waits any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, items)
+
+
+def _settle(items: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for future, outcome in items:
+        if future.done():
+            continue
+        if outcome is None:
+            future.set_result(None)
+        else:
+            future.set_exception(outcome)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -14,9 +17,10 @@ from kpigate.serve.config import MODES, ServeConfig
 from kpigate.serve.instances import Instance
 from kpigate.serve.loader import AliasNotFoundError, ModelLoader, ModelLoadError, ScoringModel
 from kpigate.serve.metrics import RouterMetrics
-from kpigate.serve.predlog import PredictionLog
+from kpigate.serve.predlog import LogUnavailable, PredictionLog, redacted
 from kpigate.serve.routing import RoutingState, route
 from kpigate.serve.scoring import Batcher, ModelStopped
+from kpigate.serve.shared import Replica, SavedState, SharedState
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +54,88 @@ class RouterCore:
         self.loader = loader
         self.metrics = metrics
         self.predlog = predlog
+        replica_id = config.replica_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.shared = SharedState(
+            predlog.engine, predlog.tables, replica_id, predlog.write_lock,
+            live_after_s=config.replica_live_after_s,
+        )  # fmt: skip
         self.state = RoutingState(config.initial_weight, config.initial_mode)
+        self.version = 0  # of the shared state, as applied here
+        self.reloaded = 0  # the last reload_version applied here
+        self.apply_error: str | None = None
         self.baseline: Batcher | None = None
         self.candidate: Batcher | None = None
         self.candidate_error: str | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._apply_lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._poller: threading.Thread | None = None
         self.faults = Faults()
 
     # -- lifecycle (blocking; run in a thread) ---------------------------------------------
 
     def start(self) -> None:
         self.predlog.start()
-        saved = self.predlog.load_state()
+        saved = self.shared.load()
         if saved is not None:
-            self.state = RoutingState(saved["weight"], saved["mode"], bool(saved["detached"]))
-            log.info("restored routing state %s", self.state)
+            self.state = RoutingState(saved.weight, saved.mode, saved.detached)
+            self.version, self.reloaded = saved.version, saved.reload_version
+            log.info("restored routing state %s (version %d)", self.state, self.version)
         self.baseline = self._batcher(self._load("baseline"), "baseline")
         if not self.state.detached:
             self._load_candidate()
         self._publish()
+        self._check_single_replica()
+        self.shared.heartbeat(self.version)
+        self._poller = threading.Thread(target=self._poll, name="state-poller", daemon=True)
+        self._poller.start()
+
+    def _check_single_replica(self) -> None:
+        if not self.predlog.is_sqlite:
+            return
+        others = [r for r in self.shared.live_replicas() if r.replica_id != self.shared.replica_id]
+        if others:
+            log.error(
+                "another router replica (%s) uses this SQLite file: SQLite serves one replica "
+                "only; use PostgreSQL (--db-url postgresql+psycopg://...) for several",
+                others[0].replica_id,
+            )
+
+    def _poll(self) -> None:
+        """Apply state changes made through any replica, and keep this replica's heartbeat."""
+        while not self._stopping.wait(self.config.state_poll_interval_s):
+            try:
+                saved = self.shared.load()
+                if saved is not None and saved.version > self.version:
+                    self._apply(saved)
+                self.shared.heartbeat(self.version, self.apply_error)
+            except Exception as exc:  # a database blip: try again at the next poll
+                log.warning("routing state poll failed: %s", redacted(exc))
+
+    def _apply(self, saved: SavedState) -> None:
+        with self._apply_lock:
+            if saved.version <= self.version:
+                return
+            self.apply_error = None
+            new = RoutingState(saved.weight, saved.mode, saved.detached)
+            if saved.reload_version > self.reloaded:
+                self._reload_models(load_candidate=not new.detached)
+                self.reloaded = saved.reload_version
+            if new.detached:
+                self._swap_candidate(None)
+            elif new.weight > 0 and self.candidate is None:
+                self._load_candidate()
+                if self.candidate is None:
+                    self.apply_error = f"candidate not loaded: {self.candidate_error}"
+            self.state, self.version = new, saved.version
+            self._publish()
+            log.info("applied routing state %s (version %d)", new, saved.version)
+
+    def refresh(self) -> None:
+        """Apply the latest shared state now (before a change, so it builds on the latest)."""
+        saved = self.shared.load()
+        if saved is not None and saved.version > self.version:
+            self._apply(saved)
 
     def _batcher(self, model: ScoringModel, arm: str) -> Batcher:
         observe = self.metrics.child(self.metrics.batch_rows, arm).observe
@@ -101,52 +168,93 @@ class RouterCore:
         if old is not None:
             old.close()
 
-    def reload(self) -> None:
-        """Re-resolve both aliases (after a registry change) without a restart."""
+    def _reload_models(self, load_candidate: bool) -> None:
         baseline = self._batcher(self._load("baseline"), "baseline")
         old, self.baseline = self.baseline, baseline
         if old is not None:
             old.close()
-        if not self.state.detached:
+        if load_candidate:
             self._load_candidate()
-        self._publish()
 
     async def close(self) -> None:
+        self._stopping.set()
         if self._shadow_tasks:
             await asyncio.wait(self._shadow_tasks, timeout=self.config.candidate_timeout_s * 4)
         for batcher in (self.baseline, self.candidate):
             if batcher is not None:
                 batcher.close()
-        await asyncio.to_thread(self.predlog.close)
+        await asyncio.to_thread(self._close_blocking)
 
-    # -- routing state ---------------------------------------------------------------------
+    def _close_blocking(self) -> None:
+        if self._poller is not None:
+            self._poller.join(5)
+        self.predlog.close()
+        try:
+            self.shared.forget()
+        except Exception as exc:
+            log.warning("could not remove this replica's heartbeat: %s", redacted(exc))
 
-    def set_state(self, weight: float | None, mode: str | None) -> RoutingState:
-        """Blocking (loads a detached candidate, writes the state): run in a thread."""
-        new = RoutingState(
-            self.state.weight if weight is None else weight,
-            self.state.mode if mode is None else mode,
-            detached=self.state.detached and not (weight is not None and weight > 0),
-        )
-        if new.weight > 0 and not new.detached and self.candidate is None:
-            self._load_candidate()
-            if self.candidate is None:
-                raise StateConflict(
-                    f"cannot route {new.weight}% to the candidate: it is not loaded "
-                    f"({self.candidate_error}). Fix the registry alias and POST /admin/reload."
-                )
-        self.predlog.save_state(new.weight, new.mode, new.detached)
-        self.state = new
-        self._publish()
-        return new
+    # -- routing state (blocking: run in a thread) -----------------------------------------
+    # Each change is written to the shared row first, applied here, and then waited for on
+    # every live replica; the returned laggards are those that did not apply it in time.
 
-    def detach(self) -> RoutingState:
-        new = RoutingState(0.0, self.state.mode, detached=True)
-        self.predlog.save_state(new.weight, new.mode, new.detached, note="detached")
-        self.state = new
-        self._swap_candidate(None)
-        self._publish()
-        return new
+    def set_state(self, weight: float | None, mode: str | None) -> list[Replica]:
+        with self._apply_lock:
+            self.refresh()
+            new = RoutingState(
+                self.state.weight if weight is None else weight,
+                self.state.mode if mode is None else mode,
+                detached=self.state.detached and not (weight is not None and weight > 0),
+            )
+            if new.weight > 0 and not new.detached and self.candidate is None:
+                self._load_candidate()
+                if self.candidate is None:
+                    raise StateConflict(
+                        f"cannot route {new.weight}% to the candidate: it is not loaded "
+                        f"({self.candidate_error}). Fix the registry alias and POST /admin/reload."
+                    )
+            version = self.shared.save(new.weight, new.mode, new.detached)
+            self.state, self.version, self.apply_error = new, version, None
+            self._publish()
+        return self._wait_applied(version)
+
+    def detach(self) -> list[Replica]:
+        with self._apply_lock:
+            self.refresh()
+            new = RoutingState(0.0, self.state.mode, detached=True)
+            version = self.shared.save(new.weight, new.mode, new.detached, note="detached")
+            self.state, self.version, self.apply_error = new, version, None
+            self._swap_candidate(None)
+            self._publish()
+        return self._wait_applied(version)
+
+    def reload(self) -> list[Replica]:
+        """Re-resolve both aliases (after a registry change) on every replica, no restart."""
+        with self._apply_lock:
+            self.refresh()
+            self._reload_models(load_candidate=not self.state.detached)
+            s = self.state
+            version = self.shared.save(s.weight, s.mode, s.detached, note="reload", reload=True)
+            self.version = self.reloaded = version
+            self.apply_error = None
+            self._publish()
+        return self._wait_applied(version)
+
+    def _wait_applied(self, version: int) -> list[Replica]:
+        self.shared.heartbeat(version)
+        return self.shared.laggards(version, self.config.state_apply_timeout_s)
+
+    def replicas(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [
+            {
+                "replica_id": r.replica_id,
+                "applied_version": r.applied_version,
+                "seen_s_ago": round(now - r.heartbeat_at, 3),
+                **({"error": r.error} if r.error else {}),
+            }
+            for r in self.shared.live_replicas(now)
+        ]
 
     def _publish(self) -> None:
         self.metrics.set_routing(self.state.cutoff / 100.0, self.state.mode, MODES)
@@ -154,6 +262,7 @@ class RouterCore:
         for arm, batcher in (("baseline", self.baseline), ("candidate", self.candidate)):
             if batcher is not None:
                 self.metrics.model_info.labels(arm, batcher.model.version).set(1)
+        self.metrics.state_version.set(self.version)
 
     def describe(self) -> dict[str, Any]:
         def arm(batcher: Batcher | None, alias: str) -> dict[str, Any]:
@@ -170,9 +279,13 @@ class RouterCore:
             "effective_weight": self.state.cutoff / 100.0 if self.candidate else 0.0,
             "baseline": arm(self.baseline, self.config.baseline_alias),
             "candidate": candidate,
+            "state_version": self.version,
+            "replica_id": self.shared.replica_id,
         }
 
     # -- predict path (event loop) ---------------------------------------------------------
+    # An answer leaves only after its row is committed (kpigate/serve/predlog.py); a shadow
+    # copy is scored and logged after the answer, which the client never waits for.
 
     async def predict(self, inst: Instance, started: float) -> dict[str, Any]:
         baseline, candidate = self.baseline, self.candidate
@@ -184,7 +297,11 @@ class RouterCore:
         if chosen.served == "candidate" and candidate is not None:
             score = await self._try_candidate(candidate, inst)
             if score is not None:
-                return self._answer(request_id, inst, candidate, score, started, False, False)
+                answer, row = self._answer(
+                    request_id, inst, candidate, score, started, False, False
+                )
+                await self._commit(row)
+                return answer
             fallback = True
             self.metrics.child(self.metrics.fallbacks, candidate.model.version).inc()
         try:
@@ -192,15 +309,27 @@ class RouterCore:
         except Exception as exc:
             version = baseline.model.version
             self.metrics.child(self.metrics.model_errors, "baseline", version, "exception").inc()
-            raise BaselineError(
-                f"baseline model version {version} failed to score: {type(exc).__name__}: {exc}"
-            ) from exc
-        answer = self._answer(request_id, inst, baseline, score, started, fallback, False)
+            log.error("baseline %s failed to score: %s", version, redacted(exc))
+            raise BaselineError(f"baseline model version {version} failed to score") from exc
+        answer, row = self._answer(request_id, inst, baseline, score, started, fallback, False)
+        await self._commit(row)
         if chosen.shadow and candidate is not None:
             task = asyncio.ensure_future(self._shadow(request_id, inst, candidate, answer))
             self._shadow_tasks.add(task)
             task.add_done_callback(self._shadow_tasks.discard)
         return answer
+
+    async def _commit(self, row: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        committed = self.predlog.submit(row)
+        timeout = self.config.db_statement_timeout_s
+        try:
+            # shield: a row whose wait timed out may still be committed, and must not be lost.
+            await asyncio.wait_for(asyncio.shield(committed), timeout)
+            self.metrics.commit_wait.observe(time.perf_counter() - started)
+        except TimeoutError:
+            committed.add_done_callback(_consume)
+            raise LogUnavailable(f"the prediction log did not commit within {timeout:g}s") from None
 
     async def _try_candidate(self, candidate: Batcher, inst: Instance) -> float | None:
         version = candidate.model.version
@@ -214,7 +343,7 @@ class RouterCore:
             kind = "stopped"  # detached or replaced while this request waited
         except Exception as exc:
             kind = "exception"
-            log.warning("candidate %s failed: %s: %s", version, type(exc).__name__, exc)
+            log.warning("candidate %s failed: %s", version, redacted(exc))
         self.metrics.child(self.metrics.model_errors, "candidate", version, kind).inc()
         return None
 
@@ -234,7 +363,8 @@ class RouterCore:
         score = await self._try_candidate(candidate, inst)
         if score is None:
             return
-        shadow = self._answer(request_id, inst, candidate, score, started, False, True)
+        shadow, row = self._answer(request_id, inst, candidate, score, started, False, True)
+        self.predlog.append(row)
         versions = (answer["model_version"], shadow["model_version"])
         self.metrics.child(self.metrics.shadow_compared, *versions).inc()
         if shadow["decision"] != answer["decision"]:
@@ -249,7 +379,8 @@ class RouterCore:
         started: float,
         fallback: bool,
         shadow: bool,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The answer and its log row. Latency counts up to the answer, not the commit."""
         model = batcher.model
         arm = batcher.arm
         decision = "decline" if score >= model.threshold else "approve"
@@ -257,24 +388,22 @@ class RouterCore:
         if not shadow:
             self.metrics.observe_served(arm, model.version, latency)
         self.metrics.count_decision(arm, model.version, decision, shadow)
-        self.predlog.append(
-            {
-                "request_id": request_id,
-                "entity_key": inst.entity_key,
-                "model_version": model.version,
-                "arm": arm,
-                "shadow": shadow,
-                "fallback": fallback,
-                "score": score,
-                "decision": decision,
-                "region": inst.region,
-                "payment_method": inst.payment_method,
-                "amount_band": inst.amount_band,
-                "latency_ms": latency * 1000.0,
-                "created_at": time.time(),
-            }
-        )
-        return {
+        row = {
+            "request_id": request_id,
+            "entity_key": inst.entity_key,
+            "model_version": model.version,
+            "arm": arm,
+            "shadow": shadow,
+            "fallback": fallback,
+            "score": score,
+            "decision": decision,
+            "region": inst.region,
+            "payment_method": inst.payment_method,
+            "amount_band": inst.amount_band,
+            "latency_ms": latency * 1000.0,
+            "created_at": time.time(),
+        }
+        answer = {
             "request_id": request_id,
             "score": score,
             "decision": decision,
@@ -282,3 +411,10 @@ class RouterCore:
             "arm": arm,
             "fallback": fallback,
         }
+        return answer, row
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    """Retrieve a late outcome nobody awaits any more, so asyncio does not log it as lost."""
+    if not future.cancelled():
+        future.exception()
