@@ -18,13 +18,9 @@ Exits 1 when a target of the issue does not hold, 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 import zlib
 from collections.abc import Callable
@@ -32,14 +28,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import engine_at  # bench/engine_at.py (the script's folder is on sys.path)
 import numpy as np
-import simulate as sim  # bench/simulate.py (the script's folder is on sys.path)
-from machine import describe
+import robust_report
+import simulate as sim
 
 from kpigate.engine import GatePlan, compile_plan
 from kpigate.policy import Kpi, Stage
 
-ROOT = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- robust: begin (written by bench/robust.py) -->"
 END = "<!-- robust: end -->"
 STATISTICAL_MARKER = "<!-- measured: everything below is written by bench/statistical.py -->"
@@ -55,7 +51,11 @@ POWER_TOTAL = 10_000  # 500 labeled positives per window for the candidate at 5%
 EARLY_TOTAL = 1_000  # 50 at 5%
 # The reference engine's numbers (28cfdff, 2000 rollouts, the seeds below), used only when the
 # script cannot run that commit itself (no git history): label -> (rollback share, samples).
-RECORDED_REFERENCE: dict[str, tuple[float, float]] = {}
+Reference = dict[str, tuple[float, float]]  # power setting -> (rollback share, mean samples)
+RECORDED_REFERENCE: Reference = {
+    "power -2pp at 500 positives/window": (0.959, 2479.0),
+    "power -5pp at 500 positives/window": (1.000, 720.0),
+}
 
 
 @dataclass(frozen=True)
@@ -218,61 +218,31 @@ def _mean(values: list[float] | list[int]) -> float:
 
 def _power_json(rollouts: int, workers: int) -> str:
     """What a reference run prints: the engine it imported and its power results."""
-    import kpigate
-
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(run_setting, power_settings(rollouts)))
     rows = {r.setting.label: [r.rollback, r.samples_to_rollback] for r in results}
-    return json.dumps({"engine": str(Path(kpigate.__file__).resolve()), "power": rows})
+    return json.dumps({"engine": engine_at.engine_path(), "power": rows})
 
 
-def reference_power(
-    rev: str, rollouts: int, workers: int
-) -> tuple[dict[str, tuple[float, float]], str]:
-    """Run this script's power settings on the engine of commit `rev` (git archive of kpigate/,
-    first on PYTHONPATH); fall back to the numbers recorded above when there is no history."""
+def reference_power(rev: str, rollouts: int, workers: int) -> tuple[Reference, str]:
+    """This script's power settings on the engine of commit `rev`; the numbers recorded above
+    stand in for REFERENCE_REV when there is no git history to run it from."""
+    argv = [__file__, "--power-json", "--rollouts", str(rollouts), "--workers", str(workers)]
     try:
-        tar = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", rev, "kpigate"],
-            capture_output=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        if RECORDED_REFERENCE:
-            return RECORDED_REFERENCE, f"{REFERENCE_REV} (recorded; git archive failed: {exc})"
-        raise SystemExit(f"cannot read the reference engine {rev}: {exc}") from exc
-    with tempfile.TemporaryDirectory(prefix="kpigate-ref-") as tmp:
-        with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
-            archive.extractall(tmp, filter="data")
-        env = {**os.environ, "PYTHONPATH": tmp}
-        child = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--power-json",
-                "--rollouts",
-                str(rollouts),
-                "--workers",
-                str(workers),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if child.returncode != 0:
-            raise SystemExit(f"the reference run failed:\n{child.stderr[-2000:]}")
-        data = json.loads(child.stdout)
-        if not data["engine"].startswith(str(Path(tmp).resolve())):
-            raise SystemExit(f"the reference run imported {data['engine']}, not commit {rev}")
+        data = engine_at.run_at_commit(rev, argv)
+    except engine_at.NoSuchEngine as exc:
+        if rev != REFERENCE_REV:
+            raise SystemExit(str(exc)) from exc
+        return RECORDED_REFERENCE, f"{rev} (recorded with 2000 rollouts: {exc})"
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from exc
     return {k: (v[0], v[1]) for k, v in data["power"].items()}, f"{rev} (run live)"
 
 
 # --- targets and the report ------------------------------------------------------------------
 
 
-def targets(
-    results: list[Result], reference: dict[str, tuple[float, float]]
-) -> list[tuple[str, bool, str]]:
+def targets(results: list[Result], reference: Reference) -> list[tuple[str, bool, str]]:
     checks: list[tuple[str, bool, str]] = []
     for r in results:
         s = r.setting
@@ -311,7 +281,7 @@ def targets(
             growth = r.samples_to_rollback / ref[1] - 1.0
             checks.append(
                 (
-                    f"mean samples to rollback grow <= 15% over {REFERENCE_REV} ({s.label})",
+                    f"mean samples to rollback grow <= 15% over the reference ({s.label})",
                     growth <= 0.15,
                     f"{sim.fmt(r.samples_to_rollback, 0)} vs {sim.fmt(ref[1], 0)} "
                     f"({growth * 100:+.1f}%), rolled back {sim.fmt(r.rollback)} "
@@ -321,65 +291,36 @@ def targets(
     return checks
 
 
-def table(results: list[Result]) -> str:
-    lines = [
-        "| scenario | setting | candidate | rollouts | rolled back | past 5% | past 25% | "
-        "promoted at 100% | suspended (max_holds) | mean looks to rollback | mean candidate "
-        "samples to rollback | FAIL within 3 looks | mean look of first FAIL | looks with a FAIL |",
-        "|:---|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+def intro(reference: str) -> list[str]:
+    """What the section says was simulated (the constants above, in words)."""
+    return [
+        "Every rollout runs through the real `judge()` on 4 stages (5, 25, 50, 100% with the "
+        "5% holdback) x 6 looks. The stage advances only on PROMOTE: a HOLD keeps it, up to "
+        "max_holds (6) past the soak, then the rollout suspends. Baseline recall 0.876, "
+        "recall margin 0.01, alpha 0.05, fixed seeds.",
+        "",
+        "- **noise**: each arm's per-window recall moves by its own N(0, sd); the trials per "
+        "window are split by the stage's weights.",
+        "- **users**: the router's sticky hash (`kpigate.serve.routing.bucket`) per user, "
+        "lognormal activity (sigma 1.7: a fifth of the users make 80% of the transactions), "
+        "a Beta propensity per user (mean 0.876, sd 0.099), the same users every window; the "
+        "KPI counts transactions.",
+        "- **latency**: lognormal (sigma 0.5) on Prometheus' default buckets, "
+        f"{LATENCY_REQUESTS} requests per window; `rollback` is latency_p95 (q 0.95, lower, "
+        "margin 10 ms) with action rollback, scope rollout; `hold` the shipped KPI (action "
+        "hold, scope window, fail_beyond_margin).",
+        f"- **fairness**: the recall gap a - b, direction lower, margin 0.02, {GAP_POSITIVES} "
+        "positives per segment per window.",
+        f"- **power**: binomial, 500 candidate positives per window at 5%; reference engine "
+        f"{reference}.",
+        "- **early**: 50 candidate positives per window at 5%, promote_when at 5% and 25% as "
+        "named (noninferior from 50% on).",
+        "",
+        'Columns: shares of rollouts; "past 5%" is any PROMOTE; "FAIL within 3 looks" is '
+        "any KPI failing in the first 3 windows (for the hold KPI: a hold it causes); "
+        '"looks with a FAIL" the share of all judged windows.',
+        "",
     ]
-    for r in results:
-        s = r.setting
-        lines.append(
-            f"| {s.scenario} | {s.label} | {s.candidate} | {s.rollouts} | {sim.fmt(r.rollback)} "
-            f"| {sim.fmt(r.promoted_any)} | {sim.fmt(r.past_25)} | {sim.fmt(r.promoted)} "
-            f"| {sim.fmt(r.suspended)} | {sim.fmt(r.looks_to_rollback, 2)} "
-            f"| {sim.fmt(r.samples_to_rollback, 0)} | {sim.fmt(r.fail_within_3)} "
-            f"| {sim.fmt(r.first_fail, 2)} | {sim.fmt(r.looks_failing)} |"
-        )
-    return "\n".join(lines)
-
-
-def report(
-    results: list[Result],
-    checks: list[tuple[str, bool, str]],
-    reference: str,
-    command: str,
-    elapsed: float,
-) -> str:
-    return "\n".join(
-        [
-            "## Real traffic (bench/robust.py)",
-            "",
-            "Every rollout runs through the real `judge()` on 4 stages (5, 25, 50, 100% with the "
-            "5% holdback) x 6 looks; the stage advances only on PROMOTE, a HOLD keeps it up to "
-            "max_holds (6) and then suspends. Baseline recall 0.876, recall margin 0.01, "
-            "alpha 0.05. noise: each arm's per-window recall moves by its own N(0, sd), the "
-            "trials split by the stage's weights. users: the router's sticky hash "
-            "(`kpigate.serve.routing.bucket`) per user, lognormal activity (sigma 1.7: a fifth "
-            "of the users make 80% of the transactions), a Beta propensity per user (mean "
-            "0.876, sd 0.099), the same users every window, Poisson transactions. latency: "
-            "lognormal (sigma 0.5) on Prometheus' default buckets, "
-            f"{LATENCY_REQUESTS} requests per window; `rollback` is latency_p95 with action "
-            "rollback, scope rollout; `hold` the shipped KPI (action hold, scope window, "
-            "fail_beyond_margin). fairness: recall gap a - b, direction lower, margin 0.02, "
-            f"{GAP_POSITIVES} positives per segment per window. power: binomial, 500 candidate "
-            f"positives per window at 5%; reference engine {reference}. early: 50 positives per "
-            'window at 5%, promote_when at 5% and 25% as named. "FAIL within 3 looks" is any '
-            "KPI failing (for the hold KPI: a hold it causes) in the first 3 windows.",
-            "",
-            table(results),
-            "",
-            "| target | holds | measured |",
-            "|---|:---:|---|",
-            *(f"| {name} | {'yes' if ok else '**NO**'} | {value} |" for name, ok, value in checks),
-            "",
-            f"Machine: {describe('numpy', shared=True)}; {len(results)} settings in "
-            f"{elapsed:.0f} s.",
-            "",
-            f"Command: `{command}`.",
-        ]
-    )
 
 
 def _positive(text: str) -> int:
@@ -432,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/robust.py" + (f" --rollouts {rollouts}" if rollouts != 2_000 else "")
     if args.only:
         command += f" --only {args.only}"
-    text = report(results, checks, where, command, time.perf_counter() - started)
+    text = robust_report.report(
+        results, checks, intro(where), command, time.perf_counter() - started
+    )
     print(text)
     if args.write:
         sim.write_section(Path(args.write), BEGIN, END, text, before=STATISTICAL_MARKER)

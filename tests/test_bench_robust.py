@@ -16,7 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-import robust  # bench/ is not a package
+import engine_at  # bench/ is not a package
+import robust
 import simulate as sim
 
 from kpigate.serve.routing import bucket
@@ -169,3 +170,18 @@ def test_bad_arguments_exit_2() -> None:
         with pytest.raises(SystemExit) as raised:
             robust.main(argv)
         assert raised.value.code == 2
+
+
+def test_engine_of_another_commit_is_the_one_imported(tmp_path: Path) -> None:
+    """The power reference runs another commit's kpigate: a child that reports where its
+    kpigate lives must report the archive, and an unknown commit is a clear error."""
+    script = tmp_path / "where.py"
+    script.write_text(
+        "import json, pathlib, kpigate\n"
+        "print(json.dumps({'engine': str(pathlib.Path(kpigate.__file__).resolve())}))\n"
+    )
+    data = engine_at.run_at_commit("HEAD", [str(script)])
+    assert "kpigate-engine-" in data["engine"]
+    assert not data["engine"].startswith(str(Path(engine_at.engine_path()).parents[1]))
+    with pytest.raises(engine_at.NoSuchEngine):
+        engine_at.run_at_commit("0" * 40, [str(script)])
