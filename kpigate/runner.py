@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kpigate.audit import AuditError
 from kpigate.backends.base import TrafficBackend
 from kpigate.engine import Decision, GateDecision
 from kpigate.journal import Journal
@@ -286,10 +287,19 @@ def run(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"kpigate rollout: {exc}", file=sys.stderr)
         return 1
+    except AuditError as exc:  # e.g. a KPIGATE_AUDIT_KEY too short, or its file unreadable
+        print(f"kpigate rollout: {exc}", file=sys.stderr)
+        return 2
 
 
 def _rollout(args: argparse.Namespace, policy: Policy, state_dir: Path) -> int:
-    from kpigate.audit import AuditTrail, attach_to_registry, default_actor, policy_hash
+    from kpigate.audit import (
+        AuditTrail,
+        RegistryAnchor,
+        attach_to_registry,
+        default_actor,
+        policy_hash,
+    )
     from kpigate.backends.base import BackendSettings
     from kpigate.backends.factory import make_backend
     from kpigate.notify import dispatcher_from_env
@@ -315,7 +325,9 @@ def _rollout(args: argparse.Namespace, policy: Policy, state_dir: Path) -> int:
             flush=True,
         )
 
-    trail = AuditTrail(args.audit or state_dir / "audit.jsonl")
+    # The head is anchored as a tag on the version after every append (kpigate/audit_anchor.py).
+    anchor = RegistryAnchor(registry, args.model_name, version, f"{args.model_name}-{version}")
+    trail = AuditTrail(args.audit or state_dir / "audit.jsonl", anchor=anchor)
     actor = default_actor()
     journal = Journal(
         trail=trail,

@@ -101,8 +101,10 @@ def check(kpi: Kpi) -> None:
                 f"KPI '{kpi.name}': a gap needs `gap_segments: [a, b]` (e.g. amount_band=high, "
                 f"amount_band=low) and a confusion-count `metric` ({sorted(CONFUSION_RATES)})"
             )
-    elif kpi.type is KpiType.QUANTILE and metric != "latency":
-        raise CatalogueError(f"KPI '{kpi.name}': quantile KPIs read `latency`, not '{metric}'")
+    elif kpi.type in (KpiType.QUANTILE, KpiType.EXCEEDANCE) and metric != "latency":
+        raise CatalogueError(
+            f"KPI '{kpi.name}': {kpi.type.value} KPIs read `latency`, not '{metric}'"
+        )
     elif kpi.type is KpiType.AUC and metric != "auc":
         raise CatalogueError(f"KPI '{kpi.name}': AUC KPIs read `auc`, not '{metric}'")
 
@@ -138,7 +140,7 @@ def read(kpi: Kpi, key: str, counts: WindowCounts) -> dict[str, Any]:
     for arm in ARMS:
         if kpi.type is KpiType.RATE:
             out[arm] = _rate_json(_rate(counts, metric, arm, segment_of(key, kpi)))
-        elif kpi.type is KpiType.QUANTILE:
+        elif kpi.type in (KpiType.QUANTILE, KpiType.EXCEEDANCE):
             out[arm] = (
                 None
                 if (b := _buckets_json(counts.buckets("latency", arm=arm), 1000.0)) is None
