@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from kpigate.policy_file import PolicyFileError, non_finite_fields, read_document
+from kpigate.sources.promql import KpiQueries, PromqlError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -209,6 +210,11 @@ class Kpi(_Strict):
     gap_segments: tuple[str, str] | None = Field(
         default=None, description="the two segments of a gap KPI, e.g. [amount_band=high, ...]"
     )
+    queries: KpiQueries | None = Field(
+        default=None,
+        description="the KPI's own PromQL per part, read by the Prometheus source instead of "
+        "the router's metrics (kpigate/sources/promql.py)",
+    )
     baseline_mean: float | None = Field(default=None, description="mu for method sigma")
     baseline_sd: float | None = Field(default=None, gt=0, description="sigma for method sigma")
     description: str = ""
@@ -231,6 +237,8 @@ class Kpi(_Strict):
     @property
     def needs_labels(self) -> bool:
         """Judged on matured prediction cohorts (labels), not per serving window."""
+        if self.queries is not None:
+            return False  # the user's PromQL is taken per window, as Prometheus answers it
         return self.type is KpiType.AUC or self.reading in LABEL_METRICS
 
     @field_validator("name")
@@ -266,6 +274,13 @@ class Kpi(_Strict):
             raise ValueError("margin is 0, so give `detect`: the size of harm to catch fastest")
         if (self.baseline_mean is None) != (self.baseline_sd is None):
             raise ValueError("give both baseline_mean and baseline_sd, or neither")
+        if self.queries is not None:
+            gap = self.type is KpiType.GAP
+            segments = (self.gap_segments or ()) if gap else (self.segments or (self.segment,))
+            try:
+                self.queries.check(self.type.value, segments, gap or bool(self.segments))
+            except PromqlError as exc:
+                raise ValueError(f"queries: {exc}") from None
         return self
 
     def hypotheses(self) -> list[str]:

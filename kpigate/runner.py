@@ -276,6 +276,11 @@ def run(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"kpigate rollout: bad policy:\n{exc}", file=sys.stderr)
         return 2
+    if args.source != "prometheus" and any(k.queries is not None for k in policy.kpis):
+        print(
+            "kpigate rollout: the policy has PromQL KPIs: use --source prometheus", file=sys.stderr
+        )
+        return 2
     state_dir = Path(args.state_dir)
     try:
         # The lock comes first: a second start for the same model must not touch anything.
@@ -313,8 +318,20 @@ def _rollout(args: argparse.Namespace, policy: Policy, state_dir: Path) -> int:
     source: MetricsSource
     if args.source == "prometheus":
         from kpigate.sources.prometheus import PrometheusSource
+        from kpigate.sources.promql import PromqlError, QueryContext
 
-        source = PrometheusSource(args.prometheus_url, max_staleness_s=policy.max_staleness)
+        champion = registry.get_aliases(args.model_name).get(CHAMPION, "")
+        context = QueryContext(args.model_name, "", champion, version)
+        try:
+            source = PrometheusSource(
+                args.prometheus_url,
+                max_staleness_s=policy.max_staleness,
+                kpis=policy.kpis,
+                context=context,
+            )
+        except PromqlError as exc:
+            print(f"kpigate rollout: {exc}", file=sys.stderr)
+            return 2
     else:
         source = RouterScrapeSource(args.router_url)
 

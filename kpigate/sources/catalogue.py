@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kpigate.policy import Kpi, KpiType
+from kpigate.sources import promql
 from kpigate.sources.counts import WindowCounts
 
 ARMS = ("baseline", "candidate")
@@ -89,6 +90,8 @@ def metric_of(kpi: Kpi) -> str:
 
 def check(kpi: Kpi) -> None:
     """Raise CatalogueError when the KPI cannot be read; run before a rollout starts."""
+    if kpi.queries is not None:
+        return  # the KPI's own PromQL, checked when the policy loaded (kpigate/sources/promql.py)
     metric = metric_of(kpi)
     if kpi.type in (KpiType.RATE, KpiType.GAP):
         if metric not in CONFUSION_RATES and metric not in COUNTER_RATES:
@@ -135,6 +138,8 @@ def segment_of(key: str, kpi: Kpi) -> str:
 
 def read(kpi: Kpi, key: str, counts: WindowCounts) -> dict[str, Any]:
     """One KPI of a window, replay format: {"baseline": arm-or-null, "candidate": ...}."""
+    if kpi.queries is not None:
+        return promql.read(kpi.type.value, key, kpi.gap_segments, counts)
     metric = metric_of(kpi)
     out: dict[str, Any] = {}
     for arm in ARMS:
