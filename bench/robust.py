@@ -50,8 +50,8 @@ GAP_POSITIVES = 2_000  # labeled positives per segment per window, both arms
 POWER_TOTAL = 10_000  # 500 labeled positives per window for the candidate at 5%
 EARLY_TOTAL = 1_000  # 50 at 5%
 # The reference engine's numbers (28cfdff, 2000 rollouts, the seeds below), used only when the
-# script cannot run that commit itself (no git history): label -> (rollback share, samples).
-# power setting -> rollback share, mean samples among those rolled back, mean samples to the end
+# script cannot run that commit itself (no git history). Power setting -> rollback share, mean
+# samples among those rolled back, mean samples until rollback or the rollout's end.
 Reference = dict[str, tuple[float, float, float]]
 RECORDED_REFERENCE: Reference = {
     "power -2pp at 500 positives/window": (0.959, 2479.0, 2624.0),
