@@ -28,6 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from simulate import (  # bench/simulate.py (the script's folder is on sys.path)
+    BASE_RECALL,
+    LOOKS_PER_STAGE,
+    MARGIN,
+    STAGES,
+    bench_policy,
+    look_weights,
+)
+from simulate import fmt as _fmt
 
 from kpigate.engine import (
     Decision,
@@ -42,13 +51,7 @@ from kpigate.engine import (
 from kpigate.policy import Kpi, Method, Policy, SigmaRule
 
 MARKER = "<!-- measured: everything below is written by bench/statistical.py -->"
-BASE_RECALL = 0.876
 DRIFT_SD = 0.008
-STAGES = (5.0, 25.0, 50.0, 100.0)
-LOOKS_PER_STAGE = 6
-HOLDBACK = 5.0
-ALPHA = 0.05
-MARGIN = 0.01
 Z_ALPHA = 1.6448536269514722
 
 
@@ -73,19 +76,11 @@ class Outcome:
     seconds: float
 
 
-def _weights() -> list[float]:
-    out = []
-    for stage in STAGES:
-        weight = 100.0 - HOLDBACK if stage >= 100 else stage
-        out += [weight] * LOOKS_PER_STAGE
-    return out
-
-
 def _simulate(setting: Setting) -> tuple[np.ndarray, ...]:
     """Counts per rollout and look: candidate and baseline successes and trials."""
     rng = np.random.default_rng(setting.seed)
     total = setting.positives_at_5 * 20
-    weights = np.array(_weights())
+    weights = np.array(look_weights())
     n_c = np.rint(total * weights / 100.0).astype(np.int64)
     n_b = total - n_c
     shape = (setting.rollouts, len(weights))
@@ -99,14 +94,7 @@ def _simulate(setting: Setting) -> tuple[np.ndarray, ...]:
 
 def _policy(method: str) -> Policy:
     kpi = Kpi(name="recall", margin=MARGIN, baseline_mean=BASE_RECALL, baseline_sd=DRIFT_SD)
-    return Policy(
-        name="bench",
-        method=Method(method),
-        alpha=ALPHA,
-        holdback=HOLDBACK,
-        sigma=SigmaRule(k=2.0),
-        kpis=(kpi,),
-    )
+    return bench_policy(kpi, method=Method(method), sigma=SigmaRule(k=2.0))
 
 
 def _run_engine(setting: Setting) -> Outcome:
@@ -205,10 +193,6 @@ def _settings(rollouts: int, power_rollouts: int) -> list[Setting]:
                     n = rollouts if effect == 0 else power_rollouts
                     out.append(Setting(positives, drift, effect, method, n, seed))
     return out
-
-
-def _fmt(value: float, digits: int = 3) -> str:
-    return "–" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def _table(outcomes: list[Outcome]) -> str:
