@@ -23,7 +23,8 @@ environment:
   KPIGATE_ACTOR              who acts, in the audit trail (default: kpigate-runner:user@host)
   SLACK_WEBHOOK_URL, SLACK_BOT_TOKEN + SLACK_CHANNEL, PAGERDUTY_ROUTING_KEY, each also as
   NAME_FILE (a mounted secret); KPIGATE_NOTIFY_PER_MINUTE, KPIGATE_NOTIFY_DEDUP_S,
-  KPIGATE_NOTIFY_CONSOLE: notifications (see kpigate/notify/factory.py, docs/operators-local.md)
+  KPIGATE_NOTIFY_CONSOLE: notifications; KPIGATE_GRAFANA_URL + KPIGATE_GRAFANA_TOKEN:
+  decisions as Grafana annotations (every variable: docs/operators-local.md)
 
 example:
   kpigate rollout --policy kpigate/examples/demo-policy.yaml --model-name fraud-detector

@@ -104,8 +104,7 @@ def read_status(
 def _num(value: float | None) -> str:
     if value is None:
         return "-"
-    text = f"{value:+.4g}"
-    return "+0" if text == "-0" else text
+    return f"{value:+.4g}" if value != 0 else "+0"  # never "-0"
 
 
 def waits_for(report: KpiReport) -> str:
