@@ -5,7 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-replay bench-router bench-soak setup system clean
+.PHONY: demo test lint typecheck unit bench bench-replay bench-router bench-soak bench-scoring \
+	setup system clean
 
 demo: $(STAMP)
 	$(BIN)/kpigate demo
@@ -51,6 +52,9 @@ bench-router: $(STAMP)
 
 bench-soak: $(STAMP)
 	$(BIN)/python bench/soak.py --write docs/reliability.md $(BENCH_ARGS)
+
+bench-scoring: $(STAMP)
+	$(BIN)/python bench/scoring.py --write docs/bench-scoring.md $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
