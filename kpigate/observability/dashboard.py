@@ -31,14 +31,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dash
-from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.builders import stat, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
-from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
+from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
-from kpigate.observability.gate_metrics import PREFIX as GATE
+from kpigate.observability.panels import (
+    ARM_LEGEND,
+    DATASOURCE,
+    SHADOW_LEGEND,
+    gate_row,
+    query,
+    series,
+    variables,
+)
 from kpigate.observability.promql import (
     AUC_BOUNDS,
     AUC_WINDOW,
@@ -52,51 +59,12 @@ from kpigate.observability.promql import (
 
 DEFAULT_OUT = Path("manifests/grafana/kpigate.json")
 UID = "kpigate-rollout"
-DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
-ARM_LEGEND = "{{arm}} v{{model_version}}"
-SHADOW_LEGEND = "{{arm}} v{{model_version}} shadow={{shadow}}"
-# Raw-counter window for per-segment KPIs: a region's fraud volume is a few per minute.
 SEGMENT_WINDOW = "30m"
-
-
-def _query(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
-    return (
-        prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).datasource(DATASOURCE)
-    )
-
-
-def _series(
-    title: str, description: str, queries: list[prometheus.Dataquery], unit: str, width: int = 8
-) -> timeseries.Panel:
-    panel = (
-        timeseries.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
-        .unit(unit)
-        .height(8)
-        .span(width)
-        .line_width(2)
-        .fill_opacity(0)
-        .show_points(common.VisibilityMode.NEVER)
-        .legend(
-            common_builders.VizLegendOptions()
-            .display_mode(common.LegendDisplayMode.TABLE)
-            .placement(common.LegendPlacement.BOTTOM)
-            .show_legend(True)
-            .calcs(["lastNotNull", "mean"])
-        )
-    )
-    for query in queries:
-        panel = panel.with_target(query)
-    if unit == "percentunit":
-        panel = panel.min(0).max(1)
-    return panel
 
 
 def _ratio(expr: str, title: str, description: str, width: int = 6) -> timeseries.Panel:
     """A per-arm ratio that keeps the shadow label."""
-    return _series(title, description, [_query(expr, SHADOW_LEGEND)], "percentunit", width)
+    return series(title, description, [query(expr, SHADOW_LEGEND)], "percentunit", width)
 
 
 def _segment_ratio(num: str, den: str, dimension: str, title: str, what: str) -> timeseries.Panel:
@@ -111,11 +79,11 @@ def _segment_ratio(num: str, den: str, dimension: str, title: str, what: str) ->
         )
 
     expr = f"{total(num)} / {total(den)}"
-    return _series(
+    return series(
         title,
         f"{what} per arm and {dimension} over {window} of joined labels (served answers). "
         "A gap between segments that the overall KPI hides is the ethical risk to watch.",
-        [_query(expr, "{{arm}} {{segment}}")],
+        [query(expr, "{{arm}} {{segment}}")],
         "percentunit",
         width=12,
     )
@@ -127,7 +95,7 @@ def _state_row(d: dash.Dashboard) -> dash.Dashboard:
         .title("Candidate weight")
         .description("Share of entities routed to the candidate (0 when detached).")
         .datasource(DATASOURCE)
-        .with_target(_query(f"max(kpigate_candidate_weight_percent{{{TARGET}}})", "weight"))
+        .with_target(query(f"max(kpigate_candidate_weight_percent{{{TARGET}}})", "weight"))
         .unit("percent")
         .min(0)
         .max(100)
@@ -140,7 +108,7 @@ def _state_row(d: dash.Dashboard) -> dash.Dashboard:
         .title("Routing mode")
         .description("canary: the candidate answers its share; shadow: it scores copies only.")
         .datasource(DATASOURCE)
-        .with_target(_query(f"max by (mode) (kpigate_mode{{{TARGET}}}) == 1", "{{mode}}").instant())
+        .with_target(query(f"max by (mode) (kpigate_mode{{{TARGET}}}) == 1", "{{mode}}").instant())
         .height(5)
         .span(4)
         .text_mode(common.BigValueTextMode.NAME)
@@ -152,7 +120,7 @@ def _state_row(d: dash.Dashboard) -> dash.Dashboard:
         .description("Model version per arm, from kpigate_model_info.")
         .datasource(DATASOURCE)
         .with_target(
-            _query(
+            query(
                 f"max by (arm, model_version) (kpigate_model_info{{{SEL}}})", ARM_LEGEND
             ).instant()
         )
@@ -161,10 +129,10 @@ def _state_row(d: dash.Dashboard) -> dash.Dashboard:
         .text_mode(common.BigValueTextMode.NAME)
         .graph_mode(common.BigValueGraphMode.NONE)
     )
-    weight_over_time = _series(
+    weight_over_time = series(
         "Candidate weight over time",
         "Each step is a stage (5 -> 25 -> 50 -> 100%); a drop to 0 is a rollback or detach.",
-        [_query(f"max(kpigate_candidate_weight_percent{{{TARGET}}})", "candidate weight")],
+        [query(f"max(kpigate_candidate_weight_percent{{{TARGET}}})", "candidate weight")],
         "percent",
         width=10,
     ).height(5)
@@ -209,11 +177,11 @@ def _operational_row(d: dash.Dashboard) -> dash.Dashboard:
     return (
         d.with_row(dash.Row("Operational"))
         .with_panel(
-            _series(
+            series(
                 "Latency p95",
                 "Time from request to answer, served answers only (shadow copies excluded).",
                 [
-                    _query(
+                    query(
                         "histogram_quantile(0.95, sum by (arm, model_version, le) "
                         f"(rate(kpigate_request_latency_seconds_bucket{{{SEL}}}[5m])))",
                         ARM_LEGEND,
@@ -223,20 +191,20 @@ def _operational_row(d: dash.Dashboard) -> dash.Dashboard:
             )
         )
         .with_panel(
-            _series(
+            series(
                 "Error rate",
                 "Scoring failures (exception, timeout, stopped) over attempts. Candidate "
                 "failures fall back to the baseline.",
-                [_query(error_ratio(), ARM_LEGEND)],
+                [query(error_ratio(), ARM_LEGEND)],
                 "percentunit",
             )
         )
         .with_panel(
-            _series(
+            series(
                 "Request rate",
                 "Served predictions per second (one per instance of a batch).",
                 [
-                    _query(
+                    query(
                         "sum by (arm, model_version) "
                         f'(rate(kpigate_decisions_total{{{SEL},shadow="false"}}[5m]))',
                         ARM_LEGEND,
@@ -288,88 +256,6 @@ def _ethical_row(d: dash.Dashboard) -> dash.Dashboard:
     )
 
 
-def _variable(name: str, label: str, query: str) -> dash.QueryVariable:
-    return (
-        dash.QueryVariable(name)
-        .label(label)
-        .datasource(DATASOURCE)
-        .query(query)
-        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
-        .multi(True)
-        .include_all(True)
-        .all_value(".*")  # also matches a target without the label (no namespace outside k8s)
-    )
-
-
-def _variables(d: dash.Dashboard) -> dash.Dashboard:
-    """job, then namespace within it, then the model versions the chosen routers serve."""
-    return (
-        d.with_variable(_variable("job", "Job", "label_values(kpigate_model_info, job)"))
-        .with_variable(
-            _variable(
-                "namespace", "Namespace", 'label_values(kpigate_model_info{job=~"$job"}, namespace)'
-            )
-        )
-        .with_variable(
-            _variable(
-                "model_version",
-                "Model version",
-                f"label_values(kpigate_model_info{{{TARGET}}}, model_version)",
-            )
-        )
-        .with_variable(
-            _variable("rollout", "Rollout", f"label_values({GATE}_stage_percent, rollout)")
-        )
-    )
-
-
-def _gate_row(d: dash.Dashboard) -> dash.Dashboard:
-    """What the gate sees, from `kpigate status --serve-metrics` (a separate scrape job)."""
-    sel = 'rollout=~"$rollout"'
-    decision = (
-        stat.Panel()
-        .title("Gate decision")
-        .description("The gate's latest decision on the evidence so far (promote, hold, rollback).")
-        .datasource(DATASOURCE)
-        .with_target(
-            _query(
-                f"max by (rollout, decision) ({GATE}_decision{{{sel}}}) == 1",
-                "{{rollout}}: {{decision}}",
-            ).instant()
-        )
-        .height(6)
-        .span(6)
-        .text_mode(common.BigValueTextMode.NAME)
-        .graph_mode(common.BigValueGraphMode.NONE)
-    )
-    stage = _series(
-        "Gate stage and holds",
-        "The stage the gate judges (percent of traffic) and its inconclusive looks after the "
-        "soak, against max_holds, after which the policy's timeout action applies.",
-        [
-            _query(f"{GATE}_stage_percent{{{sel}}}", "{{rollout}} stage %", "A"),
-            _query(f"{GATE}_holds{{{sel}}}", "{{rollout}} holds", "B"),
-            _query(f"{GATE}_max_holds{{{sel}}}", "{{rollout}} max holds", "C"),
-        ],
-        "short",
-        width=8,
-    ).height(6)
-    bounds = _series(
-        "KPI confidence bounds",
-        "Each KPI's anytime-valid interval for candidate minus baseline, with its margin: the "
-        "gate rolls back when the interval leaves the margin on the harmful side and promotes "
-        "when it stays inside it.",
-        [
-            _query(f"{GATE}_kpi_lower{{{sel}}}", "{{kpi}} lower", "A"),
-            _query(f"{GATE}_kpi_upper{{{sel}}}", "{{kpi}} upper", "B"),
-            _query(f"{GATE}_kpi_margin{{{sel}}}", "{{kpi}} margin", "C"),
-        ],
-        "short",
-        width=10,
-    ).height(6)
-    return d.with_row(dash.Row("Gate")).with_panel(decision).with_panel(stage).with_panel(bounds)
-
-
 def _annotations(d: dash.Dashboard) -> dash.Dashboard:
     stage = (
         dash.AnnotationQuery()
@@ -413,9 +299,9 @@ def build() -> dict[str, Any]:
         .timezone("browser")
         .with_variable(dash.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
     )
-    d = _variables(d)
+    d = variables(d)
     for add in (
-        _state_row, _gate_row, _performance_row, _operational_row, _business_row, _ethical_row
+        _state_row, gate_row, _performance_row, _operational_row, _business_row, _ethical_row
     ):  # fmt: skip
         d = add(d)
     d = _annotations(d)
