@@ -11,8 +11,8 @@ candidate through 5 -> 25 -> 50 -> 100% on the router's own metrics, printing ea
   bad   a candidate with lower recall, rolled back at the first look the evidence allows,
         while the baseline keeps serving
 
-Time is compressed and sized to the machine: the demo first measures the request rate the
-router actually answers here, then sets each evaluation window's length so that a window holds
+Time is compressed and sized to the machine: before each rollout the demo measures the request
+rate the router actually answers here, then sets each evaluation window's length so that it holds
 about 400 labelled frauds across both arms (2 s at 400 requests/s, 16 s at 50/s), and says how
 long the rollouts will take; --interval fixes it instead. The traffic is enriched in fraud
 (--fraud-share) so that labels arrive in seconds; KPIs still come only through the router, the
@@ -372,21 +372,23 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
         traffic = TrafficProcess(workdir, router.url, args.rate, args.fraud_share)
         stack.add(traffic.close)
         say(f"traffic: {args.rate:g} transactions/s asked for, drifted, labels 0.5-0.8 s later")
-        sizing = size_windows(measure_rate(router.url), args.fraud_share, policy)
-        if args.interval is None:
-            interval = sizing.interval_s
-            say(describe(sizing, args.rate))
-        else:
-            say(f"the router answers {sizing.rate:.0f} requests/s here; windows of "
-                f"{interval:g} s as asked (--interval)")  # fmt: skip
-        # A rollout's looks at most (every stage soaked and held to max_holds), plus set-up.
-        timeout_s = sizing.looks[1] * interval * 1.5 + 180
 
         for scenario in scenarios:
             say(f"--- scenario '{scenario}': training the candidate")
             frame: pd.DataFrame = generate(40_000, seed=2, drift=CANDIDATE_TRAIN_DRIFT)
             options = BAD_CANDIDATES["recall-drop"] if scenario == "bad" else {}
             model = train_candidate(frame, seed=0, **options)
+            # Measured now, not once: the machine's load changes (training just ended, other
+            # work comes and goes), and each rollout's windows are sized to what it gets.
+            sizing = size_windows(measure_rate(router.url), args.fraud_share, policy)
+            if args.interval is None:
+                interval = sizing.interval_s
+                say(describe(sizing, args.rate))
+            else:
+                say(f"the router answers {sizing.rate:.0f} requests/s here; windows of "
+                    f"{interval:g} s as asked (--interval)")  # fmt: skip
+            # A rollout's most looks (every stage soaked and held to max_holds), plus set-up.
+            timeout_s = sizing.looks[1] * interval * 1.5 + 180
             version = str(int(max(MlflowRegistry(uri).get_aliases(MODEL).values(), key=int)) + 1)
             scenario_of[version] = scenario
             ref = register_model(model, tracking_uri=uri, eval_frame=evaluation, name=MODEL,

@@ -127,3 +127,19 @@ def test_live_bad_scenario_rolls_back_on_real_parts(tmp_path: Path) -> None:
         assert TOKEN not in text and SECRET not in text
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", "the demo left processes running"
+
+
+def test_the_rate_is_measured_on_the_routers_own_counter(start_router: Any) -> None:
+    from kpigate.casestudy import measure_rate, served_count
+    from tests.test_runner import Traffic
+
+    router = start_router()
+    with pytest.raises(RuntimeError, match="no traffic reached the router"):
+        measure_rate(router.url, seconds=0.1, warmup_timeout_s=0.3)
+    with Traffic(router) as traffic:
+        rate = measure_rate(router.url, seconds=1.0)
+        served = served_count(router.url)
+    assert rate > 0
+    assert (
+        0 < served <= traffic.sent + 40
+    )  # answers counted, shadow copies not (one batch in flight)
