@@ -130,15 +130,14 @@ _HELP = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--model-name", required=True, help="registered model name")
     parser.add_argument(
         "--state-dir", default=".kpigate", help="the rollout's --state-dir (.kpigate)"
     )
     parser.add_argument("--reason", default="", help="why, for the audit trail")
-    parser.add_argument(
-        "--full", action="store_true", help="promote: straight to 100%% and champion"
-    )
+    if name == "promote":
+        parser.add_argument("--full", action="store_true", help="straight to 100%% and champion")
 
 
 def _now() -> str:
@@ -148,10 +147,8 @@ def _now() -> str:
 def run_command(name: str, args: argparse.Namespace) -> int:
     from kpigate.audit import default_actor
 
-    if name != "promote" and args.full:
-        print(f"kpigate {name}: --full only goes with promote", file=sys.stderr)
-        return 2
-    command: Command = "promote-full" if name == "promote" and args.full else name  # type: ignore[assignment]
+    full = getattr(args, "full", False)
+    command: Command = "promote-full" if full else name  # type: ignore[assignment]
     order = Order(command, default_actor(), _now(), args.reason)
     try:
         pending = read_order(args.state_dir, args.model_name)
@@ -180,7 +177,7 @@ class CommandEntry:
         self.__doc__ = f"kpigate {name}: {_HELP[name]}.\n\n{_MODULE_DOC}"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
+        add_arguments(parser, self.name)
 
     def run(self, args: argparse.Namespace) -> int:
         return run_command(self.name, args)

@@ -178,7 +178,9 @@ def test_a_command_without_a_running_rollout_waits_and_says_so(
     flags = ["--model-name", "m", "--state-dir", str(tmp_path)]
     assert main(["resume", *flags]) == 2
     assert "is not paused" in capsys.readouterr().err
-    assert main(["abort", *flags, "--full"]) == 2
+    with pytest.raises(SystemExit) as refused:  # --full goes with promote only
+        main(["abort", *flags, "--full"])
+    assert refused.value.code == 2
     assert main(["abort", *flags]) == 0
     assert "waits in" in capsys.readouterr().out
     assert read_order(tmp_path, "m") is not None
