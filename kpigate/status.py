@@ -22,7 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -194,7 +194,7 @@ def _status_reader(args: argparse.Namespace, policy: Policy) -> Callable[[], Gat
             except ControlError as exc:
                 raise StatusError(str(exc)) from None
             if order is not None and order.command == "pause":
-                status = GateStatus(**{**status.__dict__, "paused_by": order.actor})
+                status = replace(status, paused_by=order.actor)
         return status
 
     return read
