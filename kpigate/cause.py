@@ -2,9 +2,9 @@
 
 A rollback for harm (a KPI shown worse than the baseline) and a rollback because the evidence
 never sufficed (max_holds ran out) call for different actions: fix the model, or give the gate
-more traffic or time. The engine will carry the cause as data on each decision; until it does,
-`cause_of` reads it from the decision's reasons, the one place that knows their wording
-(kpigate/engine/gate.py, kpigate/runner.py). When a record has a `cause`, that wins.
+more traffic or time. The engine carries the cause on each decision (kpigate.engine.Cause);
+`cause_of` maps it to these words, and reads the reasons only for records written before
+decisions had a cause (old audit trails).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ LABELS = {
 
 
 def cause_of(decision: str, reasons: Sequence[str], cause: str | None = None) -> str:
-    """The cause of a decision given as its value ("rollback") and reasons."""
-    if cause:
-        return cause
+    """The cause of a decision given as its value ("rollback"), reasons and engine cause."""
     if decision == "promote":
         return PROMOTED
     if decision != "rollback":
         return HOLDING
+    if cause in (HARM, TIMEOUT, OPERATOR):
+        return cause
     text = " ".join(reasons)
     if text.startswith("aborted by") or "operator declined" in text:
         return OPERATOR

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "resume": ("kpigate.control:resume", "resume a paused local rollout"),
     "abort": ("kpigate.control:abort", "roll a local rollout back now"),
     "promote": ("kpigate.control:promote", "pass a local rollout's stage (--full: to champion)"),
+    "plan": ("kpigate.plan_cli", "forecast how long each stage takes to decide, before a rollout"),
 }
 
 EPILOG = """\

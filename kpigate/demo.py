@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TextIO
 
 from kpigate.cause import HARM, LABELS, cause_of
-from kpigate.engine import Decision, GateDecision, KpiReport, Verdict
+from kpigate.engine import Cause, Decision, GateDecision, KpiReport, Verdict
 from kpigate.policy import Policy, PolicyError, load_policy
 
 _MARK = {Decision.PROMOTE: "PROMOTE", Decision.HOLD: "hold", Decision.ROLLBACK: "ROLLBACK"}
@@ -149,7 +149,7 @@ def print_trail(label: str, decisions: list[GateDecision], out: TextIO) -> None:
     steps = [
         f"w{d.window}@{d.stage:g}% {d.decision.value}"
         for d in decisions
-        if d.decision is not Decision.HOLD or not d.reasons[0].startswith("soaking")
+        if d.decision is not Decision.HOLD or d.cause is not Cause.SOAKING
     ]
     print(f"  {label}: {' -> '.join(steps) or '(none)'}  => {result_text(decisions)}", file=out)
 
@@ -162,7 +162,7 @@ def result_text(decisions: list[GateDecision]) -> str:
     if last.final and last.decision is Decision.PROMOTE:
         return "promoted to 100%: the candidate is champion"
     if last.decision is Decision.ROLLBACK:
-        cause = cause_of(last.decision.value, last.reasons)
+        cause = cause_of(last.decision.value, last.reasons, last.cause.value)
         culprits = [k for k, r in last.kpis.items()
                     if r.verdict is Verdict.FAIL and r.triggers == "rollback"]  # fmt: skip
         why = f" on {', '.join(culprits)}" if cause == HARM and culprits else ""

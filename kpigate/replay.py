@@ -55,6 +55,7 @@ from kpigate.engine import (
     RolloutState,
     ScoreHistograms,
     SegmentRates,
+    UnknownStage,
     Window,
     compile_plan,
     judge,
@@ -122,7 +123,7 @@ def _arm(kpi_type: KpiType, data: Any, where: str) -> ArmData | None:
         return _rate(data, where)
     if not isinstance(data, dict):
         raise LineError(f"{where} must be an object")
-    if kpi_type is KpiType.QUANTILE:
+    if kpi_type in (KpiType.QUANTILE, KpiType.EXCEEDANCE):
         if set(data) != {"buckets"}:
             raise LineError(f'{where} of a quantile KPI must be {{"buckets": {{...}}}}')
         return _buckets(data["buckets"], f"{where}.buckets")
@@ -306,7 +307,10 @@ class Replayer:
                 f"{rollout.last_window}: windows must be in increasing order"
             )
         window = to_window(raw, rollout.plan)
-        rollout.state, decision = judge(rollout.plan, rollout.state, window)
+        try:
+            rollout.state, decision = judge(rollout.plan, rollout.state, window)
+        except UnknownStage as exc:
+            raise LineError(f"{exc}; replay it with the policy it was collected under") from None
         rollout.last_window = raw.index
         return decision
 

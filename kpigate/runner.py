@@ -45,9 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kpigate.audit import AuditError
 from kpigate.backends.base import BackendError, TrafficBackend
 from kpigate.control import ControlError, Order, clear_order, read_order
-from kpigate.engine import Decision, GateDecision
+from kpigate.engine import Cause, Decision, GateDecision
 from kpigate.journal import Journal
 from kpigate.policy import Policy, PolicyError, load_policy
 from kpigate.registry.base import CHAMPION, Registry, RegistryError, RegistryUnavailable
@@ -226,6 +227,7 @@ class LocalRunner:
             ordered = GateDecision(
                 window=0, stage=traffic, decision=decision, reasons=(reason,), kpis={}, look=0,
                 holds=0, final=decision is Decision.ROLLBACK or self._promote_full,
+                cause=Cause.OPERATOR,
             )  # fmt: skip
             self.on_decision(ordered)
             return ordered
@@ -346,6 +348,11 @@ def run(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"kpigate rollout: bad policy:\n{exc}", file=sys.stderr)
         return 2
+    if args.source != "prometheus" and any(k.queries is not None for k in policy.kpis):
+        print(
+            "kpigate rollout: the policy has PromQL KPIs: use --source prometheus", file=sys.stderr
+        )
+        return 2
     from kpigate.backends.base import BackendSettings
     from kpigate.backends.factory import make_backend
 
@@ -365,12 +372,21 @@ def run(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"kpigate rollout: {exc}", file=sys.stderr)
         return 1
+    except AuditError as exc:  # e.g. a KPIGATE_AUDIT_KEY too short, or its file unreadable
+        print(f"kpigate rollout: {exc}", file=sys.stderr)
+        return 2
 
 
 def _rollout(
     args: argparse.Namespace, policy: Policy, state_dir: Path, backend: TrafficBackend
 ) -> int:
-    from kpigate.audit import AuditTrail, attach_to_registry, default_actor, policy_hash
+    from kpigate.audit import (
+        AuditTrail,
+        RegistryAnchor,
+        attach_to_registry,
+        default_actor,
+        policy_hash,
+    )
     from kpigate.notify import dispatcher_from_env
     from kpigate.registry.mlflow import MlflowRegistry
     from kpigate.sources.router import RouterScrapeSource
@@ -382,8 +398,20 @@ def _rollout(
     source: MetricsSource
     if args.source == "prometheus":
         from kpigate.sources.prometheus import PrometheusSource
+        from kpigate.sources.promql import PromqlError, QueryContext
 
-        source = PrometheusSource(args.prometheus_url, max_staleness_s=policy.max_staleness)
+        champion = registry.get_aliases(args.model_name).get(CHAMPION, "")
+        context = QueryContext(args.model_name, "", champion, version)
+        try:
+            source = PrometheusSource(
+                args.prometheus_url,
+                max_staleness_s=policy.max_staleness,
+                kpis=policy.kpis,
+                context=context,
+            )
+        except PromqlError as exc:
+            print(f"kpigate rollout: {exc}", file=sys.stderr)
+            return 2
     else:
         source = RouterScrapeSource(args.router_url)
 
@@ -394,7 +422,9 @@ def _rollout(
             flush=True,
         )
 
-    trail = AuditTrail(args.audit or state_dir / "audit.jsonl")
+    # The head is anchored as a tag on the version after every append (kpigate/audit_anchor.py).
+    anchor = RegistryAnchor(registry, args.model_name, version, f"{args.model_name}-{version}")
+    trail = AuditTrail(args.audit or state_dir / "audit.jsonl", anchor=anchor)
     actor = default_actor()
     journal = Journal(
         trail=trail,

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kpigate.policy import Policy
-from kpigate.sources import catalogue
+from kpigate.sources import catalogue, promql
 from kpigate.sources.base import MetricsSource, SourceError
 from kpigate.steps.common import BAD_INPUT, DONE, StepError, fail, read_policy, say, step_main
 from kpigate.store import EvidenceStore, StoreError, open_store
@@ -36,6 +36,18 @@ def make_source(args: argparse.Namespace, policy: Policy) -> MetricsSource:
             matchers=args.prometheus_matchers,
             mode=args.prometheus_mode,
             max_staleness_s=policy.max_staleness,
+            kpis=policy.kpis,
+            context=promql.QueryContext(
+                model=args.model_name,
+                namespace=args.namespace,
+                baseline_version=args.baseline_version,
+                candidate_version=args.model_version,
+            ),
+        )
+    with_queries = [k.name for k in policy.kpis if k.queries is not None]
+    if with_queries:
+        raise StepError(
+            f"KPIs {', '.join(with_queries)} bring their own PromQL: use --source prometheus"
         )
     from kpigate.sources.router import RouterScrapeSource
 
@@ -112,6 +124,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prometheus-matchers", default="", help='label matchers, e.g. job="kpigate-router"'
     )
     parser.add_argument("--prometheus-mode", choices=["increase", "delta"], default="increase")
+    # The values a KPI's own PromQL may name ({{ model }}, {{ namespace }}, the versions).
+    parser.add_argument("--model-name", default="", help="for PromQL KPIs: {{ model }}")
+    parser.add_argument("--model-version", default="", help="the candidate's version")
+    parser.add_argument("--baseline-version", default="", help="the baseline's version")
+    parser.add_argument("--namespace", default="", help="for PromQL KPIs: {{ namespace }}")
     parser.add_argument("--evidence", required=True, help="evidence store: mlflow://... or path")
     parser.add_argument("--rollout", default="", help="rollout id (default: from --evidence)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow (for mlflow:// evidence)")
@@ -130,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         store = open_store(args.evidence, args.tracking_uri)
         rollout = args.rollout or args.evidence.rstrip("/").rsplit("/", 1)[-1]
         source = make_source(args, policy)
-    except (StepError, catalogue.CatalogueError, StoreError) as exc:
+    except (StepError, catalogue.CatalogueError, promql.PromqlError, StoreError) as exc:
         return fail("soak-and-collect", exc, BAD_INPUT)
 
     def progress(record: dict[str, Any]) -> None:

@@ -25,17 +25,23 @@ def test_the_engines_own_reasons_give_each_cause() -> None:
     replayer = Replayer(policy_from_dict(POLICY))
     # too few candidate labels for the burn-in: holds, then max_holds runs out
     decisions = [replayer.feed(parse_line(_window(i, (9, 10)))) for i in (1, 2)]
-    assert [cause_of(d.decision.value, d.reasons) for d in decisions] == [HOLDING, TIMEOUT]
+    assert [cause_of(d.decision.value, d.reasons, d.cause.value) for d in decisions] == [
+        HOLDING,
+        TIMEOUT,
+    ]
     assert decisions[-1].decision is Decision.ROLLBACK
     harmed = Replayer(policy_from_dict({**POLICY, "kpis": [{"name": "recall", "margin": 0.01,
                                                            "min_samples": 10}]}))  # fmt: skip
     decision = harmed.feed(parse_line(_window(1, (500, 1000))))
     assert decision.decision is Decision.ROLLBACK
-    assert cause_of(decision.decision.value, decision.reasons) == HARM
+    assert cause_of(decision.decision.value, decision.reasons, decision.cause.value) == HARM
 
 
 def test_operator_and_promotion_and_an_explicit_cause() -> None:
     assert cause_of("rollback", ["aborted by alice: bad feeling"]) == OPERATOR
     assert cause_of("rollback", ["an operator declined the last stage"]) == OPERATOR
     assert cause_of("promote", ["no gating KPI shows harm"]) == PROMOTED
-    assert cause_of("rollback", ["whatever"], cause="stale") == "stale"
+    # the engine's cause wins over the wording of the reasons
+    assert cause_of("rollback", ["no decision after 6 holds past the soak (max_holds)"],
+                    cause="harm") == HARM  # fmt: skip
+    assert cause_of("hold", ["whatever"], cause="timeout") == HOLDING

@@ -49,8 +49,8 @@ def test_status_of_a_rolled_back_rollout_is_the_engines_decision_per_kpi(
     text = capsys.readouterr().out
     reference = _replayed("bad")
     assert text.splitlines()[0] == (
-        f"rollout bad: stage 25%, window {reference['window']} (look 1 of the stage, 0 of 6 "
-        "holds), ROLLBACK (final)"
+        f"rollout bad: stage 25%, window {reference['window']} (look {reference['look']} of the "
+        "stage, 0 of 6 holds), ROLLBACK (final)"
     )
     recall = next(line for line in text.splitlines() if line.strip().startswith("recall "))
     lo, hi = reference["kpis"]["recall"]["ci"]

@@ -12,11 +12,13 @@ from kpigate.engine.evidence import (
     Window,
 )
 from kpigate.engine.gate import (
+    Cause,
     Decision,
     GateDecision,
     GatePlan,
     KpiReport,
     RolloutState,
+    UnknownStage,
     Verdict,
     compile_plan,
     judge,
@@ -24,6 +26,7 @@ from kpigate.engine.gate import (
 
 __all__ = [
     "ArmData",
+    "Cause",
     "Cohort",
     "Decision",
     "GateDecision",
@@ -36,6 +39,7 @@ __all__ = [
     "RolloutState",
     "ScoreHistograms",
     "SegmentRates",
+    "UnknownStage",
     "Verdict",
     "Window",
     "compile_plan",
