@@ -25,6 +25,7 @@ A rollback says why: for harm (a KPI shown worse) or for lack of evidence (max_h
 
 environment:
   KPIGATE_ADMIN_TOKEN, KPIGATE_WEBHOOK_SECRET   used when set (else fresh ones, never printed)
+  KPIGATE_AUDIT_KEY (or KPIGATE_AUDIT_KEY_FILE)  keys the audit trail when set
   SLACK_WEBHOOK_URL, SLACK_BOT_TOKEN + SLACK_CHANNEL, PAGERDUTY_ROUTING_KEY (each also as
   NAME_FILE), KPIGATE_NOTIFY_*, KPIGATE_GRAFANA_URL + KPIGATE_GRAFANA_TOKEN: notifications
   and annotations as for `kpigate rollout` (docs/operators-local.md); without them the

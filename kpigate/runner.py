@@ -21,6 +21,7 @@ environment:
   KPIGATE_ADMIN_TOKEN        the router's admin token (required; the router's own token)
   MLFLOW_TRACKING_URI        the registry when --tracking-uri is not given
   KPIGATE_ACTOR              who acts, in the audit trail (default: kpigate-runner:user@host)
+  KPIGATE_AUDIT_KEY          the audit trail's HMAC key (or KPIGATE_AUDIT_KEY_FILE); exit 2 if bad
   SLACK_WEBHOOK_URL, SLACK_BOT_TOKEN + SLACK_CHANNEL, PAGERDUTY_ROUTING_KEY, each also as
   NAME_FILE (a mounted secret); KPIGATE_NOTIFY_PER_MINUTE, KPIGATE_NOTIFY_DEDUP_S,
   KPIGATE_NOTIFY_CONSOLE: notifications; KPIGATE_GRAFANA_URL + KPIGATE_GRAFANA_TOKEN:

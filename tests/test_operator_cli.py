@@ -114,12 +114,14 @@ def test_every_variable_a_rollout_reads_is_in_its_help(
     with pytest.raises(SystemExit):
         main([command, "--help"])
     help_text = capsys.readouterr().out
-    for name in read | {"KPIGATE_ADMIN_TOKEN"}:
+    extra = {"KPIGATE_ADMIN_TOKEN"} | ({"KPIGATE_AUDIT_KEY"} if command == "rollout" else set())
+    for name in read | extra:
         stem = name.removesuffix("_FILE")
         # the NOTIFY_* family and the Slack API/PD events URLs are named as a family
         family = stem.startswith(("KPIGATE_NOTIFY_", "SLACK_API", "PAGERDUTY_EVENTS",
                                   "KPIGATE_GRAFANA_DASHBOARD"))  # fmt: skip
         assert stem in help_text or (family and "docs/operators-local.md" in help_text), name
     doc = (ROOT / "docs/operators-local.md").read_text()
-    for name in read | {"KPIGATE_ADMIN_TOKEN", "KPIGATE_ACTOR", "MLFLOW_TRACKING_URI"}:
+    for name in read | {"KPIGATE_ADMIN_TOKEN", "KPIGATE_ACTOR", "MLFLOW_TRACKING_URI",
+                        "KPIGATE_AUDIT_KEY"}:  # fmt: skip
         assert name in doc, name
