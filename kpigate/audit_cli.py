@@ -3,6 +3,7 @@
   kpigate audit verify TRAIL [--head H] [--anchor-file F] [--from-mlflow MODEL:VERSION]
                              [--evidence STORE] [--require-key]
   kpigate audit show TRAIL [--rollout ID]    the decision trail, one line per record
+  kpigate audit show TRAIL --follow          and then each new record as it is written
 
 The key comes from KPIGATE_AUDIT_KEY or KPIGATE_AUDIT_KEY_FILE (a file holding it), never from
 argv. With it, verify checks every record's HMAC, and a record without one (forged, or a trail
@@ -10,6 +11,8 @@ fabricated by someone without the key) is a problem; without it an unkeyed trail
 a loud warning, and a keyed one cannot be checked. Anchors are heads kept outside the file
 (--head, the model version's kpigate.audit.head tag via --from-mlflow, or a local anchor file):
 records cut off the end, appended after the anchored head, or a replaced trail fail.
+--follow (like `argo logs --follow`) waits for new records; with --rollout it ends when that
+rollout is promoted, rolled back, rejected or suspended, otherwise on Ctrl-C.
 Exit status: 0 intact (verify) or shown (show), 1 tampered or torn, 2 unreadable or no key.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -80,11 +84,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     show.add_argument(
         "--kpis", action="store_true", help="list every KPI's verdict under each decision"
     )
+    show.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing records as they are written"
+    )
+    show.add_argument(
+        "--poll", type=float, default=1.0, help="seconds between reads with --follow (1)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if args.audit_command == "verify":
         return _verify(args)
+    if args.follow:
+        return follow(args.trail, args.rollout, args.kpis, args.poll)
     return _show(args.trail, args.rollout, args.kpis)
 
 
@@ -231,3 +243,41 @@ def _show(trail: str, rollout: str | None, with_kpis: bool) -> int:
     status = "intact" if result.ok else f"NOT intact: run `kpigate audit verify {trail}`"
     print(f"chain: {status}")
     return 0
+
+
+# Actions after which a rollout writes nothing more (until an operator reruns it).
+ENDING_ACTIONS = frozenset({"promote", "rollback", "reject", "suspend"})
+
+
+def follow(
+    trail: str,
+    rollout: str | None,
+    with_kpis: bool,
+    poll_s: float = 1.0,
+    sleep: Any = time.sleep,
+    max_polls: int | None = None,
+) -> int:
+    """Print the trail's records, then each new one; the trail may not exist yet (a rollout
+    about to start). Appends only ever add records, so the count read so far is the cursor."""
+    seen = 0
+    polls = 0
+    while True:
+        try:
+            records = read_records(trail) if Path(trail).exists() else []
+        except AuditError as exc:
+            print(f"kpigate audit: {exc}", file=sys.stderr)
+            return 2
+        for record in records[seen:]:
+            if rollout is not None and record.get("rollout") != rollout:
+                continue
+            if record.get("type") == "decision" and is_routine_soak(record) and not with_kpis:
+                continue
+            for line in format_record(record, with_kpis):
+                print(line, flush=True)
+            if rollout is not None and record.get("action") in ENDING_ACTIONS:
+                return 0
+        seen = len(records)
+        polls += 1
+        if max_polls is not None and polls >= max_polls:
+            return 0
+        sleep(poll_s)

@@ -143,6 +143,39 @@ class TrafficProcess:
         return summary
 
 
+def served_count(router_url: str) -> float:
+    """Answers the router has served so far (kpigate_decisions_total, shadow copies excluded)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{router_url}/metrics", timeout=30).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "kpigate_decisions_total" and sample.labels.get("shadow") == "false"
+    )
+
+
+def measure_rate(
+    router_url: str,
+    seconds: float = 8.0,
+    warmup_timeout_s: float = 90.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
+    """Requests per second the router actually answers: counted over `seconds` once traffic
+    flows (the replayer needs a few seconds to start on a busy machine)."""
+    deadline = clock() + warmup_timeout_s
+    while served_count(router_url) <= 0:
+        if clock() > deadline:
+            raise RuntimeError(f"no traffic reached the router in {warmup_timeout_s:.0f}s")
+        sleep(0.5)
+    sleep(1.0)  # past the first burst of connections
+    start_count, start = served_count(router_url), clock()
+    sleep(seconds)
+    return (served_count(router_url) - start_count) / max(clock() - start, 1e-9)
+
+
 @dataclass
 class RunnerTrigger:
     """The relay's trigger for the embedded default: the local runner, in a thread of this
@@ -168,8 +201,10 @@ class RunnerTrigger:
                 self.errors[key] = exc
 
         thread = threading.Thread(target=run, name=f"rollout-{model_version}", daemon=True)
-        self.threads[key] = thread
+        # Started before it is published: wait() joins whatever it finds in `threads`, and
+        # joining a thread that has not started raises RuntimeError.
         thread.start()
+        self.threads[key] = thread
         return f"local runner for {model_name} version {model_version}"
 
     def wait(self, model_name: str, model_version: str, timeout_s: float) -> Outcome:

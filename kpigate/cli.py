@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
-# name -> (module, one-line help). Each module defines
+# name -> (module[:attribute], one-line help). Each module (or attribute) defines
 #   add_arguments(parser: argparse.ArgumentParser) -> None
 #   run(args: argparse.Namespace) -> int
 # and the module's docstring becomes the subcommand's description. Modules import lazily so
@@ -28,6 +29,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render-dashboard": ("kpigate.observability.dashboard", "render the Grafana dashboard JSON"),
     "audit": ("kpigate.audit_cli", "verify or show a rollout's hash-chained audit trail"),
     "report": ("kpigate.report", "render a rollout's audit trail as a self-contained HTML report"),
+    "status": ("kpigate.status", "each KPI's estimate, interval, verdict and what it waits for"),
+    "pause": ("kpigate.control:pause", "pause a local rollout at its next look"),
+    "resume": ("kpigate.control:resume", "resume a paused local rollout"),
+    "abort": ("kpigate.control:abort", "roll a local rollout back now"),
+    "promote": ("kpigate.control:promote", "pass a local rollout's stage (--full: to champion)"),
     "plan": ("kpigate.plan_cli", "forecast how long each stage takes to decide, before a rollout"),
 }
 
@@ -59,7 +65,11 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         if name != selected:
             sub.add_parser(name, help=help_text)
             continue
-        module = importlib.import_module(module_name)
+        # "package.module:attribute" names one object of a module that serves several commands
+        path, _, attribute = module_name.partition(":")
+        module = importlib.import_module(path)
+        if attribute:
+            module = getattr(module, attribute)
         sub_parser = sub.add_parser(
             name,
             help=help_text,
@@ -84,6 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `kpigate audit show ... | head`: the reader left; that is not an error. Point stdout
+        # at /dev/null so the interpreter's final flush does not raise again (Python's docs,
+        # "Note on SIGPIPE" in the signal module).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -11,10 +11,25 @@ candidate through 5 -> 25 -> 50 -> 100% on the router's own metrics, printing ea
   bad   a candidate with lower recall, rolled back at the first look the evidence allows,
         while the baseline keeps serving
 
-Time is compressed: each evaluation window lasts --interval seconds, and the traffic is
-enriched in fraud (--fraud-share) so that a window holds enough labels; KPIs still come only
-through the router, the feedback path and its /metrics. --recorded replays the bundled
-recorded rollouts instead (no servers).
+Time is compressed and sized to the machine: before each rollout the demo measures the request
+rate the router actually answers here, then sets each evaluation window's length so that it holds
+about 400 labelled frauds across both arms (2 s at 400 requests/s, 16 s at 50/s), and says how
+long the rollouts will take; --interval fixes it instead. The traffic is enriched in fraud
+(--fraud-share) so that labels arrive in seconds; KPIs still come only through the router, the
+feedback path and its /metrics. --recorded replays the bundled recorded rollouts instead (no
+servers); with --workdir it writes their audit trail and reports there.
+
+It prints the addresses to look at while it runs: the router, the MLflow UI, the command that
+follows each rollout (`kpigate status --watch`), and at the end the audit trail and reports.
+A rollback says why: for harm (a KPI shown worse) or for lack of evidence (max_holds ran out).
+
+environment:
+  KPIGATE_ADMIN_TOKEN, KPIGATE_WEBHOOK_SECRET   used when set (else fresh ones, never printed)
+  KPIGATE_AUDIT_KEY (or KPIGATE_AUDIT_KEY_FILE)  keys the audit trail when set
+  SLACK_WEBHOOK_URL, SLACK_BOT_TOKEN + SLACK_CHANNEL, PAGERDUTY_ROUTING_KEY (each also as
+  NAME_FILE), KPIGATE_NOTIFY_*, KPIGATE_GRAFANA_URL + KPIGATE_GRAFANA_TOKEN: notifications
+  and annotations as for `kpigate rollout` (docs/operators-local.md); without them the
+  notifications go to <workdir>/notifications.log
 """
 
 from __future__ import annotations
@@ -26,10 +41,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
+from kpigate.cause import HARM, LABELS, cause_of
 from kpigate.engine import Cause, Decision, GateDecision, KpiReport, Verdict
 from kpigate.policy import Policy, PolicyError, load_policy
 
@@ -40,12 +57,59 @@ MODEL = "fraud-detector"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--scenario", choices=["good", "bad", "all"], default="all", help="default: all")
-    add("--interval", type=float, default=2.0, help="seconds per window (%(default)s)")
+    add("--interval", type=float, default=None,
+        help="seconds per window (default: sized to the measured request rate)")  # fmt: skip
     add("--rate", type=float, default=400.0, help="requests/s asked for (%(default)s)")
     add("--fraud-share", type=float, default=0.5, help="fraud in the traffic (%(default)s)")
     add("--workdir", default="", help="keep everything here (default: a temp dir)")
     add("--verbose", "-v", action="store_true", help="the KPI table at every window")
     add("--recorded", action="store_true", help="replay the recorded rollouts (no servers)")
+
+
+# --- sizing the windows to the machine ------------------------------------------------------------
+
+# Labelled frauds per window, both arms together, at which the live demo tells its story: the
+# good candidate certified at 50% within the soak and max_holds, the bad one rolled back on
+# recall (measured: 400 requests/s, 2 s windows, fraud share 0.5).
+POSITIVES_PER_WINDOW = 400.0
+MIN_INTERVAL_S = 2.0
+SLOW_INTERVAL_S = 30.0  # beyond this the demo takes too long to watch: say so
+
+
+@dataclass(frozen=True)
+class Sizing:
+    rate: float  # requests/s the router answered while measured
+    interval_s: float
+    looks: tuple[int, int]  # fewest and most looks of one rollout (soaks; soaks + max_holds)
+    slow: bool  # the machine is too slow for a demo of a few minutes
+
+    @property
+    def minutes(self) -> tuple[float, float]:
+        return (self.looks[0] * self.interval_s / 60, self.looks[1] * self.interval_s / 60)
+
+
+def size_windows(rate: float, fraud_share: float, policy: Policy) -> Sizing:
+    """Window length so each holds POSITIVES_PER_WINDOW labelled frauds at this rate."""
+    wanted = POSITIVES_PER_WINDOW / max(rate * fraud_share, 1e-9)
+    interval = max(MIN_INTERVAL_S, wanted)
+    fewest = sum(stage.looks for stage in policy.stages)
+    most = fewest + len(policy.stages) * policy.max_holds
+    return Sizing(rate, round(interval, 1), (fewest, most), slow=interval > SLOW_INTERVAL_S)
+
+
+def describe(sizing: Sizing, asked: float) -> str:
+    low, high = sizing.minutes
+    text = (
+        f"the router answers {sizing.rate:.0f} requests/s here ({asked:g} asked for): windows "
+        f"of {sizing.interval_s:g} s hold about {POSITIVES_PER_WINDOW:.0f} labelled frauds; "
+        f"a rollout takes {low:.1f} to {high:.1f} minutes"
+    )
+    if sizing.slow:
+        text += (
+            ". This machine is too slow for a short demo: close other work, or pass "
+            "--scenario bad (the shorter story), or `kpigate demo --recorded` (no servers)"
+        )
+    return text
 
 
 # --- printing ------------------------------------------------------------------------------------
@@ -56,9 +120,13 @@ def _kpi_line(key: str, report: KpiReport) -> str:
         return f"      {key:<18} {report.verdict.value:<12} {report.reason}"
     lo, hi = report.ci
     return (
-        f"      {key:<18} {report.verdict.value:<12} diff {report.estimate:+.4g} "
-        f"ci [{lo:+.4g}, {hi:+.4g}] margin {report.margin:g}"
+        f"      {key:<18} {report.verdict.value:<12} diff {_signed(report.estimate)} "
+        f"ci [{_signed(lo)}, {_signed(hi)}] margin {report.margin:g}"
     )
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.4g}" if value != 0 else "+0"  # never "-0"
 
 
 def print_decision(label: str, decision: GateDecision, verbose: bool, out: TextIO) -> None:
@@ -84,15 +152,23 @@ def print_trail(label: str, decisions: list[GateDecision], out: TextIO) -> None:
         for d in decisions
         if d.decision is not Decision.HOLD or d.cause is not Cause.SOAKING
     ]
+    print(f"  {label}: {' -> '.join(steps) or '(none)'}  => {result_text(decisions)}", file=out)
+
+
+def result_text(decisions: list[GateDecision]) -> str:
+    """How a rollout ended, saying why it was rolled back (harm, lack of evidence, operator)."""
     last = decisions[-1] if decisions else None
-    result = "no decision"
-    if last is not None and last.final and last.decision is Decision.PROMOTE:
-        result = "promoted to 100%: the candidate is champion"
-    elif last is not None and last.decision is Decision.ROLLBACK:
-        result = "rolled back: the baseline kept serving"
-    elif last is not None:
-        result = "still open"
-    print(f"  {label}: {' -> '.join(steps) or '(none)'}  => {result}", file=out)
+    if last is None:
+        return "no decision"
+    if last.final and last.decision is Decision.PROMOTE:
+        return "promoted to 100%: the candidate is champion"
+    if last.decision is Decision.ROLLBACK:
+        cause = cause_of(last.decision.value, last.reasons, last.cause.value)
+        culprits = [k for k, r in last.kpis.items()
+                    if r.verdict is Verdict.FAIL and r.triggers == "rollback"]  # fmt: skip
+        why = f" on {', '.join(culprits)}" if cause == HARM and culprits else ""
+        return f"{LABELS[cause]}{why} at {last.stage:g}%: the baseline kept serving"
+    return "still open"
 
 
 # --- the recorded replay (no servers) ------------------------------------------------------------
@@ -117,7 +193,47 @@ def run_recorded(args: argparse.Namespace, out: TextIO) -> int:
     print("\ndecision trail:", file=out)
     for rollout, decisions in trail.items():
         print_trail(rollout, decisions, out)
+    if args.workdir:
+        if (Path(args.workdir) / "audit.jsonl").exists():
+            print(f"kpigate demo: {args.workdir} already holds an audit trail; give an "
+                  "empty --workdir (a trail is appended to, never overwritten)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        for line in write_recorded(Path(args.workdir), lines, trail, policy):
+            print(line, file=out)
     return 0
+
+
+def write_recorded(
+    workdir: Path, lines: list[str], trail: dict[str, list[GateDecision]], policy: Policy
+) -> list[str]:
+    """The recorded rollouts' audit trail and one report each, as a live run leaves them."""
+    import json
+
+    from kpigate.audit import AuditTrail, action_event, decision_event, policy_hash
+    from kpigate.report import write_report
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    audit = AuditTrail(workdir / "audit.jsonl")
+    examples = resources.files("kpigate") / "examples"
+    digest = policy_hash(str(examples / "policy.yaml"))
+    windows = [json.loads(line) for line in lines if line.strip()]
+    actor = "kpigate demo --recorded"
+    written = []
+    for rollout, decisions in trail.items():
+        mine = [w for w in windows if w.get("rollout") == rollout]
+        for decision, window in zip(decisions, mine, strict=True):
+            audit.append(decision_event(rollout, decision, policy, digest, MODEL, "1", "2", actor,
+                                        window=window))  # fmt: skip
+        last = decisions[-1]
+        if last.final:
+            action = "promote" if last.decision is Decision.PROMOTE else "rollback"
+            audit.append(action_event(rollout, action, actor=actor, model_name=MODEL,
+                                      candidate_version="2", baseline_version="1",
+                                      stage=last.stage))  # fmt: skip
+        report = write_report(audit.path, workdir / f"report-{rollout}.html", rollout)
+        written.append(f"report ({rollout}): {report}")
+    return [f"audit trail: {audit.path}", *written]
 
 
 # --- the live case study -------------------------------------------------------------------------
@@ -138,7 +254,14 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
 
     from kpigate.audit import AuditTrail, attach_to_registry, default_actor, policy_hash, verify
     from kpigate.backends import BackendSettings, make_backend
-    from kpigate.casestudy import AppThread, RouterProcess, RunnerTrigger, Stack, TrafficProcess
+    from kpigate.casestudy import (
+        AppThread,
+        RouterProcess,
+        RunnerTrigger,
+        Stack,
+        TrafficProcess,
+        measure_rate,
+    )
     from kpigate.fraud.data import generate
     from kpigate.fraud.models import (
         BAD_CANDIDATES,
@@ -173,6 +296,7 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
     outcomes: dict[str, str] = {}
     reports: dict[str, Path] = {}
     policy_file = str(resources.files("kpigate") / "examples" / "demo-policy.yaml")
+    interval: float = args.interval or MIN_INTERVAL_S  # sized once traffic flows
     try:
         say(f"working in {workdir}")
         say("starting an MLflow server (SQLite backend)...")
@@ -189,6 +313,7 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
         router = RouterProcess(workdir, uri, MODEL, token)
         stack.add(router.close)
         router.wait_ready()
+        say(f"router at {router.url} (/metrics); MLflow UI at {uri}")
 
         audit = AuditTrail(workdir / "audit.jsonl")
         notifications = (workdir / "notifications.log").open("w")
@@ -218,13 +343,16 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
                 policy=policy,
                 registry=MlflowRegistry(uri),
                 backend=make_backend(
-                    BackendSettings(kind="router", router_url=router.url, admin_token=token)
+                    # generous: on a busy two-core machine the admin API can take seconds
+                    BackendSettings(
+                        kind="router", router_url=router.url, admin_token=token, timeout_s=60.0
+                    )
                 ),
                 source=RouterScrapeSource(router.url),
                 store=FileStore(workdir / f"evidence-{label}-v{version}.jsonl"),
                 model_name=model_name,
                 rollout_id=f"{label}-v{version}",
-                interval_s=args.interval,
+                interval_s=interval,
                 on_decision=on_decision,
                 journal=Journal(
                     trail=audit,
@@ -251,16 +379,29 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
             frame: pd.DataFrame = generate(40_000, seed=2, drift=CANDIDATE_TRAIN_DRIFT)
             options = BAD_CANDIDATES["recall-drop"] if scenario == "bad" else {}
             model = train_candidate(frame, seed=0, **options)
+            # Measured now, not once: the machine's load changes (training just ended, other
+            # work comes and goes), and each rollout's windows are sized to what it gets.
+            sizing = size_windows(measure_rate(router.url), args.fraud_share, policy)
+            if args.interval is None:
+                interval = sizing.interval_s
+                say(describe(sizing, args.rate))
+            else:
+                say(f"the router answers {sizing.rate:.0f} requests/s here; windows of "
+                    f"{interval:g} s as asked (--interval)")  # fmt: skip
+            # A rollout's most looks (every stage soaked and held to max_holds), plus set-up.
+            timeout_s = sizing.looks[1] * interval * 1.5 + 180
             version = str(int(max(MlflowRegistry(uri).get_aliases(MODEL).values(), key=int)) + 1)
             scenario_of[version] = scenario
             ref = register_model(model, tracking_uri=uri, eval_frame=evaluation, name=MODEL,
                                  alias=CANDIDATE)  # fmt: skip
             scenario_of[ref.version] = scenario
             say(f"registered version {ref.version} as '{CANDIDATE}': MLflow calls the relay")
-            outcome = trigger.wait(MODEL, ref.version, timeout_s=240)
-            outcomes[scenario] = f"{outcome.action}: {outcome.reason}"
-            say(f"{scenario}: {outcome.action.upper()} ({outcome.reason})")
             rollout_id = f"{scenario}-v{ref.version}"
+            evidence = workdir / f"evidence-{rollout_id}.jsonl"
+            say(f"follow it: kpigate status --policy {policy_file} --evidence {evidence} --watch")
+            outcome = trigger.wait(MODEL, ref.version, timeout_s=timeout_s)
+            outcomes[scenario] = f"{outcome.action}: {outcome.reason}"
+            say(f"{scenario}: {result_text(trails.get(scenario, []))} ({outcome.reason})")
             report = write_report(audit.path, workdir / f"report-{scenario}.html", rollout_id)
             reports[scenario] = report
             attach_to_registry(MlflowRegistry(uri), MODEL, ref.version, audit.path, rollout_id)
@@ -291,6 +432,19 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
         stack.close()
 
 
+def _stop_on_sigterm() -> None:
+    """`kill <pid>` stops the demo as Ctrl-C does: every server it started is stopped too.
+    (A demo started in the background of a script ignores SIGINT.)"""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     if args.recorded:
@@ -300,4 +454,5 @@ def run(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"kpigate demo: {exc}", file=sys.stderr)
         return 2
+    _stop_on_sigterm()
     return run_live(args, policy, out)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kpigate.audit import AuditError, Verification, is_routine_soak, read_records, verify
+from kpigate.cause import HARM, OPERATOR, TIMEOUT, record_cause
 
 
 class ReportError(ValueError):
@@ -49,7 +50,26 @@ def _e(value: Any) -> str:
 def _fmt(value: Any, signed: bool = False) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "–" if value is None else _e(value)
+    if value == 0:
+        value = 0.0  # -0.0 printed "-0", a harmful-looking sign on nothing
     return f"{value:+.4g}" if signed else f"{value:.4g}"
+
+
+def _detail(detail: Any) -> str:
+    """An action's detail as `key=value, ...` text (not a Python dict's repr)."""
+    if not isinstance(detail, Mapping):
+        return _e(detail)
+    return _e(", ".join(f"{key}={_plain(value)}" for key, value in detail.items()))
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, float):
+        return _fmt(value)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}={_plain(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(v) for v in value)
+    return str(value)
 
 
 def _ci(ci: Any) -> str:
@@ -78,7 +98,10 @@ def select_rollout(records: Sequence[Mapping[str, Any]], rollout: str | None) ->
 def _outcome(last: Mapping[str, Any], actions: Sequence[Mapping[str, Any]]) -> str:
     stage = f"{float(last.get('stage', 0)):g}%"
     if last.get("final") and last.get("decision") == "rollback":
-        text = f"rolled back at {stage} (window {last.get('window')})"
+        cause = record_cause(last)
+        why = {HARM: "for harm: a KPI worse than the baseline", TIMEOUT: "for lack of evidence: "
+               "max_holds ran out", OPERATOR: "by an operator"}.get(cause, cause)  # fmt: skip
+        text = f"rolled back at {stage} (window {last.get('window')}) {why}"
     elif last.get("final") and last.get("decision") == "promote":
         text = "promoted to 100%"
     elif last.get("suspend"):
@@ -196,7 +219,7 @@ def _events(
         f"<li>{_e(a.get('time'))} <b>{_e(a.get('action'))}</b>"
         f"{' at ' + _fmt(a.get('stage')) + '%' if a.get('stage') is not None else ''}"
         f"{'' if a.get('ok', True) else ' <span class=fail>failed</span>'} by {_e(a.get('actor'))}"
-        f"{' ' + _e(a.get('detail')) if a.get('detail') else ''}</li>"
+        f"{': ' + _detail(a.get('detail')) if a.get('detail') else ''}</li>"
         for a in actions
     ]
     return (

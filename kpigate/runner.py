@@ -9,9 +9,23 @@ Resumable: the evidence store is the rollout's memory. Rerun the same command af
 stages already promoted are skipped, the current stage's windows are kept, nothing is repeated.
 One rollout per model at a time (a lock file); a second start for the same model exits 3.
 
+Operators steer it between looks with `kpigate pause | resume | abort | promote --model-name M`
+(the same --state-dir): a control file the runner polls (kpigate/control.py); `kpigate status`
+shows where it stands, `kpigate audit show --follow` what it decides.
+
 Exit status: 0 the rollout ended (promoted or rolled back: the last line says which), 1 the
 registry was unreachable after retries, 2 bad policy, 3 another rollout of the model is running
 or the version was rejected, 4 suspended for an operator (rerun to continue).
+
+environment:
+  KPIGATE_ADMIN_TOKEN        the router's admin token (required; the router's own token)
+  MLFLOW_TRACKING_URI        the registry when --tracking-uri is not given
+  KPIGATE_ACTOR              who acts, in the audit trail (default: kpigate-runner:user@host)
+  KPIGATE_AUDIT_KEY          the audit trail's HMAC key (or KPIGATE_AUDIT_KEY_FILE); exit 2 if bad
+  SLACK_WEBHOOK_URL, SLACK_BOT_TOKEN + SLACK_CHANNEL, PAGERDUTY_ROUTING_KEY, each also as
+  NAME_FILE (a mounted secret); KPIGATE_NOTIFY_PER_MINUTE, KPIGATE_NOTIFY_DEDUP_S,
+  KPIGATE_NOTIFY_CONSOLE: notifications; KPIGATE_GRAFANA_URL + KPIGATE_GRAFANA_TOKEN:
+  decisions as Grafana annotations (every variable: docs/operators-local.md)
 
 example:
   kpigate rollout --policy kpigate/examples/demo-policy.yaml --model-name fraud-detector
@@ -33,8 +47,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kpigate.audit import AuditError
-from kpigate.backends.base import TrafficBackend
-from kpigate.engine import Decision, GateDecision
+from kpigate.backends.base import BackendError, TrafficBackend
+from kpigate.control import ControlError, Order, clear_order, read_order
+from kpigate.engine import Cause, Decision, GateDecision
 from kpigate.journal import Journal
 from kpigate.policy import Policy, PolicyError, load_policy
 from kpigate.registry.base import CHAMPION, Registry, RegistryError, RegistryUnavailable
@@ -115,9 +130,13 @@ class LocalRunner:
     sleep: Callable[[float], None] = time.sleep
     on_decision: Callable[[GateDecision], None] = lambda decision: None
     on_window: Callable[[dict[str, Any]], None] | None = None
+    on_message: Callable[[str], None] = lambda message: None
     journal: Journal | None = None  # audit trail and notifications
     trace: list[str] = field(default_factory=list)
     retry_delay_s: float = 1.0  # first backoff when the registry is unreachable
+    control_dir: Path | None = None  # where `kpigate pause|resume|abort|promote` write
+    control_poll_s: float = 1.0  # how often a paused runner rereads its control file
+    _promote_full: bool = field(default=False, init=False)  # an operator's `promote --full`
 
     def _step(self, name: str) -> None:
         self.trace.append(name)
@@ -139,6 +158,9 @@ class LocalRunner:
         interval = self.interval_s if self.interval_s is not None else stage.interval
         looks = 1
         while True:
+            ordered = self._heed_operator(traffic)
+            if ordered is not None:
+                return ordered
             self._step(f"soak-and-collect@{traffic:g}")
             soak(
                 self.policy,
@@ -162,6 +184,55 @@ class LocalRunner:
             if decision.suspend:
                 return decision
             looks = sum(1 for r in records if float(r["stage"]) == traffic) + 1
+
+    def _order(self) -> Order | None:
+        if self.control_dir is None:
+            return None
+        try:
+            return read_order(self.control_dir, self.model_name)
+        except ControlError as exc:
+            # An unreadable command must not be dropped (it may be an abort): pause on it.
+            self.on_message(f"{exc}; pausing until it is fixed")
+            return Order("pause", "", "", str(exc))
+
+    def _heed_operator(self, traffic: float) -> GateDecision | None:
+        """Between looks: act on an operator's command, or None to go on looking. A paused
+        runner polls here (no window collected, no hold counted) until resumed."""
+        order = self._order()
+        paused = False
+        while order is not None:
+            detail = {"operator": order.actor, "reason": order.reason} if order.reason else {
+                "operator": order.actor}  # fmt: skip
+            if order.command == "pause":
+                if not paused:
+                    self._record("operator-pause", traffic, **detail)
+                    self.on_message(f"paused at {traffic:g}% by {order.actor or 'an operator'}")
+                    paused = True
+                self.sleep(self.control_poll_s)
+                order = self._order()
+                continue
+            assert self.control_dir is not None
+            clear_order(self.control_dir, self.model_name, order)
+            self._record(f"operator-{order.command}", traffic, **detail)
+            if order.command == "resume":
+                self.on_message(f"resumed at {traffic:g}% by {order.actor or 'an operator'}")
+                return None
+            by = f"by {order.actor or 'an operator'}"
+            by += f": {order.reason}" if order.reason else ""
+            if order.command == "abort":
+                decision, reason = Decision.ROLLBACK, f"aborted {by}"
+            else:
+                self._promote_full = order.command == "promote-full"
+                decision = Decision.PROMOTE
+                reason = f"{'promoted to champion' if self._promote_full else 'stage passed'} {by}"
+            ordered = GateDecision(
+                window=0, stage=traffic, decision=decision, reasons=(reason,), kpis={}, look=0,
+                holds=0, final=decision is Decision.ROLLBACK or self._promote_full,
+                cause=Cause.OPERATOR,
+            )  # fmt: skip
+            self.on_decision(ordered)
+            return ordered
+        return None
 
     def run(self, version: str) -> Outcome:
         try:
@@ -214,6 +285,8 @@ class LocalRunner:
         self._record("start", reason=approval.reason)
         promoted = self._promoted_stages()
         for stage in self.policy.stages:
+            if self._promote_full:
+                break
             if stage.traffic >= 100:
                 self._step("approval-gate@100")
                 if self.approve_last_stage is not None and not self.approve_last_stage():
@@ -286,11 +359,19 @@ def run(args: argparse.Namespace) -> int:
             "kpigate rollout: the policy has PromQL KPIs: use --source prometheus", file=sys.stderr
         )
         return 2
+    from kpigate.backends.base import BackendSettings
+    from kpigate.backends.factory import make_backend
+
+    try:
+        backend = make_backend(BackendSettings(kind="router", router_url=args.router_url))
+    except BackendError as exc:  # e.g. no KPIGATE_ADMIN_TOKEN: nothing was started
+        print(f"kpigate rollout: {exc}", file=sys.stderr)
+        return 2
     state_dir = Path(args.state_dir)
     try:
         # The lock comes first: a second start for the same model must not touch anything.
         with model_lock(state_dir, args.model_name):
-            return _rollout(args, policy, state_dir)
+            return _rollout(args, policy, state_dir, backend)
     except RolloutBusy as exc:
         print(f"kpigate rollout: {exc}", file=sys.stderr)
         return 3
@@ -305,7 +386,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _rollout(args: argparse.Namespace, policy: Policy, state_dir: Path) -> int:
+def _rollout(
+    args: argparse.Namespace, policy: Policy, state_dir: Path, backend: TrafficBackend
+) -> int:
     from kpigate.audit import (
         AuditTrail,
         RegistryAnchor,
@@ -313,8 +396,6 @@ def _rollout(args: argparse.Namespace, policy: Policy, state_dir: Path) -> int:
         default_actor,
         policy_hash,
     )
-    from kpigate.backends.base import BackendSettings
-    from kpigate.backends.factory import make_backend
     from kpigate.notify import dispatcher_from_env
     from kpigate.registry.mlflow import MlflowRegistry
     from kpigate.sources.router import RouterScrapeSource
@@ -370,7 +451,7 @@ def _rollout(args: argparse.Namespace, policy: Policy, state_dir: Path) -> int:
     runner = LocalRunner(
         policy=policy,
         registry=registry,
-        backend=make_backend(BackendSettings(kind="router", router_url=args.router_url)),
+        backend=backend,
         source=source,
         store=FileStore(evidence),
         model_name=args.model_name,
@@ -378,7 +459,9 @@ def _rollout(args: argparse.Namespace, policy: Policy, state_dir: Path) -> int:
         mode=args.mode,
         interval_s=args.interval,
         on_decision=show,
+        on_message=lambda message: print(message, flush=True),
         journal=journal,
+        control_dir=state_dir,
     )
     print(f"rollout of {args.model_name} version {version}; evidence in {evidence}", flush=True)
     outcome = runner.run(version)

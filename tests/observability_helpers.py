@@ -56,5 +56,7 @@ def selectors(expr: str) -> list[str]:
 
 
 def unknown_metrics(expr: str) -> list[str]:
-    known = router_metric_names() | recorded_names() | {"up"}
+    from kpigate.observability.gate_metrics import SERIES
+
+    known = router_metric_names() | recorded_names() | set(SERIES) | {"up"}
     return [name for name in selectors(expr) if name not in known]

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import promql_parser
 import pytest
+from prometheus_client import start_http_server
 
 from kpigate.cli import main
+from kpigate.engine.evidence import Histogram, ScoreHistograms, auc_from_histograms
 from kpigate.observability import dashboard
-from tests.observability_helpers import recorded_names, selectors, unknown_metrics
+from kpigate.observability.promql import AUC_BOUNDS, auc_expr
+from kpigate.serve.metrics import RouterMetrics
+from tests.observability_helpers import router_metric_names, selectors, unknown_metrics
+from tests.prometheus_fixtures import PrometheusServer
+from tests.serve_fixtures import free_port
 
 CHECKED_IN = Path(__file__).resolve().parents[1] / dashboard.DEFAULT_OUT
 
@@ -49,13 +58,14 @@ def test_rows_cover_the_kpi_categories_per_arm() -> None:
     rows = [p["title"] for p in panels if p["type"] == "row"]
     assert rows == [
         "Rollout state",
+        "Gate",
         "Performance (delayed labels)",
         "Operational",
         "Business",
         "Ethical (per segment)",
     ]
     titles = {p["title"] for p in panels}
-    for kpi in ("Recall", "Precision", "AUC proxy", "False positive rate", "Latency p95",
+    for kpi in ("Recall", "Precision", "AUC", "False positive rate", "Latency p95",
                 "Error rate", "Request rate", "Approval rate", "Chargeback rate",
                 "Recall per region", "FPR per region", "Recall per amount band",
                 "FPR per amount band", "Candidate weight", "Routing mode"):  # fmt: skip
@@ -65,9 +75,44 @@ def test_rows_cover_the_kpi_categories_per_arm() -> None:
             legend = target["legendFormat"]
             assert "{{arm}}" in legend or "arm" not in target["expr"], panel["title"]
     assert [p["id"] for p in panels] == list(range(1, len(panels) + 1))
-    # Recorded series the dashboard reads exist in the rules.
-    recorded = {n for e in dashboard.expressions(model) for n in selectors(e) if ":" in n}
-    assert recorded and recorded <= recorded_names()
+    assert "AUC proxy" not in titles  # (1 + TPR - FPR) / 2 was balanced accuracy
+
+
+def test_every_router_series_is_filtered_by_the_job_namespace_and_version_variables() -> None:
+    model = dashboard.build()
+    variables = {v["name"]: v for v in model["templating"]["list"]}
+    assert list(variables) == ["datasource", "job", "namespace", "model_version", "rollout"]
+    assert '{job=~"$job"}' in variables["namespace"]["query"]
+    assert 'namespace=~"$namespace"' in variables["model_version"]["query"]
+    for name in ("job", "namespace", "model_version"):
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
+    router = router_metric_names()
+    for expr in dashboard.expressions(model):
+        parsed = promql_parser.parse(expr)
+        for node in _vector_selectors(parsed):
+            if node.name not in router:
+                continue  # the gate's own series, filtered by $rollout
+            matchers = {m.name: m.value for m in node.matchers.matchers}
+            assert matchers.get("job") == "$job", expr
+            assert matchers.get("namespace") == "$namespace", expr
+            if node.name != "kpigate_candidate_weight_percent" and node.name != "kpigate_mode":
+                assert matchers.get("model_version") == "$model_version", expr
+    assert not {n for e in dashboard.expressions(model) for n in selectors(e) if ":" in n}
+
+
+def _vector_selectors(node: Any) -> list[Any]:
+    found: list[Any] = []
+    promql_parser.walk(node, lambda n: found.append(n) if isinstance(
+        n, promql_parser.VectorSelector) else None)  # fmt: skip
+    return found
+
+
+def test_the_gate_row_reads_the_gate_series() -> None:
+    panels = {p["title"]: p for p in dashboard.build()["panels"]}
+    bounds = {t["expr"] for t in panels["KPI confidence bounds"]["targets"]}
+    assert bounds == {f'{name}{{rollout=~"$rollout"}}' for name in
+                      ("kpigate_gate_kpi_lower", "kpigate_gate_kpi_upper", "kpigate_gate_kpi_margin")}  # fmt: skip
+    assert "kpigate_gate_decision" in panels["Gate decision"]["targets"][0]["expr"]
 
 
 def test_stage_changes_and_decisions_are_annotations() -> None:
@@ -75,3 +120,44 @@ def test_stage_changes_and_decisions_are_annotations() -> None:
     assert "kpigate_candidate_weight_percent" in annotations["Stage changes"]["expr"]
     assert annotations["Gate decisions"]["target"]["tags"] == ["kpigate"]
     json.dumps(annotations)
+
+
+def test_the_auc_panel_computes_the_gates_auc_on_a_real_prometheus(
+    prometheus: PrometheusServer,
+) -> None:
+    """The panel's PromQL, evaluated by Prometheus over the router's own score histograms,
+    equals kpigate/engine/evidence.py auc_from_histograms on the same buckets."""
+    metrics = RouterMetrics()
+    rng = np.random.default_rng(7)
+    for arm, version, shift in (("baseline", "1", 1.6), ("candidate", "2", 0.9)):
+        for label, scores in (("1", rng.beta(2 + shift, 2, 400)), ("0", rng.beta(2, 4, 4000))):
+            child = metrics.labeled_score.labels(arm, version, "false", label)
+            for score in scores:
+                child.observe(float(score))
+    expected = {}
+    for arm in ("baseline", "candidate"):
+        cumulative: dict[str, dict[str, float]] = {"0": {}, "1": {}}
+        for family in metrics.registry.collect():
+            for s in family.samples:
+                if s.name == "kpigate_labeled_score_bucket" and s.labels["arm"] == arm:
+                    cumulative[s.labels["label"]][s.labels["le"]] = s.value
+        positives, negatives = (
+            Histogram(tuple(float(le) for le in AUC_BOUNDS),
+                      tuple(cumulative[label][le] for le in AUC_BOUNDS))
+            for label in ("1", "0")
+        )  # fmt: skip
+        expected[arm] = auc_from_histograms(ScoreHistograms(positives, negatives))
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    try:
+        prometheus.scrape(f"127.0.0.1:{port}")
+        query = auc_expr(window=None)
+        for variable in ("$job", "$namespace", "$model_version"):
+            query = query.replace(variable, ".*")
+        result = prometheus.wait_for(query, lambda r: len(r) == 2)
+    finally:
+        server.shutdown()
+        thread.join(5)
+    got = {r["metric"]["arm"]: float(r["value"][1]) for r in result}
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert got["baseline"] > got["candidate"] > 0.5  # the baseline separates the classes better

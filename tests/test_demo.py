@@ -5,11 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from kpigate.audit import verify
+from kpigate.audit import read_records, verify
+from kpigate.casestudy import RunnerTrigger
+from kpigate.cli import main
+from kpigate.demo import POSITIVES_PER_WINDOW, describe, size_windows
+from kpigate.policy import load_policy
+from kpigate.steps.promote_or_rollback import Outcome
+from tests.trail_helpers import EXAMPLES
 
 
 def test_recorded_demo_replays_both_scenarios() -> None:
@@ -19,7 +28,75 @@ def test_recorded_demo_replays_both_scenarios() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "promoted to 100%: the candidate is champion" in done.stdout
-    assert "rolled back: the baseline kept serving" in done.stdout
+    assert "rolled back for harm on recall at 25%: the baseline kept serving" in done.stdout
+
+
+def test_recorded_demo_with_a_workdir_writes_the_trail_and_reports_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--recorded", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"report (bad): {tmp_path / 'report-bad.html'}" in out
+    assert verify(tmp_path / "audit.jsonl").ok
+    actions = [r["action"] for r in read_records(tmp_path / "audit.jsonl") if r["type"] == "action"]
+    assert actions == ["promote", "rollback"]
+    assert "for harm" in (tmp_path / "report-bad.html").read_text()
+    assert "promoted to 100%" in (tmp_path / "report-good.html").read_text()
+    assert main(["demo", "--recorded", "--workdir", str(tmp_path)]) == 2  # never appended twice
+    assert "already holds an audit trail" in capsys.readouterr().err
+    assert len(read_records(tmp_path / "audit.jsonl")) == 2 + sum(
+        1 for line in (EXAMPLES / "fraud-rollout.jsonl").read_text().splitlines() if line.strip()
+    )
+
+
+def test_windows_are_sized_to_the_measured_rate() -> None:
+    policy = load_policy(EXAMPLES / "demo-policy.yaml")
+    fast, capped, crawl = (size_windows(rate, 0.5, policy) for rate in (400.0, 50.0, 10.0))
+    assert fast.interval_s == 2.0  # the floor: the latency spike and soak still read well
+    assert capped.interval_s == POSITIVES_PER_WINDOW / (50 * 0.5) == 16.0
+    assert capped.rate * 0.5 * capped.interval_s == POSITIVES_PER_WINDOW  # labelled frauds
+    assert not capped.slow and crawl.slow
+    assert capped.looks == (24, 48)  # four stages of six looks; plus max_holds 6 each
+    assert "too slow for a short demo" in describe(crawl, 400)
+    assert "answers 50 requests/s here (400 asked for): windows of 16 s" in describe(capped, 400)
+
+
+def test_waiting_for_a_rollout_never_joins_an_unstarted_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race of issue 14: `wait()` found the rollout's thread before it was started and
+    joined it ("cannot join thread before it is started")."""
+    started = threading.Event()
+    real_start = threading.Thread.start
+
+    def slow_start(self: threading.Thread) -> None:
+        started.set()
+        time.sleep(0.3)  # a busy machine between creating the thread and starting it
+        real_start(self)
+
+    class QuickRunner:
+        def run(self, version: str) -> Outcome:
+            return Outcome("promote", version, "fine")
+
+    trigger = RunnerTrigger(lambda name, version: QuickRunner(), tmp_path)  # type: ignore[arg-type,return-value]
+    results: list[Any] = []
+
+    def waiter() -> None:
+        try:
+            results.append(trigger.wait("m", "2", timeout_s=10))
+        except BaseException as exc:
+            results.append(exc)
+
+    monkeypatch.setattr(threading.Thread, "start", slow_start)
+    starter = threading.Thread(target=trigger.start, args=("m", "2"))
+    real_start(starter)
+    started.wait(5)
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    watcher = threading.Thread(target=waiter)
+    watcher.start()
+    starter.join(10)
+    watcher.join(10)
+    assert results == [Outcome("promote", "2", "fine")]
 
 
 TOKEN = "admin-token-never-logged-5b1e"
@@ -27,6 +104,7 @@ SECRET = "webhook-secret-never-logged-93aa"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_live_bad_scenario_rolls_back_on_real_parts(tmp_path: Path) -> None:
     """MLflow server, router, relay, webhook, runner, traffic: the bad candidate is rolled back,
     every request is answered, the audit trail verifies, the report is written, and neither
@@ -35,10 +113,11 @@ def test_live_bad_scenario_rolls_back_on_real_parts(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "kpigate.cli", "demo", "--scenario", "bad",
          "--workdir", str(tmp_path)],
-        capture_output=True, text=True, check=False, timeout=300, env=env,
+        capture_output=True, text=True, check=False, timeout=840, env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "bad: ROLLBACK" in done.stdout
+    assert "bad: rolled back for harm on recall" in done.stdout
+    assert "requests/s here" in done.stdout and "MLflow UI at http://127.0.0.1:" in done.stdout
     assert ", 0 failed," in done.stdout  # the baseline kept serving throughout
     assert verify(tmp_path / "audit.jsonl").ok
     assert (tmp_path / "report-bad.html").read_text().count("<svg") >= 2
@@ -48,3 +127,19 @@ def test_live_bad_scenario_rolls_back_on_real_parts(tmp_path: Path) -> None:
         assert TOKEN not in text and SECRET not in text
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", "the demo left processes running"
+
+
+def test_the_rate_is_measured_on_the_routers_own_counter(start_router: Any) -> None:
+    from kpigate.casestudy import measure_rate, served_count
+    from tests.test_runner import Traffic
+
+    router = start_router()
+    with pytest.raises(RuntimeError, match="no traffic reached the router"):
+        measure_rate(router.url, seconds=0.1, warmup_timeout_s=0.3)
+    with Traffic(router) as traffic:
+        rate = measure_rate(router.url, seconds=1.0)
+        served = served_count(router.url)
+    assert rate > 0
+    assert (
+        0 < served <= traffic.sent + 40
+    )  # answers counted, shadow copies not (one batch in flight)

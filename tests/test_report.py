@@ -120,3 +120,34 @@ def test_trail_appends_survive_a_report_read(tmp_path: Path) -> None:
     render_report(read_records(path), "bad")
     AuditTrail(path).append({"type": "action", "rollout": "bad", "action": "resume"})
     assert verify(path).ok
+
+
+def test_actions_read_as_text_and_a_zero_estimate_has_no_sign(tmp_path: Path) -> None:
+    path = tmp_path / "trail.jsonl"
+    replayed_trail(path, ("bad",))
+    records = read_records(path)
+    records.insert(1, {"type": "action", "rollout": "bad", "action": "deploy", "stage": 5.0,
+                       "actor": "me", "detail": {"weight": 5.0, "mode": "canary"}})  # fmt: skip
+    last = next(r for r in reversed(records) if r["type"] == "decision")
+    last["kpis"]["error_rate"]["estimate"] = -0.0
+    page = render_report(records, "bad")
+    assert "deploy</b> at 5% by me: weight=5, mode=canary</li>" in page
+    assert "{&#x27;weight&#x27;" not in page and "{'weight'" not in page
+    row = re.search(r"<tr><td>error_rate</td>.*?</tr>", page)
+    assert row is not None and "<td class='num'>+0</td>" in row.group(0)
+    assert not re.search(r"class='num'>[^<]*-0[<,\]]", page)  # no "-0" in any number cell
+
+
+def test_a_timeout_rollback_is_told_apart_from_a_harm_rollback(tmp_path: Path) -> None:
+    path = tmp_path / "trail.jsonl"
+    replayed_trail(path, ("bad",))
+    records = read_records(path)
+    assert "rolled back at 25% (window 8) for harm" in render_report(records, "bad")
+    last = next(r for r in reversed(records) if r["type"] == "decision")
+    last["reasons"] = ["recall: burn-in: 24 of 30 candidate samples",
+                       "no decision after 6 holds past the soak (max_holds): rolling back"]  # fmt: skip
+    last["cause"] = "timeout"  # the engine's cause
+    page = render_report(records, "bad")
+    assert "for lack of evidence: max_holds ran out" in page and "for harm" not in page
+    del last["cause"]  # a trail written before decisions had a cause: read from the reasons
+    assert "for lack of evidence" in render_report(records, "bad")

@@ -8,6 +8,8 @@
   KPIGATE_NOTIFY_PER_MINUTE    Slack rate limit, messages per minute (default 6)
   KPIGATE_NOTIFY_DEDUP_S       same message within this many seconds is sent once (600)
   KPIGATE_NOTIFY_CONSOLE       1: print to stderr as well (default: only without Slack/PD)
+  KPIGATE_GRAFANA_URL + KPIGATE_GRAFANA_TOKEN   decisions as dashboard annotations
+  KPIGATE_GRAFANA_DASHBOARD_UID  the dashboard to annotate (kpigate/observability/annotations.py)
 
 Each secret may instead come from a file, as Kubernetes mounts them: NAME_FILE=/path.
 A misconfigured channel is logged and left out; the rollout goes on with the others.
@@ -119,6 +121,16 @@ def dispatcher_from_env(
         console = env.get("KPIGATE_NOTIFY_CONSOLE", "").strip() in {"1", "true", "yes"}
     if console or not channels:
         channels.append(Channel("console", ConsoleNotifier(stream)))
+    # Annotations are not a place people are told things: they do not turn the console off.
+    from kpigate.observability.annotations import annotator_from_env
+
+    try:
+        annotator = annotator_from_env(env, read_secret)
+    except NotifyError as exc:
+        log.error("grafana annotations are off: %s", redact(str(exc)))
+        annotator = None
+    if annotator is not None:
+        channels.append(Channel("grafana", annotator))
     if trail is not None:
         to_trail = TrailNotifier(trail, actor or default_actor(env))
         channels.append(Channel("audit", to_trail, dedup=False))

@@ -5,10 +5,17 @@ series per arm and model version; the top row shows the candidate's weight and t
 mode. Stage changes (the weight moving) and mode switches come as annotations from Prometheus;
 gate decisions as annotations tagged `kpigate` that the pipeline posts to Grafana's API.
 
-Per-arm KPIs read the 5m recording rules in manifests/prometheus/kpigate-recording.rules.yaml
-(load them into the same Prometheus); per-segment KPIs query raw counters over 30m, since a
-segment's labelled volume is small. `kpigate render-dashboard` writes the JSON that Grafana
-imports (manifests/grafana/kpigate.json); `--check` fails when the checked-in file is stale.
+Variables pick the scrape job, the namespace (the label Kubernetes service discovery adds to a
+target) and the model versions, so two routers in one Prometheus do not mix; every panel reads
+raw counters under that selector (the recording rules aggregate those labels away; they serve
+the alerts). Per-arm KPIs use 5m rates; per-segment KPIs and the AUC 30m and 10m, since their
+labelled volume is small. The AUC panel is the ROC AUC computed in PromQL from the
+kpigate_labeled_score histograms, as the gate computes it (kpigate/engine/evidence.py), on a
+subset of the buckets. The "Gate" row reads the gate's own series (`kpigate status
+--serve-metrics`, kpigate/observability/gate_metrics.py): stage, decision, holds and each
+KPI's confidence bounds against its margin. `kpigate render-dashboard` writes the JSON that
+Grafana imports (manifests/grafana/kpigate.json); `--check` fails when the checked-in file is
+stale.
 
 examples:
   kpigate render-dashboard                       write manifests/grafana/kpigate.json
@@ -24,66 +31,45 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dash
-from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.builders import stat, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
+from kpigate.observability.panels import (
+    ARM_LEGEND,
+    DATASOURCE,
+    SHADOW_LEGEND,
+    gate_row,
+    query,
+    series,
+    variables,
+)
+from kpigate.observability.promql import (
+    AUC_BOUNDS,
+    AUC_WINDOW,
+    SEL,
+    TARGET,
+    auc_expr,
+    error_ratio,
+    outcome_ratio,
+    rate_ratio,
+)
+
 DEFAULT_OUT = Path("manifests/grafana/kpigate.json")
 UID = "kpigate-rollout"
-DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
-ARM_LEGEND = "{{arm}} v{{model_version}}"
-SHADOW_LEGEND = "{{arm}} v{{model_version}} shadow={{shadow}}"
-# Raw-counter window for per-segment KPIs: a region's fraud volume is a few per minute.
 SEGMENT_WINDOW = "30m"
 
 
-def _query(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
-    return (
-        prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).datasource(DATASOURCE)
-    )
-
-
-def _series(
-    title: str, description: str, queries: list[prometheus.Dataquery], unit: str, width: int = 8
-) -> timeseries.Panel:
-    panel = (
-        timeseries.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
-        .unit(unit)
-        .height(8)
-        .span(width)
-        .line_width(2)
-        .fill_opacity(0)
-        .show_points(common.VisibilityMode.NEVER)
-        .legend(
-            common_builders.VizLegendOptions()
-            .display_mode(common.LegendDisplayMode.TABLE)
-            .placement(common.LegendPlacement.BOTTOM)
-            .show_legend(True)
-            .calcs(["lastNotNull", "mean"])
-        )
-    )
-    for query in queries:
-        panel = panel.with_target(query)
-    if unit == "percentunit":
-        panel = panel.min(0).max(1)
-    return panel
-
-
-def _ratio(metric: str, title: str, description: str, width: int = 6) -> timeseries.Panel:
-    """A per-arm ratio from a recording rule that keeps the shadow label."""
-    expr = f"arm_version:{metric}:ratio_rate5m"
-    return _series(title, description, [_query(expr, SHADOW_LEGEND)], "percentunit", width)
+def _ratio(expr: str, title: str, description: str, width: int = 6) -> timeseries.Panel:
+    """A per-arm ratio that keeps the shadow label."""
+    return series(title, description, [query(expr, SHADOW_LEGEND)], "percentunit", width)
 
 
 def _segment_ratio(num: str, den: str, dimension: str, title: str, what: str) -> timeseries.Panel:
     """Recall or FPR per arm and segment value (region=.., amount_band=..), served answers."""
-    sel = f'shadow="false",segment=~"{dimension}=.*"'
+    sel = f'{SEL},shadow="false",segment=~"{dimension}=.*"'
     window = SEGMENT_WINDOW
 
     def total(outcomes: str) -> str:
@@ -93,11 +79,11 @@ def _segment_ratio(num: str, den: str, dimension: str, title: str, what: str) ->
         )
 
     expr = f"{total(num)} / {total(den)}"
-    return _series(
+    return series(
         title,
         f"{what} per arm and {dimension} over {window} of joined labels (served answers). "
         "A gap between segments that the overall KPI hides is the ethical risk to watch.",
-        [_query(expr, "{{arm}} {{segment}}")],
+        [query(expr, "{{arm}} {{segment}}")],
         "percentunit",
         width=12,
     )
@@ -109,7 +95,7 @@ def _state_row(d: dash.Dashboard) -> dash.Dashboard:
         .title("Candidate weight")
         .description("Share of entities routed to the candidate (0 when detached).")
         .datasource(DATASOURCE)
-        .with_target(_query("max(kpigate_candidate_weight_percent)", "weight"))
+        .with_target(query(f"max(kpigate_candidate_weight_percent{{{TARGET}}})", "weight"))
         .unit("percent")
         .min(0)
         .max(100)
@@ -122,7 +108,7 @@ def _state_row(d: dash.Dashboard) -> dash.Dashboard:
         .title("Routing mode")
         .description("canary: the candidate answers its share; shadow: it scores copies only.")
         .datasource(DATASOURCE)
-        .with_target(_query("max by (mode) (kpigate_mode) == 1", "{{mode}}").instant())
+        .with_target(query(f"max by (mode) (kpigate_mode{{{TARGET}}}) == 1", "{{mode}}").instant())
         .height(5)
         .span(4)
         .text_mode(common.BigValueTextMode.NAME)
@@ -134,17 +120,19 @@ def _state_row(d: dash.Dashboard) -> dash.Dashboard:
         .description("Model version per arm, from kpigate_model_info.")
         .datasource(DATASOURCE)
         .with_target(
-            _query("max by (arm, model_version) (kpigate_model_info)", ARM_LEGEND).instant()
+            query(
+                f"max by (arm, model_version) (kpigate_model_info{{{SEL}}})", ARM_LEGEND
+            ).instant()
         )
         .height(5)
         .span(6)
         .text_mode(common.BigValueTextMode.NAME)
         .graph_mode(common.BigValueGraphMode.NONE)
     )
-    weight_over_time = _series(
+    weight_over_time = series(
         "Candidate weight over time",
         "Each step is a stage (5 -> 25 -> 50 -> 100%); a drop to 0 is a rollback or detach.",
-        [_query("max(kpigate_candidate_weight_percent)", "candidate weight")],
+        [query(f"max(kpigate_candidate_weight_percent{{{TARGET}}})", "candidate weight")],
         "percent",
         width=10,
     ).height(5)
@@ -158,27 +146,29 @@ def _state_row(d: dash.Dashboard) -> dash.Dashboard:
 
 
 def _performance_row(d: dash.Dashboard) -> dash.Dashboard:
-    auc_proxy = (
-        "(1 + arm_version:kpigate_recall:ratio_rate5m - arm_version:kpigate_fpr:ratio_rate5m) / 2"
-    )
     return (
         d.with_row(dash.Row("Performance (delayed labels)"))
-        .with_panel(_ratio("kpigate_recall", "Recall", "Fraud caught: tp / (tp + fn)."))
+        .with_panel(_ratio(outcome_ratio("tp", "tp|fn"), "Recall", "Fraud caught: tp / (tp + fn)."))
         .with_panel(
-            _ratio("kpigate_precision", "Precision", "Fraud among declines: tp / (tp + fp).")
-        )
-        .with_panel(
-            _series(
-                "AUC proxy",
-                "(1 + TPR - FPR) / 2: the ROC AUC of the model at its operating threshold. "
-                "The gate computes the full AUC from kpigate_labeled_score buckets.",
-                [_query(auc_proxy, SHADOW_LEGEND)],
-                "percentunit",
-                width=6,
+            _ratio(
+                outcome_ratio("tp", "tp|fp"), "Precision", "Fraud among declines: tp / (tp + fp)."
             )
         )
         .with_panel(
-            _ratio("kpigate_fpr", "False positive rate", "Legitimate declined: fp / (fp + tn).")
+            _ratio(
+                auc_expr(),
+                "AUC",
+                f"ROC AUC from the scores of labelled predictions (kpigate_labeled_score) over "
+                f"{AUC_WINDOW}: the chance a fraud scores above a legitimate transaction, as the "
+                f"gate computes it, on {len(AUC_BOUNDS)} of the router's score buckets.",
+            )
+        )
+        .with_panel(
+            _ratio(
+                outcome_ratio("fp", "fp|tn"),
+                "False positive rate",
+                "Legitimate declined: fp / (fp + tn).",
+            )
         )
     )
 
@@ -187,27 +177,39 @@ def _operational_row(d: dash.Dashboard) -> dash.Dashboard:
     return (
         d.with_row(dash.Row("Operational"))
         .with_panel(
-            _series(
+            series(
                 "Latency p95",
                 "Time from request to answer, served answers only (shadow copies excluded).",
-                [_query("arm_version:kpigate_request_latency_seconds:p95_5m", ARM_LEGEND)],
+                [
+                    query(
+                        "histogram_quantile(0.95, sum by (arm, model_version, le) "
+                        f"(rate(kpigate_request_latency_seconds_bucket{{{SEL}}}[5m])))",
+                        ARM_LEGEND,
+                    )
+                ],
                 "s",
             )
         )
         .with_panel(
-            _series(
+            series(
                 "Error rate",
                 "Scoring failures (exception, timeout, stopped) over attempts. Candidate "
                 "failures fall back to the baseline.",
-                [_query("arm_version:kpigate_model_errors:ratio_rate5m", ARM_LEGEND)],
+                [query(error_ratio(), ARM_LEGEND)],
                 "percentunit",
             )
         )
         .with_panel(
-            _series(
+            series(
                 "Request rate",
                 "Served predictions per second (one per instance of a batch).",
-                [_query("arm_version:kpigate_requests:rate5m", ARM_LEGEND)],
+                [
+                    query(
+                        "sum by (arm, model_version) "
+                        f'(rate(kpigate_decisions_total{{{SEL},shadow="false"}}[5m]))',
+                        ARM_LEGEND,
+                    )
+                ],
                 "reqps",
             )
         )
@@ -219,7 +221,7 @@ def _business_row(d: dash.Dashboard) -> dash.Dashboard:
         d.with_row(dash.Row("Business"))
         .with_panel(
             _ratio(
-                "kpigate_approvals",
+                rate_ratio("kpigate_decisions_total", 'decision="approve"', 'decision=~".+"'),
                 "Approval rate",
                 "Transactions approved over decisions made.",
                 width=12,
@@ -227,7 +229,7 @@ def _business_row(d: dash.Dashboard) -> dash.Dashboard:
         )
         .with_panel(
             _ratio(
-                "kpigate_chargebacks",
+                outcome_ratio("fn", "fn|tn"),
                 "Chargeback rate",
                 "Fraud among approved, labelled transactions: fn / (fn + tn).",
                 width=12,
@@ -261,7 +263,7 @@ def _annotations(d: dash.Dashboard) -> dash.Dashboard:
         .datasource(DATASOURCE)
         .enable(True)
         .icon_color("blue")
-        .expr("changes(max(kpigate_candidate_weight_percent)[2m:15s]) > 0")
+        .expr(f"changes(max(kpigate_candidate_weight_percent{{{TARGET}}})[2m:15s]) > 0")
     )
     mode = (
         dash.AnnotationQuery()
@@ -269,7 +271,7 @@ def _annotations(d: dash.Dashboard) -> dash.Dashboard:
         .datasource(DATASOURCE)
         .enable(True)
         .icon_color("purple")
-        .expr('changes(max(kpigate_mode{mode="shadow"})[2m:15s]) > 0')
+        .expr(f'changes(max(kpigate_mode{{{TARGET},mode="shadow"}})[2m:15s]) > 0')
     )
     decisions = (
         dash.AnnotationQuery()
@@ -297,7 +299,10 @@ def build() -> dict[str, Any]:
         .timezone("browser")
         .with_variable(dash.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
     )
-    for add in (_state_row, _performance_row, _operational_row, _business_row, _ethical_row):
+    d = variables(d)
+    for add in (
+        _state_row, gate_row, _performance_row, _operational_row, _business_row, _ethical_row
+    ):  # fmt: skip
         d = add(d)
     d = _annotations(d)
     model: dict[str, Any] = json.loads(json.dumps(d.build(), cls=JSONEncoder))

@@ -124,7 +124,9 @@ class MlflowRegistry:
             versions = self.client.search_model_versions(f"name = '{name}'", max_results=20)
         except MlflowException:
             return "unknown"
-        return ", ".join(sorted((v.version for v in versions), key=int)) or "none"
+        # MLflow's file store gives versions as int, its REST client as str: sort by number.
+        numbers = sorted({int(v.version) for v in versions})
+        return ", ".join(str(n) for n in numbers) or "none"
 
     def get_aliases(self, name: str) -> dict[str, str]:
         try:
