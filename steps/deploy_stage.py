@@ -2,6 +2,9 @@
 
 Backends: the kpigate router (admin API), KServe, Seldon Core v1 and Istio (kpigate/backends/).
 Idempotent: setting the weight the backend already has changes nothing.
+
+Output (file under --out-dir): deployed, the version, written before traffic changes: it is
+what the exit handler rolls back (only what this workflow deployed).
 """
 
 from __future__ import annotations
@@ -12,7 +15,16 @@ import sys
 from kpigate.backends.base import BackendError, TrafficBackend
 from kpigate.backends.cli import add_backend_arguments, settings_from_args
 from kpigate.backends.factory import make_backend
-from kpigate.steps.common import BAD_INPUT, DONE, RETRY, fail, say, step_main
+from kpigate.steps.common import (
+    BAD_INPUT,
+    DONE,
+    RETRY,
+    add_out_dir,
+    fail,
+    say,
+    step_main,
+    write_outputs,
+)
 
 
 def deploy(backend: TrafficBackend, weight: float, mode: str) -> float:
@@ -31,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="canary: the candidate answers its share; shadow: it scores a copy",
     )
     parser.add_argument("--model-name", default="", help="default resource name for Kubernetes")
+    parser.add_argument("--model-version", default="", help="the version (output: deployed)")
     add_backend_arguments(parser)
+    add_out_dir(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         return fail("deploy-stage", problem, BAD_INPUT)
     try:
         backend = make_backend(settings_from_args(args, default_resource=args.model_name))
+        write_outputs(args.out_dir, deployed=args.model_version)
         applied = deploy(backend, args.weight, args.mode)
     except BackendError as exc:
         return fail("deploy-stage", exc, RETRY)

@@ -83,10 +83,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
     parser.add_argument("--policy", default="", help="policy (to rebuild the audit trail)")
     parser.add_argument("--rollout-id", default="", help="rollout id (e.g. the workflow name)")
+    parser.add_argument(
+        "--if-deployed",
+        action="store_true",
+        help="roll back only when --model-version names a deployed version (the exit handler)",
+    )
     add_backend_arguments(parser)
 
 
+def nothing_deployed(version: str) -> bool:
+    """An empty version, or Argo's unresolved `{{workflow.outputs.parameters.deployed}}` (left
+    as text when no deploy-stage ran: workflow/common/util.go SubstituteParams)."""
+    return not version.strip() or version.lstrip().startswith("{{")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.if_deployed and nothing_deployed(args.model_version):
+        say("nothing was deployed by this rollout: nothing to roll back")
+        return DONE
     try:
         backend = make_backend(settings_from_args(args, default_resource=args.model_name))
     except BackendError as exc:

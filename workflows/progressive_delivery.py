@@ -7,24 +7,30 @@ Shape (stages unrolled from policy.stages):
            gate-t PROMOTE  -> next stage (before the last one: optional manual approval)
            gate-t other    -> rollback-t -> rolled-back-t (fails the workflow on purpose)
       -> promote (after the last stage's PROMOTE)
-    onExit: roll back when the workflow did not succeed (failed, errored or stopped)
+    onExit: roll back when the workflow did not succeed (failed, errored or stopped), and only
+            if it deployed the candidate (deploy-stage's global output `deployed`)
 
 Every edge is gated on `<task>.Succeeded` (never a bare `depends: <task>`, which Argo also
 satisfies when the task was skipped) and, after a gate, on the gate's decision.
 
 Evidence (the per-window KPI counts collected so far) lives outside the pods, at the URI passed
 to soak-and-collect, evaluate-gate and promote-or-rollback as `--evidence`:
-`<evidence-store>/<model-name>/<model-version>/<workflow name>`. With the default store
+`<evidence-store>/<model-name>/<version>/<workflow name>`, where <version> is the number
+registry-approval resolved (the argument may be an alias or empty) and every later step takes as
+its input `version`. With the default store
 `mlflow://models` that is the candidate version's MLflow run artifacts; a path on a mounted
 volume works too. Keyed by the workflow's name, it survives step boundaries, step retries,
 resume after a suspend and `argo retry` (same name), while `argo resubmit` (a new name)
 starts a fresh rollout from the first stage with fresh evidence, as it redeploys from there.
 Argo artifacts would not do: a retried step cannot read outputs of its own failed attempt.
+
+Needs Argo Workflows >= 3.6 (`synchronization.mutexes`; reviewed against v3.7.10) and Hera
+>= 5.19, which knows the field (older Hera drops it silently, and the mutex with it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hera.workflows import (
@@ -58,8 +64,9 @@ ARGUMENTS: dict[str, tuple[str | None, str, list[str] | None]] = {
     "model-name": ("fraud", "Registered model name in the MLflow registry.", None),
     "model-version": (
         None,
-        "Model version to roll out, as registered in MLflow (e.g. 7). The MLflow trigger fills "
-        "it in from the registry event.",
+        "Model version to roll out: a number (e.g. 7), an alias, or empty for the alias "
+        "candidate. registry-approval resolves it once; every later step uses that number. The "
+        "MLflow trigger fills it in from the registry event.",
         None,
     ),
     "policy-configmap": (
@@ -89,7 +96,7 @@ ARGUMENTS: dict[str, tuple[str | None, str, list[str] | None]] = {
     "backend-resource": (
         "",
         "Name of the InferenceService, SeldonDeployment or VirtualService (empty: the model "
-        "name). Not used by the router backend.",
+        "name, for every step that changes traffic). Not used by the router backend.",
         None,
     ),
     "backend-baseline": (
@@ -157,10 +164,16 @@ def task_output(task: str, name: str) -> str:
     return "{{tasks." + task + ".outputs.parameters." + name + "}}"
 
 
-EVIDENCE = f"{wf('evidence-store')}/{wf('model-name')}/{wf('model-version')}/{{{{workflow.name}}}}"
+VERSION = "{{inputs.parameters.version}}"  # the number registry-approval resolved
+EVIDENCE = f"{wf('evidence-store')}/{wf('model-name')}/{VERSION}/{{{{workflow.name}}}}"
+# Set by deploy-stage before it first changes traffic (a global output, so the exit handler
+# sees it); unset, it stays the literal text (workflow/common/util.go SubstituteParams allows
+# unresolved globals) and promote-or-rollback --if-deployed rolls nothing back.
+DEPLOYED = "{{workflow.outputs.parameters.deployed}}"
+EXIT_EVIDENCE = f"{wf('evidence-store')}/{wf('model-name')}/{DEPLOYED}/{{{{workflow.name}}}}"
 
 # Backend settings, as passed to deploy-stage and promote-or-rollback (kpigate.backends.cli).
-BACKEND_ARGS = {
+BACKEND_ARGS: dict[str, str | None] = {
     "--backend": wf("backend"),
     "--namespace": wf("backend-namespace"),
     "--resource": wf("backend-resource"),
@@ -171,7 +184,9 @@ BACKEND_ARGS = {
 }
 
 # Steps exit 2 on bad input and 3 when they refuse (e.g. an unapproved version): retrying cannot
-# change either, so only crashes, pod errors and network failures are retried.
+# change either, so only crashes, pod errors and network failures are retried. No
+# backoff.maxDuration: it counts from the first attempt's start (workflow/controller/operator.go),
+# so a soak pod evicted after its 10-minute interval could never be retried.
 RETRY = RetryStrategy(
     limit=3,
     retry_policy="Always",
@@ -179,7 +194,7 @@ RETRY = RetryStrategy(
         "lastRetry.status == 'Error' || "
         "(asInt(lastRetry.exitCode) != 2 && asInt(lastRetry.exitCode) != 3)"
     ),
-    backoff=m.Backoff(duration="10s", factor=m.IntOrString(root=2), max_duration="5m"),
+    backoff=m.Backoff(duration="10s", factor=m.IntOrString(root=2)),
 )
 
 
@@ -191,20 +206,29 @@ def stage_slug(traffic: float) -> str:
 def _step_container(
     name: str,
     module: str,
-    flags: dict[str, str],
+    flags: Mapping[str, str | None],
     inputs: Sequence[str] = (),
     outputs: dict[str, str] | None = None,
     retry: bool = True,
+    global_outputs: dict[str, str] | None = None,
 ) -> Container:
     """A step that runs `python -m kpigate.steps.<module>` with the policy mounted."""
     return Container(
         name=name,
         image=wf("image"),
         command=["python", "-m", f"kpigate.steps.{module}"],
-        args=[item for flag, value in flags.items() for item in (flag, value)],
+        args=[
+            item
+            for flag, value in flags.items()
+            for item in ((flag,) if value is None else (flag, value))
+        ],
         inputs=[Parameter(name=n) for n in inputs],
         outputs=[
-            Parameter(name=n, value_from=m.ValueFrom(path=f"{OUT_DIR}/{f}"))
+            Parameter(
+                name=n,
+                value_from=m.ValueFrom(path=f"{OUT_DIR}/{f}"),
+                global_name=(global_outputs or {}).get(n),
+            )
             for n, f in (outputs or {}).items()
         ],
         env=[
@@ -275,10 +299,16 @@ def build(policy: Policy) -> WorkflowTemplate:
             "deploy_stage",
             {
                 **BACKEND_ARGS,
+                # The default resource name, as for promote-or-rollback (kpigate.backends.cli).
+                "--model-name": wf("model-name"),
+                "--model-version": VERSION,
                 "--weight": "{{inputs.parameters.weight}}",
                 "--mode": wf("traffic-mode"),
+                "--out-dir": OUT_DIR,
             },
-            inputs=["weight"],
+            inputs=["weight", "version"],
+            outputs={"deployed": "deployed"},
+            global_outputs={"deployed": "deployed"},
         )
         soak_and_collect = _step_container(
             "soak-and-collect",
@@ -292,7 +322,7 @@ def build(policy: Policy) -> WorkflowTemplate:
                 "--prometheus-url": wf("prometheus-url"),
                 "--evidence": EVIDENCE,
             },
-            inputs=["stage", "looks"],
+            inputs=["stage", "looks", "version"],
         )
         evaluate_gate = _step_container(
             "evaluate-gate",
@@ -303,16 +333,14 @@ def build(policy: Policy) -> WorkflowTemplate:
                 "--stage": "{{inputs.parameters.stage}}",
                 "--out-dir": OUT_DIR,
                 "--model-name": wf("model-name"),
-                "--model-version": wf("model-version"),
+                "--model-version": VERSION,
                 "--rollout-id": "{{workflow.name}}",
             },
-            inputs=["stage"],
-            outputs={
-                "decision": "decision",
-                "suspend": "suspend",
-                "looks": "looks",
-                "explanation": "explanation.json",
-            },
+            inputs=["stage", "version"],
+            # No explanation output: ~7.6 KB per look in the workflow status, read by nothing,
+            # pushes a long rollout toward etcd's object size limit. The log and the audit
+            # trail carry the explanation.
+            outputs={"decision": "decision", "suspend": "suspend", "looks": "looks"},
         )
         promote_or_rollback = _step_container(
             "promote-or-rollback",
@@ -320,32 +348,60 @@ def build(policy: Policy) -> WorkflowTemplate:
             {
                 "--action": "{{inputs.parameters.action}}",
                 "--model-name": wf("model-name"),
-                "--model-version": wf("model-version"),
+                "--model-version": VERSION,
                 **BACKEND_ARGS,
                 "--evidence": EVIDENCE,
                 "--policy": POLICY_FILE,
                 "--rollout-id": "{{workflow.name}}",
             },
-            inputs=["action"],
+            inputs=["action", "version"],
+        )
+        # The exit handler sees no task outputs: it rolls back the version deploy-stage
+        # reported, and nothing when no deploy ran (a rejection, a failure before 5%).
+        exit_rollback = _step_container(
+            "exit-rollback",
+            "promote_or_rollback",
+            {
+                "--action": "rollback",
+                "--if-deployed": None,
+                "--model-name": wf("model-name"),
+                "--model-version": DEPLOYED,
+                **BACKEND_ARGS,
+                "--evidence": EXIT_EVIDENCE,
+                "--policy": POLICY_FILE,
+                "--rollout-id": "{{workflow.name}}",
+            },
         )
         # Ends a rolled-back rollout as Failed, with the reason as the node's message, so a
         # rollback never looks like a quiet success in the UI, the CLI or a CI gate.
+        # FallbackToLogsOnError: the reason printed on exit becomes the container's termination
+        # message, which Argo appends to the node's message (workflow/controller/operator.go).
         rolled_back = Container(
             name="rolled-back",
             image=wf("image"),
             command=["python", "-c", "import sys; sys.exit(sys.argv[1])"],
             args=["{{inputs.parameters.reason}}"],
             inputs=[Parameter(name="reason")],
+            termination_message_policy="FallbackToLogsOnError",
         )
         wait_for_operator = Suspend(name="wait-for-operator")
+        # Inputs and a supplied output with a default, spelled out: Hera's intermediate
+        # parameters drop the default, and without one `argo resume` fails with "raw output
+        # parameter 'approve' has not been set" (workflow/util/util.go). Resuming the
+        # approval is the approval; `argo node set ... approve=no` then resume declines.
+        approve_help = "yes: go to the last stage (100%); no: roll back"
         ask_approval = Suspend(
             name="manual-approval",
-            intermediate_parameters=[
+            inputs=[
+                Parameter(
+                    name="approve", default="yes", enum=["yes", "no"], description=approve_help
+                )
+            ],
+            outputs=[
                 Parameter(
                     name="approve",
-                    default="no",
-                    enum=["yes", "no"],
-                    description="yes: go to the last stage (100%); no: roll back",
+                    description=approve_help,
+                    value_from=m.ValueFrom(supplied=m.SuppliedValueFrom(), default="yes"),
                 )
             ],
         )
@@ -359,7 +415,7 @@ def build(policy: Policy) -> WorkflowTemplate:
         # idempotent, so a retried collect step never adds a second window.
         with Steps(
             name="judge-stage",
-            inputs=[Parameter(name="stage")],
+            inputs=[Parameter(name="stage"), Parameter(name="version")],
             outputs=[
                 Parameter(
                     name="decision",
@@ -373,7 +429,7 @@ def build(policy: Policy) -> WorkflowTemplate:
                 )
             ],
         ):
-            stage = {"stage": "{{inputs.parameters.stage}}"}
+            stage = {"stage": "{{inputs.parameters.stage}}", "version": VERSION}
             Step(name="evaluate", template=evaluate_gate, arguments=stage)
             Step(
                 name="wait",
@@ -384,18 +440,10 @@ def build(policy: Policy) -> WorkflowTemplate:
             Step(
                 name="collect",
                 template=soak_and_collect,
-                arguments={
-                    "stage": "{{inputs.parameters.stage}}",
-                    "looks": "{{steps.evaluate.outputs.parameters.looks}}",
-                },
+                arguments={**stage, "looks": "{{steps.evaluate.outputs.parameters.looks}}"},
                 when=hold,
             )
-            Step(
-                name="rejudge",
-                template="judge-stage",
-                arguments={"stage": "{{inputs.parameters.stage}}"},
-                when=hold,
-            )
+            Step(name="rejudge", template="judge-stage", arguments=stage, when=hold)
 
         with Steps(
             name="approval-gate",
@@ -421,8 +469,7 @@ def build(policy: Policy) -> WorkflowTemplate:
         with Steps(name="exit-handler"):
             Step(
                 name="rollback-unless-succeeded",
-                template=promote_or_rollback,
-                arguments={"action": "rollback"},
+                template=exit_rollback,
                 when="{{workflow.status}} != Succeeded",
             )
 
@@ -447,8 +494,9 @@ def _rollout_tasks(
     rolled_back: Container,
 ) -> None:
     Task(name="registry-approval", template=registry_approval)
-    # The step exits 1 on rejection; should it ever succeed without approving, end Failed too.
+    # A rejection is an answer: the step exits 0 with approved=false, and this ends Failed.
     approved = task_output("registry-approval", "approved")
+    version = {"version": task_output("registry-approval", "version")}
     Task(
         name="rejected",
         template=rolled_back,
@@ -478,6 +526,7 @@ def _rollout_tasks(
                 f"declined-{slug}",
                 promote_or_rollback,
                 rolled_back,
+                version,
                 depends=f"{approve}.Succeeded",
                 when=f"{answer} != yes",
                 reason=f"rolled back: the operator declined the {stage.traffic:g}% stage",
@@ -487,7 +536,7 @@ def _rollout_tasks(
         Task(
             name=f"deploy-{slug}",
             template=deploy_stage,
-            arguments={"weight": f"{weight:g}"},
+            arguments={"weight": f"{weight:g}", **version},
             depends=after,
             when=when,
         )
@@ -495,14 +544,14 @@ def _rollout_tasks(
             name=f"soak-{slug}",
             template=soak_and_collect,
             # The first window only; judge-stage collects the rest of the soak look by look.
-            arguments={"stage": f"{stage.traffic:g}", "looks": "1"},
+            arguments={"stage": f"{stage.traffic:g}", "looks": "1", **version},
             depends=f"deploy-{slug}.Succeeded",
         )
         gate = f"gate-{slug}"
         Task(
             name=gate,
             template="judge-stage",
-            arguments={"stage": f"{stage.traffic:g}"},
+            arguments={"stage": f"{stage.traffic:g}", **version},
             depends=f"soak-{slug}.Succeeded",
         )
         # Anything but PROMOTE rolls back: a decision the template does not know must not
@@ -511,6 +560,7 @@ def _rollout_tasks(
             f"rollback-{slug}",
             promote_or_rollback,
             rolled_back,
+            version,
             depends=f"{gate}.Succeeded",
             when=f"{_decision(gate)} != promote",
             reason=f"rolled back at the {stage.traffic:g}% stage: the gate decided "
@@ -520,7 +570,7 @@ def _rollout_tasks(
     Task(
         name="promote",
         template=promote_or_rollback,
-        arguments={"action": "promote"},
+        arguments={"action": "promote", **version},
         depends=after,
         when=when,
     )
@@ -530,6 +580,7 @@ def _roll_back(
     name: str,
     promote_or_rollback: Container,
     rolled_back: Container,
+    version: dict[str, str],
     depends: str,
     when: str,
     reason: str,
@@ -537,7 +588,7 @@ def _roll_back(
     Task(
         name=name,
         template=promote_or_rollback,
-        arguments={"action": "rollback"},
+        arguments={"action": "rollback", **version},
         depends=depends,
         when=when,
     )
