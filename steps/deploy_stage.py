@@ -11,20 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
-from kpigate.backends.base import BackendError, TrafficBackend
+from kpigate.backends.base import TrafficBackend
 from kpigate.backends.cli import add_backend_arguments, settings_from_args
 from kpigate.backends.factory import make_backend
-from kpigate.steps.common import (
-    BAD_INPUT,
-    DONE,
-    RETRY,
-    add_out_dir,
-    fail,
-    say,
-    step_main,
-    write_outputs,
-)
+from kpigate.steps.common import DONE, StepError, add_out_dir, say, step_main, write_outputs
 
 
 def deploy(backend: TrafficBackend, weight: float, mode: str) -> float:
@@ -50,20 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.weight <= 100:
-        problem = ValueError(f"--weight must be in [0, 100], got {args.weight}")
-        return fail("deploy-stage", problem, BAD_INPUT)
-    try:
-        backend = make_backend(settings_from_args(args, default_resource=args.model_name))
-        write_outputs(args.out_dir, deployed=args.model_version)
-        applied = deploy(backend, args.weight, args.mode)
-    except BackendError as exc:
-        return fail("deploy-stage", exc, RETRY)
+        raise StepError(f"--weight must be in [0, 100], got {args.weight}")
+    backend = make_backend(settings_from_args(args, default_resource=args.model_name))
+    write_outputs(args.out_dir, deployed=args.model_version)
+    applied = deploy(backend, args.weight, args.mode)
     say(f"candidate weight {applied:g}% ({args.mode}) on {args.backend}")
     return DONE
 
 
-def main() -> int:
-    return step_main("deploy_stage", __doc__, add_arguments, run)
+def main(argv: Sequence[str] | None = None) -> int:
+    return step_main("deploy_stage", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

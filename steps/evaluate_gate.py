@@ -5,7 +5,8 @@ same code as `kpigate replay`, and writes the latest decision with its explanati
 is a pure function of the evidence, so a retry or rerun gives the same answer.
 
 Outputs (files under --out-dir): decision (promote|hold|rollback), suspend (true|false),
-looks (the windows this stage needs for one more look, for the HOLD loop), explanation.json.
+looks (the windows this stage needs for one more look, for the HOLD loop). The explanation (every
+KPI's verdict and bounds) is printed as one JSON line in the log.
 With --model-name, the decision is also notified (a hold on a failing KPI as a warning, a stage
 passed as info, a rollback as critical; routine soaking looks send nothing), through Slack,
 PagerDuty or the console as the environment says (kpigate/notify/factory.py).
@@ -16,23 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from kpigate.engine import Decision, GateDecision
 from kpigate.policy import Policy
 from kpigate.replay import LineError, Replayer, decision_record, replay_lines
 from kpigate.steps.common import (
-    BAD_INPUT,
     DONE,
     StepError,
     add_out_dir,
-    fail,
     read_policy,
     say,
     step_main,
     write_outputs,
 )
-from kpigate.store import StoreError, open_store
+from kpigate.store import open_store
 
 
 def judge_evidence(policy: Policy, records: list[dict[str, Any]], stage: float) -> GateDecision:
@@ -69,23 +69,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    policy = read_policy(args.policy)
+    records = open_store(args.evidence, args.tracking_uri).read()
     try:
-        policy = read_policy(args.policy)
-        records = open_store(args.evidence, args.tracking_uri).read()
         decision = judge_evidence(policy, records, args.stage)
-    except (StepError, StoreError) as exc:
-        return fail("evaluate-gate", exc, BAD_INPUT)
     except LineError as exc:
-        return fail("evaluate-gate", StepError(f"evidence {args.evidence} is corrupt: {exc}"))
+        raise StepError(f"evidence {args.evidence} is corrupt: {exc}") from None
     stage_windows = sum(1 for r in records if float(r.get("stage", -1)) == args.stage)
-    explanation = decision_record("", decision)
     write_outputs(
         args.out_dir,
         decision=decision.decision.value,
         suspend=str(decision.suspend).lower(),
         looks=stage_windows + 1,
-        explanation=explanation,
     )
+    # The explanation goes to the log only: as an output it bloated the workflow status.
+    say(json.dumps(decision_record("", decision), separators=(",", ":")))
     say(f"{decision.decision.value.upper()} at {args.stage:g}% (window {decision.window}):")
     for reason in decision.reasons:
         say(f"  {reason}")
@@ -107,8 +105,8 @@ def notify(args: argparse.Namespace, decision: GateDecision) -> None:
         say(f"warning: notification failed ({type(exc).__name__}: {exc})")
 
 
-def main() -> int:
-    return step_main("evaluate_gate", __doc__, add_arguments, run)
+def main(argv: Sequence[str] | None = None) -> int:
+    return step_main("evaluate_gate", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kpigate.backends.base import BackendError, TrafficBackend
+from kpigate.backends.base import TrafficBackend
 from kpigate.backends.cli import add_backend_arguments, settings_from_args
 from kpigate.backends.factory import make_backend
-from kpigate.registry.base import CHAMPION, Registry, RegistryError
-from kpigate.steps.common import BAD_INPUT, DONE, RETRY, fail, say, step_main
+from kpigate.registry.base import CHAMPION, Registry
+from kpigate.steps.common import DONE, StepError, say, step_main
 from kpigate.store import StoreError, open_store
 
 OUTCOME_TAG = "kpigate.rollout"
@@ -58,9 +59,13 @@ def rollback(
     backend.set_weight(0.0)
     backend.detach()
     if registry is not None and version:
-        registry.set_tag(name, version, OUTCOME_TAG, "rolled_back")
-        registry.set_tag(name, version, REASON_TAG, reason[:4000])
+        tag_rolled_back(registry, name, version, reason)
     return Outcome("rollback", version, reason)
+
+
+def tag_rolled_back(registry: Registry, name: str, version: str, reason: str) -> None:
+    registry.set_tag(name, version, OUTCOME_TAG, "rolled_back")
+    registry.set_tag(name, version, REASON_TAG, reason[:4000])
 
 
 def last_reason(evidence_uri: str, tracking_uri: str | None) -> str:
@@ -101,25 +106,22 @@ def run(args: argparse.Namespace) -> int:
     if args.if_deployed and nothing_deployed(args.model_version):
         say("nothing was deployed by this rollout: nothing to roll back")
         return DONE
-    try:
-        backend = make_backend(settings_from_args(args, default_resource=args.model_name))
-    except BackendError as exc:
-        return fail("promote-or-rollback", exc, BAD_INPUT)
     from kpigate.registry.mlflow import MlflowRegistry
 
-    try:
+    if args.action == "promote" and not args.model_version:
+        raise StepError("promote needs --model-version")
+    backend = make_backend(settings_from_args(args, default_resource=args.model_name))
+    if args.action == "promote":
         registry = MlflowRegistry(args.tracking_uri)
-        if args.action == "promote":
-            if not args.model_version:
-                return fail(
-                    "promote-or-rollback", ValueError("promote needs --model-version"), BAD_INPUT
-                )
-            outcome = promote(backend, registry, args.model_name, args.model_version)
-        else:
-            reason = args.reason or last_reason(args.evidence, args.tracking_uri)
-            outcome = rollback(backend, registry, args.model_name, args.model_version, reason)
-    except (BackendError, RegistryError) as exc:
-        return fail("promote-or-rollback", exc, RETRY)
+        outcome = promote(backend, registry, args.model_name, args.model_version)
+    else:
+        reason = args.reason or last_reason(args.evidence, args.tracking_uri)
+        # Traffic first, before the registry is even reached: with MLflow down the baseline
+        # still takes all traffic, and the retry (exit 1) only has the tags left to write.
+        outcome = rollback(backend, None, args.model_name, args.model_version, reason)
+        registry = MlflowRegistry(args.tracking_uri)
+        if args.model_version:
+            tag_rolled_back(registry, args.model_name, args.model_version, reason)
     say(f"{outcome.action.upper()}: {outcome.reason}")
     if args.policy and args.model_version:
         record(args, registry, outcome)
@@ -163,8 +165,8 @@ def record(args: argparse.Namespace, registry: Registry, outcome: Outcome) -> No
         say(f"warning: could not record the rollout ({type(exc).__name__}: {exc})")
 
 
-def main() -> int:
-    return step_main("promote_or_rollback", __doc__, add_arguments, run)
+def main(argv: Sequence[str] | None = None) -> int:
+    return step_main("promote_or_rollback", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

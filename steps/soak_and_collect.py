@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from kpigate.policy import Policy
 from kpigate.sources import catalogue
 from kpigate.sources.base import MetricsSource, SourceError
-from kpigate.steps.common import BAD_INPUT, DONE, StepError, fail, read_policy, say, step_main
-from kpigate.store import EvidenceStore, StoreError, open_store
+from kpigate.steps.common import DONE, StepError, read_policy, say, step_main
+from kpigate.store import EvidenceStore, open_store
 
 
 def make_source(args: argparse.Namespace, policy: Policy) -> MetricsSource:
@@ -118,38 +118,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        policy = read_policy(args.policy)
-        stage_spec = policy.stage_for(args.stage)
-        if stage_spec is None:
-            raise StepError(f"stage {args.stage:g}% is not in the policy's stages")
-        for kpi in policy.kpis:
-            catalogue.check(kpi)
-        looks = args.looks or stage_spec.looks
-        interval = args.interval or stage_spec.interval
-        store = open_store(args.evidence, args.tracking_uri)
-        rollout = args.rollout or args.evidence.rstrip("/").rsplit("/", 1)[-1]
-        source = make_source(args, policy)
-    except (StepError, catalogue.CatalogueError, StoreError) as exc:
-        return fail("soak-and-collect", exc, BAD_INPUT)
+    policy = read_policy(args.policy)
+    stage_spec = policy.stage_for(args.stage)
+    if stage_spec is None:
+        raise StepError(f"stage {args.stage:g}% is not in the policy's stages")
+    for kpi in policy.kpis:
+        catalogue.check(kpi)
+    looks = args.looks or stage_spec.looks
+    interval = args.interval or stage_spec.interval
+    store = open_store(args.evidence, args.tracking_uri)
+    rollout = args.rollout or args.evidence.rstrip("/").rsplit("/", 1)[-1]
+    source = make_source(args, policy)
 
     def progress(record: dict[str, Any]) -> None:
         state = "stale: " + record.get("note", "") if record.get("stale") else "ok"
         say(f"window {record['window']} at {args.stage:g}%: {state}")
 
     say(f"soaking at {args.stage:g}%: up to {looks} windows of {interval:g}s ({source.name})")
-    try:
-        added = soak(
-            policy, store, source, args.stage, looks, interval, rollout, on_window=progress
-        )
-    except StoreError as exc:
-        return fail("soak-and-collect", exc)
+    added = soak(policy, store, source, args.stage, looks, interval, rollout, on_window=progress)
     say(f"collected {added} window(s); the stage has at least {looks}")
     return DONE
 
 
-def main() -> int:
-    return step_main("soak_and_collect", __doc__, add_arguments, run)
+def main(argv: Sequence[str] | None = None) -> int:
+    return step_main("soak_and_collect", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
