@@ -18,6 +18,7 @@ from typing import Any
 
 from kpigate.errors import Kind, KpigateError
 from kpigate.policy import Policy, PolicyError, load_policy
+from kpigate.registry.base import Registry
 
 DONE = 0
 RETRY, BAD_INPUT, REFUSED = (k.exit_code for k in (Kind.UNAVAILABLE, Kind.BAD_INPUT, Kind.REFUSED))
@@ -85,6 +86,26 @@ def step_main(
         what = {RETRY: "retryable", BAD_INPUT: "bad input", REFUSED: "refused"}[code]
         print(f"{step}: {error} [{what}, exit {code}]", file=sys.stderr, flush=True)
         return code
+
+
+# Set on the version by a rollback, with the rollout (workflow) id as its value: `argo retry`
+# keeps the workflow's name and its Succeeded deploys (FormulateRetryWorkflow, argo-workflows
+# workflow/util/util.go), so without this a retried soak would measure a candidate the rollback
+# had already set to 0% and detached. `argo resubmit` (a new name) starts afresh.
+ROLLED_BACK_BY_TAG = "kpigate.rolled_back_by"
+
+
+def refuse_if_rolled_back(registry: Registry, name: str, version: str, rollout_id: str) -> None:
+    """Exit 3 when this very rollout was already rolled back."""
+    if not (rollout_id and version):
+        return
+    if registry.get_tags(name, version).get(ROLLED_BACK_BY_TAG) == rollout_id:
+        raise StepError(
+            f"rollout {rollout_id} of {name} v{version} was rolled back; `argo retry` cannot "
+            "resume it (the candidate has no traffic): start a new rollout with `argo resubmit` "
+            "or `kpigate submit`",
+            kind=Kind.REFUSED,
+        )
 
 
 def add_out_dir(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,15 @@ from collections.abc import Sequence
 from kpigate.backends.base import TrafficBackend
 from kpigate.backends.cli import add_backend_arguments, settings_from_args
 from kpigate.backends.factory import make_backend
-from kpigate.steps.common import DONE, StepError, add_out_dir, say, step_main, write_outputs
+from kpigate.steps.common import (
+    DONE,
+    StepError,
+    add_out_dir,
+    refuse_if_rolled_back,
+    say,
+    step_main,
+    write_outputs,
+)
 
 
 def deploy(backend: TrafficBackend, weight: float, mode: str) -> float:
@@ -36,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model-name", default="", help="default resource name for Kubernetes")
     parser.add_argument("--model-version", default="", help="the version (output: deployed)")
+    parser.add_argument(
+        "--rollout-id", default="", help="refuse to deploy if this rollout was rolled back"
+    )
+    parser.add_argument("--tracking-uri", default=None, help="MLflow (with --rollout-id)")
     add_backend_arguments(parser)
     add_out_dir(parser)
 
@@ -44,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.weight <= 100:
         raise StepError(f"--weight must be in [0, 100], got {args.weight}")
     backend = make_backend(settings_from_args(args, default_resource=args.model_name))
+    if args.rollout_id and args.model_version:
+        from kpigate.registry.mlflow import MlflowRegistry
+
+        registry = MlflowRegistry(args.tracking_uri)
+        refuse_if_rolled_back(registry, args.model_name, args.model_version, args.rollout_id)
     write_outputs(args.out_dir, deployed=args.model_version)
     applied = deploy(backend, args.weight, args.mode)
     say(f"candidate weight {applied:g}% ({args.mode}) on {args.backend}")

@@ -25,7 +25,7 @@ from kpigate.backends.base import TrafficBackend
 from kpigate.backends.cli import add_backend_arguments, settings_from_args
 from kpigate.backends.factory import make_backend
 from kpigate.registry.base import CHAMPION, Registry
-from kpigate.steps.common import DONE, StepError, say, step_main
+from kpigate.steps.common import DONE, ROLLED_BACK_BY_TAG, StepError, say, step_main
 from kpigate.store import StoreError, open_store
 
 OUTCOME_TAG = "kpigate.rollout"
@@ -63,9 +63,13 @@ def rollback(
     return Outcome("rollback", version, reason)
 
 
-def tag_rolled_back(registry: Registry, name: str, version: str, reason: str) -> None:
+def tag_rolled_back(
+    registry: Registry, name: str, version: str, reason: str, rollout_id: str = ""
+) -> None:
     registry.set_tag(name, version, OUTCOME_TAG, "rolled_back")
     registry.set_tag(name, version, REASON_TAG, reason[:4000])
+    if rollout_id:
+        registry.set_tag(name, version, ROLLED_BACK_BY_TAG, rollout_id)
 
 
 def last_reason(evidence_uri: str, tracking_uri: str | None) -> str:
@@ -121,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         outcome = rollback(backend, None, args.model_name, args.model_version, reason)
         registry = MlflowRegistry(args.tracking_uri)
         if args.model_version:
-            tag_rolled_back(registry, args.model_name, args.model_version, reason)
+            tag_rolled_back(registry, args.model_name, args.model_version, reason, args.rollout_id)
     say(f"{outcome.action.upper()}: {outcome.reason}")
     if args.policy and args.model_version:
         record(args, registry, outcome)

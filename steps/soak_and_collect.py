@@ -21,7 +21,14 @@ from typing import Any
 from kpigate.policy import Policy
 from kpigate.sources import catalogue
 from kpigate.sources.base import MetricsSource, SourceError
-from kpigate.steps.common import DONE, StepError, read_policy, say, step_main
+from kpigate.steps.common import (
+    DONE,
+    StepError,
+    read_policy,
+    refuse_if_rolled_back,
+    say,
+    step_main,
+)
 from kpigate.store import EvidenceStore, open_store
 
 
@@ -115,6 +122,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evidence", required=True, help="evidence store: mlflow://... or path")
     parser.add_argument("--rollout", default="", help="rollout id (default: from --evidence)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow (for mlflow:// evidence)")
+    parser.add_argument("--model-name", default="", help="with --model-version and --rollout:")
+    parser.add_argument(
+        "--model-version", default="", help="refuse to soak a rollout that was rolled back"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,6 +140,11 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args.evidence, args.tracking_uri)
     rollout = args.rollout or args.evidence.rstrip("/").rsplit("/", 1)[-1]
     source = make_source(args, policy)
+    if args.model_name and args.model_version and args.rollout:
+        from kpigate.registry.mlflow import MlflowRegistry
+
+        registry = MlflowRegistry(args.tracking_uri)
+        refuse_if_rolled_back(registry, args.model_name, args.model_version, args.rollout)
 
     def progress(record: dict[str, Any]) -> None:
         state = "stale: " + record.get("note", "") if record.get("stale") else "ok"

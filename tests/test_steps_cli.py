@@ -74,3 +74,40 @@ def test_gate_then_rollback_record_the_rollout_in_the_registry(
     assert check.ok, check.problems
     assert "argo:wf-abc12" in Path(trail).read_text()
     assert "CRITICAL" in (done.stdout + done.stderr).upper()  # the console notification
+
+
+@pytest.mark.slow
+def test_argo_retry_after_a_rollback_cannot_resume_the_rollout(
+    mlflow_server: str, start_router: Any, tmp_path: Path
+) -> None:
+    """`argo retry` keeps the workflow's name and its Succeeded deploy nodes and reruns the
+    failed ones (FormulateRetryWorkflow, argo-workflows v3.7.10 workflow/util/util.go): after the
+    rollback set the candidate to 0% and detached it, the retried deploy or soak must refuse
+    (exit 3, not retried), while a new rollout (`argo resubmit`: a new name) may go ahead."""
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    client.create_registered_model("steps-retry")
+    run = client.create_run(client.create_experiment("steps-retry"))
+    version = client.create_model_version(
+        "steps-retry", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+    ).version
+    router = start_router()
+    common = {"MLFLOW_TRACKING_URI": mlflow_server, "KPIGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+    done = step("promote_or_rollback", "--action", "rollback", "--model-name", "steps-retry",
+                "--model-version", version, "--rollout-id", "wf-retry1", "--reason", "harm",
+                "--router-url", router.url, **common)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    deploy = ("deploy_stage", "--model-name", "steps-retry", "--model-version", version,
+              "--weight", "25", "--router-url", router.url)  # fmt: skip
+    retried = step(*deploy, "--rollout-id", "wf-retry1", **common)
+    assert retried.returncode == 3, retried.stdout + retried.stderr
+    assert "argo resubmit" in retried.stderr
+    assert router.admin().get("/admin/state").json()["weight"] == 0
+    soak = step("soak_and_collect", "--policy", str(EXAMPLES / "policy.yaml"), "--stage", "25",
+                "--evidence", str(tmp_path / "ev.jsonl"), "--model-name", "steps-retry",
+                "--model-version", version, "--rollout", "wf-retry1", "--router-url", router.url,
+                **common)  # fmt: skip
+    assert soak.returncode == 3, soak.stdout + soak.stderr
+    assert not (tmp_path / "ev.jsonl").exists()  # no window measured on a detached candidate
+    fresh = step(*deploy, "--rollout-id", "wf-retry2", **common)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert router.admin().get("/admin/state").json()["weight"] == 25

@@ -302,6 +302,8 @@ def build(policy: Policy) -> WorkflowTemplate:
                 # The default resource name, as for promote-or-rollback (kpigate.backends.cli).
                 "--model-name": wf("model-name"),
                 "--model-version": VERSION,
+                # Refuses (exit 3) when this workflow was rolled back: `argo retry` after it.
+                "--rollout-id": "{{workflow.name}}",
                 "--weight": "{{inputs.parameters.weight}}",
                 "--mode": wf("traffic-mode"),
                 "--out-dir": OUT_DIR,
@@ -321,6 +323,9 @@ def build(policy: Policy) -> WorkflowTemplate:
                 "--router-url": wf("router-url"),
                 "--prometheus-url": wf("prometheus-url"),
                 "--evidence": EVIDENCE,
+                "--model-name": wf("model-name"),
+                "--model-version": VERSION,
+                "--rollout": "{{workflow.name}}",
             },
             inputs=["stage", "looks", "version"],
         )
