@@ -65,7 +65,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", default="", help="notify decisions about this model")
     parser.add_argument("--model-version", default="", help="the candidate version")
     parser.add_argument("--rollout-id", default="", help="rollout id (e.g. the workflow name)")
+    parser.add_argument(
+        "--grant-from", type=int, default=0, help="looks when an operator granted more (Argo)"
+    )
+    parser.add_argument(
+        "--grant", type=int, default=0, help="looks granted: no suspend until they are taken"
+    )
     add_out_dir(parser)
+
+
+def suspends(decision: GateDecision, stage_windows: int, grant_from: int, grant: int) -> bool:
+    """Whether to ask the operator: as the decision says, except during looks an operator
+    granted at an earlier suspend (`continue` for `grant` more looks, from `grant_from`, the
+    `looks` output of that suspend's evaluation: windows + 1)."""
+    if grant <= 0:
+        return decision.suspend
+    return decision.suspend and stage_windows >= grant_from - 1 + grant
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     write_outputs(
         args.out_dir,
         decision=decision.decision.value,
-        suspend=str(decision.suspend).lower(),
+        suspend=str(suspends(decision, stage_windows, args.grant_from, args.grant)).lower(),
         looks=stage_windows + 1,
     )
     # The explanation goes to the log only: as an output it bloated the workflow status.

@@ -278,3 +278,20 @@ def test_deploy_stage_reports_what_it_deploys_before_changing_traffic(
                     "--model-version", "7", "--out-dir", str(out)], world.env)  # fmt: skip
     assert done.returncode == RETRY
     assert (out / "deployed").read_text() == "7"  # a partial change is still rolled back
+
+
+def test_a_granted_continue_suppresses_the_suspend_for_that_many_looks() -> None:
+    """evaluate-gate's suspend output after an operator's `continue` with looks=N at a suspend
+    whose evaluation said looks=L (the stage had L-1 windows): N more windows without asking."""
+    from kpigate.engine import Decision, GateDecision
+    from kpigate.steps.evaluate_gate import suspends
+
+    held = GateDecision(window=9, stage=25, decision=Decision.HOLD, reasons=("timeout",),
+                        kpis={}, look=6, holds=6, suspend=True)  # fmt: skip
+    assert suspends(held, stage_windows=6, grant_from=0, grant=0)  # no grant: as decided
+    # suspended at 6 windows (looks=7), the operator granted 2 more looks
+    assert not suspends(held, stage_windows=7, grant_from=7, grant=2)
+    assert suspends(held, stage_windows=8, grant_from=7, grant=2)
+    calm = GateDecision(window=9, stage=25, decision=Decision.HOLD, reasons=("soaking",),
+                        kpis={}, look=2, holds=0, suspend=False)  # fmt: skip
+    assert not suspends(calm, stage_windows=8, grant_from=7, grant=2)

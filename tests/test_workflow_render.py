@@ -156,15 +156,17 @@ def test_hold_loops_within_the_stage_and_can_suspend(checked_in: dict[str, Any])
     steps = {s["name"]: s for group in judge["steps"] for s in group}
     assert [group[0]["name"] for group in judge["steps"]] == [
         "evaluate",
-        "wait",
+        "ask",
         "collect",
         "rejudge",
     ]
     assert steps["evaluate"]["template"] == "evaluate-gate"
-    assert steps["wait"]["template"] == "wait-for-operator"
-    assert steps["wait"]["when"] == "{{steps.evaluate.outputs.parameters.suspend}} == true"
-    assert templates["wait-for-operator"]["suspend"] == {}
-    hold = "{{steps.evaluate.outputs.parameters.decision}} == hold"
+    assert steps["ask"]["template"] == "operator-choice"
+    assert steps["ask"]["when"] == "{{steps.evaluate.outputs.parameters.suspend}} == true"
+    hold = (
+        "{{steps.evaluate.outputs.parameters.decision}} == hold && "
+        "{{steps.evaluate.outputs.parameters.suspend}} != true"
+    )
     assert steps["collect"]["when"] == hold and steps["rejudge"]["when"] == hold
     # One more window than the stage has (an output of evaluate-gate): idempotent on retry.
     looks = {"name": "looks", "value": "{{steps.evaluate.outputs.parameters.looks}}"}
@@ -172,6 +174,39 @@ def test_hold_loops_within_the_stage_and_can_suspend(checked_in: dict[str, Any])
     assert steps["rejudge"]["template"] == "judge-stage"  # recursion
     expression = judge["outputs"]["parameters"][0]["valueFrom"]["expression"]
     assert "steps.rejudge.outputs.parameters.decision" in expression
+    assert "steps.ask.outputs.parameters.decision" in expression
+
+
+def test_at_a_suspend_the_operator_continues_promotes_or_rolls_back(
+    checked_in: dict[str, Any],
+) -> None:
+    """The suspend's choices are inputs with defaults and supplied outputs with defaults, so a
+    plain `argo resume` continues (OverrideOutputParametersWithDefault, argo-workflows v3.7.10
+    workflow/util/util.go) and `argo node set --output-parameter action=promote` (or the UI's
+    resume dialog) picks another; continue grants N looks before the gate may suspend again."""
+    templates = {t["name"]: t for t in checked_in["spec"]["templates"]}
+    wait = templates["wait-for-operator"]
+    inputs = {p["name"]: p for p in wait["inputs"]["parameters"]}
+    assert inputs["action"]["enum"] == ["continue", "promote", "rollback"]
+    assert inputs["action"]["default"] == "continue" and inputs["looks"]["default"] == "3"
+    outputs = {p["name"]: p["valueFrom"] for p in wait["outputs"]["parameters"]}
+    assert outputs == {
+        "action": {"supplied": {}, "default": "continue"},
+        "looks": {"supplied": {}, "default": "3"},
+    }
+    choice = templates["operator-choice"]
+    steps = {s["name"]: s for group in choice["steps"] for s in group}
+    assert steps["wait"]["template"] == "wait-for-operator"
+    more = "{{steps.wait.outputs.parameters.action}} == continue"
+    assert steps["collect"]["when"] == more and steps["rejudge"]["when"] == more
+    granted = {p["name"]: p["value"] for p in steps["rejudge"]["arguments"]["parameters"]}
+    assert granted["grant-from"] == "{{inputs.parameters.looks}}"
+    assert granted["grant"] == "{{steps.wait.outputs.parameters.looks}}"
+    expression = choice["outputs"]["parameters"][0]["valueFrom"]["expression"]
+    # promote or rollback become the stage's decision, which the DAG already acts on
+    assert expression.endswith(": steps.wait.outputs.parameters.action")
+    args = templates["evaluate-gate"]["container"]["args"]
+    assert args[args.index("--grant") + 1] == "{{inputs.parameters.grant}}"
 
 
 def test_manual_approval_can_be_given_with_argo_resume(checked_in: dict[str, Any]) -> None:

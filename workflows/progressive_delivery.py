@@ -340,8 +340,10 @@ def build(policy: Policy) -> WorkflowTemplate:
                 "--model-name": wf("model-name"),
                 "--model-version": VERSION,
                 "--rollout-id": "{{workflow.name}}",
+                "--grant-from": "{{inputs.parameters.grant-from}}",
+                "--grant": "{{inputs.parameters.grant}}",
             },
-            inputs=["stage", "version"],
+            inputs=["stage", "version", "grant-from", "grant"],
             # No explanation output: ~7.6 KB per look in the workflow status, read by nothing,
             # pushes a long rollout toward etcd's object size limit. The log and the audit
             # trail carry the explanation.
@@ -389,7 +391,38 @@ def build(policy: Policy) -> WorkflowTemplate:
             inputs=[Parameter(name="reason")],
             termination_message_policy="FallbackToLogsOnError",
         )
-        wait_for_operator = Suspend(name="wait-for-operator")
+        # At a suspend (hold limit reached, on_max_holds: suspend) the operator chooses, through
+        # suspend inputs with defaults so that a plain `argo resume` works (util.go, as for
+        # manual-approval): continue for N more looks without suspending again, promote the
+        # stage, or roll back.
+        choice_help = (
+            "continue: collect and judge `looks` more windows without suspending again; "
+            "promote: pass this stage; rollback: roll back now"
+        )
+        looks_help = "with continue: how many more looks before the gate may suspend again"
+        wait_for_operator = Suspend(
+            name="wait-for-operator",
+            inputs=[
+                Parameter(
+                    name="action",
+                    default="continue",
+                    enum=["continue", "promote", "rollback"],
+                    description=choice_help,
+                ),
+                Parameter(name="looks", default="3", description=looks_help),
+            ],
+            outputs=[
+                Parameter(
+                    name=name,
+                    description=text,
+                    value_from=m.ValueFrom(supplied=m.SuppliedValueFrom(), default=default),
+                )
+                for name, default, text in (
+                    ("action", "continue", choice_help),
+                    ("looks", "3", looks_help),
+                )
+            ],
+        )
         # Inputs and a supplied output with a default, spelled out: Hera's intermediate
         # parameters drop the default, and without one `argo resume` fails with "raw output
         # parameter 'approve' has not been set" (workflow/util/util.go). Resuming the
@@ -418,37 +451,95 @@ def build(policy: Policy) -> WorkflowTemplate:
         # candidate is rolled back at the first look with enough evidence. `looks` (from
         # evaluate-gate) is the stage's window count plus one: collecting up to it is
         # idempotent, so a retried collect step never adds a second window.
+        grant = {"grant-from": "{{inputs.parameters.grant-from}}",
+                 "grant": "{{inputs.parameters.grant}}"}  # fmt: skip
         with Steps(
             name="judge-stage",
-            inputs=[Parameter(name="stage"), Parameter(name="version")],
+            inputs=[
+                Parameter(name="stage"),
+                Parameter(name="version"),
+                # An operator's "continue for N looks": no suspend before the stage has
+                # grant-from - 1 + grant windows (0, 0: no grant).
+                Parameter(name="grant-from", default="0"),
+                Parameter(name="grant", default="0"),
+            ],
             outputs=[
                 Parameter(
                     name="decision",
                     value_from=m.ValueFrom(
                         expression=(
-                            "steps.evaluate.outputs.parameters.decision == 'hold'"
-                            " ? steps.rejudge.outputs.parameters.decision"
-                            " : steps.evaluate.outputs.parameters.decision"
+                            "steps.evaluate.outputs.parameters.decision != 'hold'"
+                            " ? steps.evaluate.outputs.parameters.decision"
+                            " : (steps.evaluate.outputs.parameters.suspend == 'true'"
+                            " ? steps.ask.outputs.parameters.decision"
+                            " : steps.rejudge.outputs.parameters.decision)"
                         )
                     ),
                 )
             ],
         ):
             stage = {"stage": "{{inputs.parameters.stage}}", "version": VERSION}
-            Step(name="evaluate", template=evaluate_gate, arguments=stage)
+            Step(name="evaluate", template=evaluate_gate, arguments={**stage, **grant})
             Step(
-                name="wait",
-                template=wait_for_operator,
+                name="ask",
+                template="operator-choice",
+                arguments={**stage, "looks": "{{steps.evaluate.outputs.parameters.looks}}"},
                 when="{{steps.evaluate.outputs.parameters.suspend}} == true",
             )
-            hold = "{{steps.evaluate.outputs.parameters.decision}} == hold"
+            hold = (
+                "{{steps.evaluate.outputs.parameters.decision}} == hold && "
+                "{{steps.evaluate.outputs.parameters.suspend}} != true"
+            )
             Step(
                 name="collect",
                 template=soak_and_collect,
                 arguments={**stage, "looks": "{{steps.evaluate.outputs.parameters.looks}}"},
                 when=hold,
             )
-            Step(name="rejudge", template="judge-stage", arguments=stage, when=hold)
+            Step(
+                name="rejudge",
+                template="judge-stage",
+                arguments={**stage, **grant},
+                when=hold,
+            )
+
+        with Steps(
+            name="operator-choice",
+            inputs=[Parameter(name="stage"), Parameter(name="version"), Parameter(name="looks")],
+            outputs=[
+                Parameter(
+                    name="decision",
+                    value_from=m.ValueFrom(
+                        expression=(
+                            "steps.wait.outputs.parameters.action == 'continue'"
+                            " ? steps.rejudge.outputs.parameters.decision"
+                            " : steps.wait.outputs.parameters.action"
+                        )
+                    ),
+                )
+            ],
+        ):
+            # TODO(cause): an operator's promote / rollback should reach the audit trail with
+            # cause "operator" once decisions carry a cause (kpigate/engine, issue 9/10).
+            stage = {"stage": "{{inputs.parameters.stage}}", "version": VERSION}
+            Step(name="wait", template=wait_for_operator)
+            more = "{{steps.wait.outputs.parameters.action}} == continue"
+            Step(
+                name="collect",
+                template=soak_and_collect,
+                arguments={**stage, "looks": "{{inputs.parameters.looks}}"},
+                when=more,
+            )
+            Step(
+                name="rejudge",
+                template="judge-stage",
+                arguments={
+                    **stage,
+                    "grant-from": "{{inputs.parameters.looks}}",
+                    "grant": "{{steps.wait.outputs.parameters.looks}}",
+                },
+                when=more,
+            )
 
         with Steps(
             name="approval-gate",
