@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from kpigate.backends.base import TrafficBackend
 from kpigate.engine import Decision, GateDecision
+from kpigate.errors import KpigateError
 from kpigate.journal import Journal
 from kpigate.policy import Policy, PolicyError, load_policy
 from kpigate.registry.base import CHAMPION, Registry, RegistryError, RegistryUnavailable
@@ -283,9 +284,9 @@ def run(args: argparse.Namespace) -> int:
     except RolloutBusy as exc:
         print(f"kpigate rollout: {exc}", file=sys.stderr)
         return 3
-    except RegistryError as exc:
+    except KpigateError as exc:  # the steps' mapping (kpigate/errors.py): 1, 2 or 3
         print(f"kpigate rollout: {exc}", file=sys.stderr)
-        return 1
+        return exc.kind.exit_code
 
 
 def _rollout(args: argparse.Namespace, policy: Policy, state_dir: Path) -> int:
@@ -294,19 +295,20 @@ def _rollout(args: argparse.Namespace, policy: Policy, state_dir: Path) -> int:
     from kpigate.backends.factory import make_backend
     from kpigate.notify import dispatcher_from_env
     from kpigate.registry.mlflow import MlflowRegistry
-    from kpigate.sources.router import RouterScrapeSource
+    from kpigate.sources.factory import SourceSettings, make_source
     from kpigate.store.file import FileStore
 
     registry = MlflowRegistry(args.tracking_uri)
     version = registry.resolve(args.model_name, args.model_version or "candidate").version
     evidence = args.evidence or str(state_dir / f"{args.model_name}-{version}.jsonl")
-    source: MetricsSource
-    if args.source == "prometheus":
-        from kpigate.sources.prometheus import PrometheusSource
-
-        source = PrometheusSource(args.prometheus_url, max_staleness_s=policy.max_staleness)
-    else:
-        source = RouterScrapeSource(args.router_url)
+    source: MetricsSource = make_source(
+        SourceSettings(
+            kind=args.source,
+            router_url=args.router_url,
+            prometheus_url=args.prometheus_url,
+            max_staleness_s=policy.max_staleness,
+        )
+    )
 
     def show(decision: GateDecision) -> None:
         print(

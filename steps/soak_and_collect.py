@@ -21,6 +21,7 @@ from typing import Any
 from kpigate.policy import Policy
 from kpigate.sources import catalogue
 from kpigate.sources.base import MetricsSource, SourceError
+from kpigate.sources.factory import SourceSettings, make_source
 from kpigate.steps.common import (
     DONE,
     StepError,
@@ -32,21 +33,15 @@ from kpigate.steps.common import (
 from kpigate.store import EvidenceStore, open_store
 
 
-def make_source(args: argparse.Namespace, policy: Policy) -> MetricsSource:
-    if args.source == "prometheus":
-        from kpigate.sources.prometheus import PrometheusSource
-
-        if not args.prometheus_url:
-            raise StepError("--source prometheus needs --prometheus-url")
-        return PrometheusSource(
-            args.prometheus_url,
-            matchers=args.prometheus_matchers,
-            mode=args.prometheus_mode,
-            max_staleness_s=policy.max_staleness,
-        )
-    from kpigate.sources.router import RouterScrapeSource
-
-    return RouterScrapeSource(args.router_url)
+def source_settings(args: argparse.Namespace, policy: Policy) -> SourceSettings:
+    return SourceSettings(
+        kind=args.source,
+        router_url=args.router_url,
+        prometheus_url=args.prometheus_url,
+        prometheus_matchers=args.prometheus_matchers,
+        prometheus_mode=args.prometheus_mode,
+        max_staleness_s=policy.max_staleness,
+    )
 
 
 def window_record(
@@ -139,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     interval = args.interval or stage_spec.interval
     store = open_store(args.evidence, args.tracking_uri)
     rollout = args.rollout or args.evidence.rstrip("/").rsplit("/", 1)[-1]
-    source = make_source(args, policy)
+    source = make_source(source_settings(args, policy))
     if args.model_name and args.model_version and args.rollout:
         from kpigate.registry.mlflow import MlflowRegistry
 

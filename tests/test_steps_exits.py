@@ -295,3 +295,33 @@ def test_a_granted_continue_suppresses_the_suspend_for_that_many_looks() -> None
     calm = GateDecision(window=9, stage=25, decision=Decision.HOLD, reasons=("soaking",),
                         kpis={}, look=2, holds=0, suspend=False)  # fmt: skip
     assert not suspends(calm, stage_windows=8, grant_from=7, grant=2)
+
+
+def test_prometheus_down_during_a_soak_is_a_stale_window_not_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A metrics source that is down gives missing evidence, which holds: exit 0 with a stale
+    window. Exit 1 would be retried and, after the last retry, end in the exit handler's
+    rollback: missing evidence must never roll back."""
+    evidence = tmp_path / "evidence.jsonl"
+    done = run_in_process("soak_and_collect", ["--policy", POLICY, "--stage", "5", "--looks",
+                          "1", "--interval", "0.01", "--source", "prometheus",
+                          "--prometheus-url", "http://127.0.0.1:9", "--evidence",
+                          str(evidence)], {}, monkeypatch, capfd)  # fmt: skip
+    assert done.returncode == DONE, done.stderr
+    (window,) = [json.loads(line) for line in evidence.read_text().splitlines()]
+    assert window["stale"] is True and window["kpis"] == {}
+    assert "missing" in window["note"]
+
+
+def test_a_metrics_source_comes_from_the_factory_like_a_backend() -> None:
+    from kpigate.errors import Kind
+    from kpigate.sources.base import SourceError
+    from kpigate.sources.factory import SOURCES, SourceSettings, make_source
+
+    assert make_source(SourceSettings(kind="router")).name == "router"
+    assert set(SOURCES) == {"router", "prometheus"}
+    for bad in (SourceSettings(kind="statsd"), SourceSettings(kind="prometheus")):
+        with pytest.raises(SourceError) as error:
+            make_source(bad)
+        assert error.value.kind is Kind.BAD_INPUT
