@@ -102,9 +102,41 @@ def run(args: argparse.Namespace) -> int:
     say(f"{decision.decision.value.upper()} at {args.stage:g}% (window {decision.window}):")
     for reason in decision.reasons:
         say(f"  {reason}")
-    if args.model_name:
+    if args.model_name and args.model_version and args.evidence.startswith("mlflow://"):
+        record(args, policy, decision, records)
+    elif args.model_name:
         notify(args, decision)
     return DONE
+
+
+def record(
+    args: argparse.Namespace,
+    policy: Policy,
+    decision: GateDecision,
+    records: list[dict[str, Any]],
+) -> None:
+    """The decision, now, into the rollout's trail beside the evidence, and notified; a retry
+    finds it there and records nothing twice. A registry that fails here fails the step by its
+    kind (a retry recomputes the same decision): the trail must not miss a decision."""
+    from kpigate.audit import default_actor, policy_hash
+    from kpigate.journal import Journal
+    from kpigate.notify import dispatcher_from_env
+    from kpigate.registry.mlflow import MlflowRegistry
+    from kpigate.steps.trail import judged, key, rollout_trail
+
+    rollout = args.rollout_id or f"{args.model_name}-{args.model_version}"
+    registry = MlflowRegistry(args.tracking_uri)
+    with rollout_trail(registry, args.model_name, args.model_version, rollout) as trail:
+        if key(decision) in judged(trail):
+            say(f"window {decision.window} at {decision.stage:g}% is already in the audit trail")
+            return
+        actor = default_actor()
+        notifier = dispatcher_from_env(trail=trail, actor=actor)
+        journal = Journal(trail, notifier, policy, policy_hash(args.policy), args.model_name,
+                          rollout, actor, candidate_version=args.model_version)  # fmt: skip
+        window = next((r for r in reversed(records) if r.get("window") == decision.window), None)
+        journal.decision(decision, window)
+        journal.flush()
 
 
 def notify(args: argparse.Namespace, decision: GateDecision) -> None:

@@ -133,38 +133,62 @@ def run(args: argparse.Namespace) -> int:
 
 
 def record(args: argparse.Namespace, registry: Registry, outcome: Outcome) -> None:
-    """Audit trail and notification; a failure here is reported, never undoes the action."""
-    import tempfile
+    """Audit trail and notification; a failure here is reported, never undoes the action.
 
-    from kpigate.audit import AuditTrail, attach_to_registry, default_actor, policy_hash
+    With MLflow evidence the trail is the one evaluate-gate appended to as it decided
+    (steps/trail.py); windows it lacks (a local or file-evidence rollout, a lost upload) are
+    replayed from the evidence now and marked `replayed`, with this moment's time."""
+    from kpigate.audit import decision_event, default_actor, policy_hash
     from kpigate.journal import Journal
     from kpigate.notify import Severity, dispatcher_from_env
     from kpigate.policy import load_policy
     from kpigate.steps.evaluate_gate import judge_evidence
+    from kpigate.steps.trail import judged, key, rollout_trail, scratch_trail
 
     rollout_id = args.rollout_id or f"{args.model_name}-{args.model_version}"
     try:
         policy = load_policy(args.policy)
+        digest = policy_hash(args.policy)
         records = open_store(args.evidence, args.tracking_uri).read() if args.evidence else []
-        with tempfile.TemporaryDirectory() as tmp:
-            trail = AuditTrail(f"{tmp}/audit.jsonl")
+        kept = args.evidence.startswith("mlflow://")
+        opened = (rollout_trail if kept else scratch_trail)(
+            registry, args.model_name, args.model_version, rollout_id
+        )
+        with opened as trail:
             actor = default_actor()
-            notifier = dispatcher_from_env(trail=trail, actor=actor)
-            # Past decisions were notified when they were made: replay them to the trail only.
-            journal = Journal(trail, None, policy, policy_hash(args.policy), args.model_name,
-                              rollout_id, actor, candidate_version=args.model_version)  # fmt: skip
+            done = judged(trail)
+            replayed = 0
             for end in range(1, len(records) + 1):
-                stage = float(records[end - 1]["stage"])
-                journal.decision(judge_evidence(policy, records[:end], stage), records[end - 1])
+                decision = judge_evidence(policy, records[:end], float(records[end - 1]["stage"]))
+                if key(decision) in done:
+                    continue
+                done.add(key(decision))
+                event = decision_event(
+                    rollout_id,
+                    decision,
+                    policy,
+                    digest,
+                    args.model_name,
+                    None,
+                    args.model_version,
+                    actor,
+                    window=records[end - 1],
+                )
+                trail.append({**event, "replayed": True})  # fmt: skip
+                replayed += 1
+            notifier = dispatcher_from_env(trail=trail, actor=actor)
+            journal = Journal(trail, None, policy, digest, args.model_name, rollout_id, actor,
+                              candidate_version=args.model_version)  # fmt: skip
             journal.action(outcome.action, detail={"reason": outcome.reason})
             severity = Severity.CRITICAL if outcome.action == "rollback" else Severity.INFO
             notifier.post(severity, f"{args.model_name} v{args.model_version}: {outcome.action}",
                           {"rollout": rollout_id, "kind": outcome.action,
                            "reason": outcome.reason})  # fmt: skip
             notifier.flush()
-            attach_to_registry(registry, args.model_name, args.model_version, trail.path,
-                               rollout_id)  # fmt: skip
-        say(f"audit trail of {len(records)} windows attached to version {args.model_version}")
+        say(
+            f"audit trail of {len(records)} windows attached to version {args.model_version}"
+            f" ({replayed} replayed from the evidence)"
+        )
     except Exception as exc:  # the action is done; its record must not turn it into a failure
         say(f"warning: could not record the rollout ({type(exc).__name__}: {exc})")
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,68 @@ def test_argo_retry_after_a_rollback_cannot_resume_the_rollout(
     fresh = step(*deploy, "--rollout-id", "wf-retry2", **common)
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
     assert router.admin().get("/admin/state").json()["weight"] == 25
+
+
+@pytest.mark.slow
+def test_each_decision_reaches_the_audit_trail_when_it_is_made(
+    mlflow_server: str,
+    start_router: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The Argo path: evaluate-gate appends its decision to the rollout's trail beside the
+    MLflow evidence as it decides (a retry adds nothing), and promote-or-rollback only adds the
+    action: each decision carries the time it was made, not the end of the rollout's."""
+    from kpigate.audit import HEAD_TAG
+    from kpigate.steps import evaluate_gate, promote_or_rollback
+    from kpigate.store import open_store
+
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    client.create_registered_model("steps-trail")
+    run = client.create_run(client.create_experiment("steps-trail"))
+    version = client.create_model_version(
+        "steps-trail", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+    ).version
+    uri = f"mlflow://models/steps-trail/{version}/wf-trail1"
+    store = open_store(uri, mlflow_server)
+    lines = (EXAMPLES / "fraud-rollout.jsonl").read_text().splitlines()
+    windows = [json.loads(line) for line in lines if '"rollout":"bad"' in line]
+    policy = str(EXAMPLES / "policy.yaml")
+    gate = ["--policy", policy, "--evidence", uri, "--tracking-uri", mlflow_server,
+            "--model-name", "steps-trail", "--model-version", version,
+            "--rollout-id", "wf-trail1", "--out-dir", str(tmp_path / "out")]  # fmt: skip
+    started: list[str] = []
+    for window in windows:
+        store.append(window)
+        started.append(datetime.now(UTC).isoformat(timespec="milliseconds"))
+        assert evaluate_gate.main([*gate, "--stage", str(window["stage"])]) == 0
+    assert evaluate_gate.main([*gate, "--stage", str(windows[-1]["stage"])]) == 0  # a retry
+    assert "already in the audit trail" in capsys.readouterr().out
+
+    router = start_router()
+    monkeypatch.setenv("KPIGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+    code = promote_or_rollback.main(["--action", "rollback", "--model-name", "steps-trail",
+                                     "--model-version", version, "--evidence", uri,
+                                     "--policy", policy, "--rollout-id", "wf-trail1",
+                                     "--tracking-uri", mlflow_server,
+                                     "--router-url", router.url])  # fmt: skip
+    assert code == 0
+    assert "(0 replayed from the evidence)" in capsys.readouterr().out
+    registry = MlflowRegistry(mlflow_server)
+    tags = registry.get_tags("steps-trail", version)
+    trail = registry.download_artifact(
+        "steps-trail", version, tags["kpigate.audit.artifact"], str(tmp_path / "dl")
+    )
+    assert verify(trail, expect_head=tags[HEAD_TAG]).ok
+    records = [json.loads(line) for line in Path(trail).read_text().splitlines()]
+    decisions = [r for r in records if r["type"] == "decision"]
+    assert len(decisions) == len({(d["window"], d["stage"]) for d in decisions}) >= 3
+    assert not any(d.get("replayed") for d in decisions)
+    # each decision was stamped during its own evaluate-gate call, in order
+    for decision in decisions:
+        index = next(i for i, w in enumerate(windows) if w["window"] == decision["window"])
+        assert decision["time"].rstrip("Z") >= started[index][:23]
+    times = [r["time"] for r in records]
+    assert times == sorted(times)
+    assert [r["type"] for r in records].index("action") > records.index(decisions[-1])
