@@ -26,12 +26,12 @@ from kpigate.replay import LineError, Replayer, decision_record, replay_lines
 from kpigate.steps.common import (
     DONE,
     StepError,
-    add_out_dir,
     read_policy,
     say,
     step_main,
     write_outputs,
 )
+from kpigate.steps.spec import StepInputs, add_flags, field, parse
 from kpigate.store import open_store
 
 
@@ -57,21 +57,33 @@ def judge_evidence(policy: Policy, records: list[dict[str, Any]], stage: float) 
     return decision
 
 
+class EvaluateGateInputs(StepInputs):
+    policy: str = field(help="rollout policy YAML", argo="$POLICY")
+    evidence: str = field(help="evidence store: mlflow://... or path", argo="$EVIDENCE")
+    stage: float = field(help="traffic percent of the stage", argo="{{inputs.parameters.stage}}")
+    out_dir: str = field("", help="write output parameters here, one file each", argo="$OUT_DIR")
+    model_name: str = field(
+        "", help="notify decisions about this model", argo="{{workflow.parameters.model-name}}"
+    )
+    model_version: str = field("", help="the candidate version", argo="$VERSION")
+    rollout_id: str = field(
+        "", help="rollout id (e.g. the workflow name)", argo="{{workflow.name}}"
+    )
+    grant_from: int = field(
+        0,
+        help="looks when an operator granted more (Argo)",
+        argo="{{inputs.parameters.grant-from}}",
+    )
+    grant: int = field(
+        0,
+        help="looks granted: no suspend until they are taken",
+        argo="{{inputs.parameters.grant}}",
+    )
+    tracking_uri: str | None = field(None, help="MLflow (for mlflow:// evidence)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", required=True, help="rollout policy YAML")
-    parser.add_argument("--evidence", required=True, help="evidence store: mlflow://... or path")
-    parser.add_argument("--stage", type=float, required=True, help="traffic percent of the stage")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow (for mlflow:// evidence)")
-    parser.add_argument("--model-name", default="", help="notify decisions about this model")
-    parser.add_argument("--model-version", default="", help="the candidate version")
-    parser.add_argument("--rollout-id", default="", help="rollout id (e.g. the workflow name)")
-    parser.add_argument(
-        "--grant-from", type=int, default=0, help="looks when an operator granted more (Argo)"
-    )
-    parser.add_argument(
-        "--grant", type=int, default=0, help="looks granted: no suspend until they are taken"
-    )
-    add_out_dir(parser)
+    add_flags(parser, EvaluateGateInputs)
 
 
 def suspends(decision: GateDecision, stage_windows: int, grant_from: int, grant: int) -> bool:
@@ -83,7 +95,8 @@ def suspends(decision: GateDecision, stage_windows: int, grant_from: int, grant:
     return decision.suspend and stage_windows >= grant_from - 1 + grant
 
 
-def run(args: argparse.Namespace) -> int:
+def run(namespace: argparse.Namespace) -> int:
+    args: EvaluateGateInputs = parse(EvaluateGateInputs, namespace)
     policy = read_policy(args.policy)
     records = open_store(args.evidence, args.tracking_uri).read()
     try:
@@ -110,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def record(
-    args: argparse.Namespace,
+    args: EvaluateGateInputs,
     policy: Policy,
     decision: GateDecision,
     records: list[dict[str, Any]],
@@ -139,7 +152,7 @@ def record(
         journal.flush()
 
 
-def notify(args: argparse.Namespace, decision: GateDecision) -> None:
+def notify(args: EvaluateGateInputs, decision: GateDecision) -> None:
     """Never fails the step: the decision is already written."""
     from kpigate.notify import dispatcher_from_env, notify_decision
 

@@ -361,3 +361,25 @@ def test_stages_are_unrolled_from_the_policy() -> None:
     ]
     assert all(dependencies(t) for n, t in tasks.items() if n != "registry-approval")
     assert argo_errors(manifest(policy)) == []
+
+
+def test_evaluate_gate_s_flags_are_defined_once(checked_in: dict[str, Any]) -> None:
+    """One pydantic model (steps/evaluate_gate.py EvaluateGateInputs) yields the step's argparse
+    flags and the arguments and inputs the template passes it."""
+    import argparse
+
+    from kpigate.steps.evaluate_gate import EvaluateGateInputs, add_arguments
+    from kpigate.steps.spec import argo_flags
+
+    templates = {t["name"]: t for t in checked_in["spec"]["templates"]}
+    template = templates["evaluate-gate"]
+    args = template["container"]["args"]
+    passed = [a for a in args if a.startswith("--")]
+    assert passed == list(argo_flags(EvaluateGateInputs))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    known = {o for action in parser._actions for o in action.option_strings}
+    assert set(passed) <= known
+    assert {p["name"] for p in template["inputs"]["parameters"]} == {
+        "stage", "version", "grant-from", "grant"
+    }  # fmt: skip

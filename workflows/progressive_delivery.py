@@ -50,6 +50,8 @@ from hera.workflows import models as m
 
 from kpigate import __version__
 from kpigate.policy import Policy
+from kpigate.steps.evaluate_gate import EvaluateGateInputs
+from kpigate.steps.spec import argo_flags, argo_inputs
 
 TEMPLATE_NAME = "progressive-delivery"
 SERVICE_ACCOUNT = "kpigate-steps"
@@ -198,6 +200,13 @@ RETRY = RetryStrategy(
 )
 
 
+def _resolved(flags: Mapping[str, str | None]) -> dict[str, str | None]:
+    """A step spec's arguments with the template's own values in place of their tokens."""
+    tokens = {"$POLICY": POLICY_FILE, "$EVIDENCE": EVIDENCE, "$OUT_DIR": OUT_DIR,
+              "$VERSION": VERSION}  # fmt: skip
+    return {k: tokens.get(v, v) if v is not None else None for k, v in flags.items()}
+
+
 def stage_slug(traffic: float) -> str:
     """A task-name-safe label for a stage: 5 -> "5", 12.5 -> "12-5"."""
     return f"{traffic:g}".replace(".", "-")
@@ -329,21 +338,13 @@ def build(policy: Policy) -> WorkflowTemplate:
             },
             inputs=["stage", "looks", "version"],
         )
+        # Flags and inputs from the step's one definition (steps/evaluate_gate.py).
+        evaluate_flags = _resolved(argo_flags(EvaluateGateInputs))
         evaluate_gate = _step_container(
             "evaluate-gate",
             "evaluate_gate",
-            {
-                "--policy": POLICY_FILE,
-                "--evidence": EVIDENCE,
-                "--stage": "{{inputs.parameters.stage}}",
-                "--out-dir": OUT_DIR,
-                "--model-name": wf("model-name"),
-                "--model-version": VERSION,
-                "--rollout-id": "{{workflow.name}}",
-                "--grant-from": "{{inputs.parameters.grant-from}}",
-                "--grant": "{{inputs.parameters.grant}}",
-            },
-            inputs=["stage", "version", "grant-from", "grant"],
+            evaluate_flags,
+            inputs=argo_inputs(evaluate_flags),
             # No explanation output: ~7.6 KB per look in the workflow status, read by nothing,
             # pushes a long rollout toward etcd's object size limit. The log and the audit
             # trail carry the explanation.
