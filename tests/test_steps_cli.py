@@ -93,12 +93,13 @@ def test_argo_retry_after_a_rollback_cannot_resume_the_rollout(
     ).version
     router = start_router()
     common = {"MLFLOW_TRACKING_URI": mlflow_server, "KPIGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+    uri = ("--tracking-uri", mlflow_server)  # explicit: other tests may leave MLFLOW_* set
     done = step("promote_or_rollback", "--action", "rollback", "--model-name", "steps-retry",
                 "--model-version", version, "--rollout-id", "wf-retry1", "--reason", "harm",
-                "--router-url", router.url, **common)  # fmt: skip
+                "--router-url", router.url, *uri, **common)  # fmt: skip
     assert done.returncode == 0, done.stderr
     deploy = ("deploy_stage", "--model-name", "steps-retry", "--model-version", version,
-              "--weight", "25", "--router-url", router.url)  # fmt: skip
+              "--weight", "25", "--router-url", router.url, *uri)  # fmt: skip
     retried = step(*deploy, "--rollout-id", "wf-retry1", **common)
     assert retried.returncode == 3, retried.stdout + retried.stderr
     assert "argo resubmit" in retried.stderr
@@ -106,7 +107,7 @@ def test_argo_retry_after_a_rollback_cannot_resume_the_rollout(
     soak = step("soak_and_collect", "--policy", str(EXAMPLES / "policy.yaml"), "--stage", "25",
                 "--evidence", str(tmp_path / "ev.jsonl"), "--model-name", "steps-retry",
                 "--model-version", version, "--rollout", "wf-retry1", "--router-url", router.url,
-                **common)  # fmt: skip
+                *uri, **common)  # fmt: skip
     assert soak.returncode == 3, soak.stdout + soak.stderr
     assert not (tmp_path / "ev.jsonl").exists()  # no window measured on a detached candidate
     fresh = step(*deploy, "--rollout-id", "wf-retry2", **common)
