@@ -50,10 +50,11 @@ from kpigate.audit import AuditError
 from kpigate.backends.base import BackendError, TrafficBackend
 from kpigate.control import ControlError, Order, clear_order, read_order
 from kpigate.engine import Cause, Decision, GateDecision
+from kpigate.errors import KpigateError
 from kpigate.journal import Journal
 from kpigate.policy import Policy, PolicyError, load_policy
 from kpigate.registry.base import CHAMPION, Registry, RegistryError, RegistryUnavailable
-from kpigate.sources.base import MetricsSource, SourceError
+from kpigate.sources.base import MetricsSource
 from kpigate.steps.deploy_stage import deploy
 from kpigate.steps.evaluate_gate import judge_evidence
 from kpigate.steps.promote_or_rollback import Outcome, promote, rollback
@@ -375,13 +376,10 @@ def run(args: argparse.Namespace) -> int:
     except RolloutBusy as exc:
         print(f"kpigate rollout: {exc}", file=sys.stderr)
         return 3
-    except RegistryError as exc:
+    except KpigateError as exc:  # the steps' mapping (kpigate/errors.py): 1, 2 or 3
         print(f"kpigate rollout: {exc}", file=sys.stderr)
-        return 1
+        return exc.kind.exit_code
     except AuditError as exc:  # e.g. a KPIGATE_AUDIT_KEY too short, or its file unreadable
-        print(f"kpigate rollout: {exc}", file=sys.stderr)
-        return 2
-    except SourceError as exc:  # the source cannot be set up (e.g. no database URL)
         print(f"kpigate rollout: {exc}", file=sys.stderr)
         return 2
 
@@ -398,35 +396,28 @@ def _rollout(
     )
     from kpigate.notify import dispatcher_from_env
     from kpigate.registry.mlflow import MlflowRegistry
-    from kpigate.sources.router import RouterScrapeSource
+    from kpigate.sources.factory import SourceSettings, make_source
+    from kpigate.sources.promql import PromqlError, QueryContext
     from kpigate.store.file import FileStore
 
     registry = MlflowRegistry(args.tracking_uri)
     version = registry.resolve(args.model_name, args.model_version or "candidate").version
     evidence = args.evidence or str(state_dir / f"{args.model_name}-{version}.jsonl")
-    source: MetricsSource
-    if args.source == "prometheus":
-        from kpigate.sources.prometheus import PrometheusSource
-        from kpigate.sources.promql import PromqlError, QueryContext
-
-        champion = registry.get_aliases(args.model_name).get(CHAMPION, "")
-        context = QueryContext(args.model_name, "", champion, version)
-        try:
-            source = PrometheusSource(
-                args.prometheus_url,
+    champion = registry.get_aliases(args.model_name).get(CHAMPION, "")
+    try:
+        source: MetricsSource = make_source(
+            SourceSettings(
+                kind=args.source,
+                router_url=args.router_url,
+                prometheus_url=args.prometheus_url,
                 max_staleness_s=policy.max_staleness,
-                kpis=policy.kpis,
-                context=context,
+                policy=policy,
+                context=QueryContext(args.model_name, "", champion, version),
             )
-        except PromqlError as exc:
-            print(f"kpigate rollout: {exc}", file=sys.stderr)
-            return 2
-    elif args.source == "predlog":
-        from kpigate.sources.predlog import source_from_env
-
-        source = source_from_env(policy)
-    else:
-        source = RouterScrapeSource(args.router_url)
+        )
+    except PromqlError as exc:
+        print(f"kpigate rollout: {exc}", file=sys.stderr)
+        return 2
 
     def show(decision: GateDecision) -> None:
         print(

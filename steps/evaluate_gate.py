@@ -5,7 +5,8 @@ same code as `kpigate replay`, and writes the latest decision with its explanati
 is a pure function of the evidence, so a retry or rerun gives the same answer.
 
 Outputs (files under --out-dir): decision (promote|hold|rollback), suspend (true|false),
-looks (the windows this stage needs for one more look, for the HOLD loop), explanation.json.
+looks (the windows this stage needs for one more look, for the HOLD loop). The explanation (every
+KPI's verdict and bounds) is printed as one JSON line in the log.
 With --model-name, the decision is also notified (a hold on a failing KPI as a warning, a stage
 passed as info, a rollback as critical; routine soaking looks send nothing), through Slack,
 PagerDuty or the console as the environment says (kpigate/notify/factory.py).
@@ -16,23 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from kpigate.engine import Decision, GateDecision
 from kpigate.policy import Policy
 from kpigate.replay import LineError, Replayer, decision_record, replay_lines
 from kpigate.steps.common import (
-    BAD_INPUT,
     DONE,
     StepError,
-    add_out_dir,
-    fail,
     read_policy,
     say,
     step_main,
     write_outputs,
 )
-from kpigate.store import StoreError, open_store
+from kpigate.steps.spec import StepInputs, add_flags, field, parse
+from kpigate.store import open_store
 
 
 def judge_evidence(policy: Policy, records: list[dict[str, Any]], stage: float) -> GateDecision:
@@ -57,44 +57,102 @@ def judge_evidence(policy: Policy, records: list[dict[str, Any]], stage: float) 
     return decision
 
 
+class EvaluateGateInputs(StepInputs):
+    policy: str = field(help="rollout policy YAML", argo="$POLICY")
+    evidence: str = field(help="evidence store: mlflow://... or path", argo="$EVIDENCE")
+    stage: float = field(help="traffic percent of the stage", argo="{{inputs.parameters.stage}}")
+    out_dir: str = field("", help="write output parameters here, one file each", argo="$OUT_DIR")
+    model_name: str = field(
+        "", help="notify decisions about this model", argo="{{workflow.parameters.model-name}}"
+    )
+    model_version: str = field("", help="the candidate version", argo="$VERSION")
+    rollout_id: str = field(
+        "", help="rollout id (e.g. the workflow name)", argo="{{workflow.name}}"
+    )
+    grant_from: int = field(
+        0,
+        help="looks when an operator granted more (Argo)",
+        argo="{{inputs.parameters.grant-from}}",
+    )
+    grant: int = field(
+        0,
+        help="looks granted: no suspend until they are taken",
+        argo="{{inputs.parameters.grant}}",
+    )
+    tracking_uri: str | None = field(None, help="MLflow (for mlflow:// evidence)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", required=True, help="rollout policy YAML")
-    parser.add_argument("--evidence", required=True, help="evidence store: mlflow://... or path")
-    parser.add_argument("--stage", type=float, required=True, help="traffic percent of the stage")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow (for mlflow:// evidence)")
-    parser.add_argument("--model-name", default="", help="notify decisions about this model")
-    parser.add_argument("--model-version", default="", help="the candidate version")
-    parser.add_argument("--rollout-id", default="", help="rollout id (e.g. the workflow name)")
-    add_out_dir(parser)
+    add_flags(parser, EvaluateGateInputs)
 
 
-def run(args: argparse.Namespace) -> int:
+def suspends(decision: GateDecision, stage_windows: int, grant_from: int, grant: int) -> bool:
+    """Whether to ask the operator: as the decision says, except during looks an operator
+    granted at an earlier suspend (`continue` for `grant` more looks, from `grant_from`, the
+    `looks` output of that suspend's evaluation: windows + 1)."""
+    if grant <= 0:
+        return decision.suspend
+    return decision.suspend and stage_windows >= grant_from - 1 + grant
+
+
+def run(namespace: argparse.Namespace) -> int:
+    args: EvaluateGateInputs = parse(EvaluateGateInputs, namespace)
+    policy = read_policy(args.policy)
+    records = open_store(args.evidence, args.tracking_uri).read()
     try:
-        policy = read_policy(args.policy)
-        records = open_store(args.evidence, args.tracking_uri).read()
         decision = judge_evidence(policy, records, args.stage)
-    except (StepError, StoreError) as exc:
-        return fail("evaluate-gate", exc, BAD_INPUT)
     except LineError as exc:
-        return fail("evaluate-gate", StepError(f"evidence {args.evidence} is corrupt: {exc}"))
+        raise StepError(f"evidence {args.evidence} is corrupt: {exc}") from None
     stage_windows = sum(1 for r in records if float(r.get("stage", -1)) == args.stage)
-    explanation = decision_record("", decision)
     write_outputs(
         args.out_dir,
         decision=decision.decision.value,
-        suspend=str(decision.suspend).lower(),
+        suspend=str(suspends(decision, stage_windows, args.grant_from, args.grant)).lower(),
         looks=stage_windows + 1,
-        explanation=explanation,
     )
+    # The explanation goes to the log only: as an output it bloated the workflow status.
+    say(json.dumps(decision_record("", decision), separators=(",", ":")))
     say(f"{decision.decision.value.upper()} at {args.stage:g}% (window {decision.window}):")
     for reason in decision.reasons:
         say(f"  {reason}")
-    if args.model_name:
+    if args.model_name and args.model_version and args.evidence.startswith("mlflow://"):
+        record(args, policy, decision, records)
+    elif args.model_name:
         notify(args, decision)
     return DONE
 
 
-def notify(args: argparse.Namespace, decision: GateDecision) -> None:
+def record(
+    args: EvaluateGateInputs,
+    policy: Policy,
+    decision: GateDecision,
+    records: list[dict[str, Any]],
+) -> None:
+    """The decision, now, into the rollout's trail beside the evidence, and notified; a retry
+    finds it there and records nothing twice. A registry that fails here fails the step by its
+    kind (a retry recomputes the same decision): the trail must not miss a decision."""
+    from kpigate.audit import default_actor, policy_hash
+    from kpigate.journal import Journal
+    from kpigate.notify import dispatcher_from_env
+    from kpigate.registry.mlflow import MlflowRegistry
+    from kpigate.steps.trail import judged, key, rollout_trail
+
+    rollout = args.rollout_id or f"{args.model_name}-{args.model_version}"
+    registry = MlflowRegistry(args.tracking_uri)
+    with rollout_trail(registry, args.model_name, args.model_version, rollout) as trail:
+        if key(decision) in judged(trail):
+            say(f"window {decision.window} at {decision.stage:g}% is already in the audit trail")
+            return
+        actor = default_actor()
+        notifier = dispatcher_from_env(trail=trail, actor=actor)
+        journal = Journal(trail, notifier, policy, policy_hash(args.policy), args.model_name,
+                          rollout, actor, candidate_version=args.model_version)  # fmt: skip
+        window = next((r for r in reversed(records) if r.get("window") == decision.window), None)
+        journal.decision(decision, window)
+        journal.flush()
+
+
+def notify(args: EvaluateGateInputs, decision: GateDecision) -> None:
     """Never fails the step: the decision is already written."""
     from kpigate.notify import dispatcher_from_env, notify_decision
 
@@ -107,8 +165,8 @@ def notify(args: argparse.Namespace, decision: GateDecision) -> None:
         say(f"warning: notification failed ({type(exc).__name__}: {exc})")
 
 
-def main() -> int:
-    return step_main("evaluate_gate", __doc__, add_arguments, run)
+def main(argv: Sequence[str] | None = None) -> int:
+    return step_main("evaluate_gate", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

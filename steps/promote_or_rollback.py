@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kpigate.backends.base import BackendError, TrafficBackend
+from kpigate.backends.base import TrafficBackend
 from kpigate.backends.cli import add_backend_arguments, settings_from_args
 from kpigate.backends.factory import make_backend
-from kpigate.registry.base import CHAMPION, Registry, RegistryError
-from kpigate.steps.common import BAD_INPUT, DONE, RETRY, fail, say, step_main
+from kpigate.registry.base import CHAMPION, Registry
+from kpigate.steps.common import DONE, ROLLED_BACK_BY_TAG, StepError, say, step_main
 from kpigate.store import StoreError, open_store
 
 OUTCOME_TAG = "kpigate.rollout"
@@ -58,9 +59,17 @@ def rollback(
     backend.set_weight(0.0)
     backend.detach()
     if registry is not None and version:
-        registry.set_tag(name, version, OUTCOME_TAG, "rolled_back")
-        registry.set_tag(name, version, REASON_TAG, reason[:4000])
+        tag_rolled_back(registry, name, version, reason)
     return Outcome("rollback", version, reason)
+
+
+def tag_rolled_back(
+    registry: Registry, name: str, version: str, reason: str, rollout_id: str = ""
+) -> None:
+    registry.set_tag(name, version, OUTCOME_TAG, "rolled_back")
+    registry.set_tag(name, version, REASON_TAG, reason[:4000])
+    if rollout_id:
+        registry.set_tag(name, version, ROLLED_BACK_BY_TAG, rollout_id)
 
 
 def last_reason(evidence_uri: str, tracking_uri: str | None) -> str:
@@ -83,29 +92,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
     parser.add_argument("--policy", default="", help="policy (to rebuild the audit trail)")
     parser.add_argument("--rollout-id", default="", help="rollout id (e.g. the workflow name)")
+    parser.add_argument(
+        "--if-deployed",
+        action="store_true",
+        help="roll back only when --model-version names a deployed version (the exit handler)",
+    )
     add_backend_arguments(parser)
 
 
+def nothing_deployed(version: str) -> bool:
+    """An empty version, or Argo's unresolved `{{workflow.outputs.parameters.deployed}}` (left
+    as text when no deploy-stage ran: workflow/common/util.go SubstituteParams)."""
+    return not version.strip() or version.lstrip().startswith("{{")
+
+
 def run(args: argparse.Namespace) -> int:
-    try:
-        backend = make_backend(settings_from_args(args, default_resource=args.model_name))
-    except BackendError as exc:
-        return fail("promote-or-rollback", exc, BAD_INPUT)
+    if args.if_deployed and nothing_deployed(args.model_version):
+        say("nothing was deployed by this rollout: nothing to roll back")
+        return DONE
     from kpigate.registry.mlflow import MlflowRegistry
 
-    try:
+    if args.action == "promote" and not args.model_version:
+        raise StepError("promote needs --model-version")
+    backend = make_backend(settings_from_args(args, default_resource=args.model_name))
+    if args.action == "promote":
         registry = MlflowRegistry(args.tracking_uri)
-        if args.action == "promote":
-            if not args.model_version:
-                return fail(
-                    "promote-or-rollback", ValueError("promote needs --model-version"), BAD_INPUT
-                )
-            outcome = promote(backend, registry, args.model_name, args.model_version)
-        else:
-            reason = args.reason or last_reason(args.evidence, args.tracking_uri)
-            outcome = rollback(backend, registry, args.model_name, args.model_version, reason)
-    except (BackendError, RegistryError) as exc:
-        return fail("promote-or-rollback", exc, RETRY)
+        outcome = promote(backend, registry, args.model_name, args.model_version)
+    else:
+        reason = args.reason or last_reason(args.evidence, args.tracking_uri)
+        # Traffic first, before the registry is even reached: with MLflow down the baseline
+        # still takes all traffic, and the retry (exit 1) only has the tags left to write.
+        outcome = rollback(backend, None, args.model_name, args.model_version, reason)
+        registry = MlflowRegistry(args.tracking_uri)
+        if args.model_version:
+            tag_rolled_back(registry, args.model_name, args.model_version, reason, args.rollout_id)
     say(f"{outcome.action.upper()}: {outcome.reason}")
     if args.policy and args.model_version:
         record(args, registry, outcome)
@@ -113,44 +133,68 @@ def run(args: argparse.Namespace) -> int:
 
 
 def record(args: argparse.Namespace, registry: Registry, outcome: Outcome) -> None:
-    """Audit trail and notification; a failure here is reported, never undoes the action."""
-    import tempfile
+    """Audit trail and notification; a failure here is reported, never undoes the action.
 
-    from kpigate.audit import AuditTrail, attach_to_registry, default_actor, policy_hash
+    With MLflow evidence the trail is the one evaluate-gate appended to as it decided
+    (steps/trail.py); windows it lacks (a local or file-evidence rollout, a lost upload) are
+    replayed from the evidence now and marked `replayed`, with this moment's time."""
+    from kpigate.audit import decision_event, default_actor, policy_hash
     from kpigate.journal import Journal
     from kpigate.notify import Severity, dispatcher_from_env
     from kpigate.policy import load_policy
     from kpigate.steps.evaluate_gate import judge_evidence
+    from kpigate.steps.trail import judged, key, rollout_trail, scratch_trail
 
     rollout_id = args.rollout_id or f"{args.model_name}-{args.model_version}"
     try:
         policy = load_policy(args.policy)
+        digest = policy_hash(args.policy)
         records = open_store(args.evidence, args.tracking_uri).read() if args.evidence else []
-        with tempfile.TemporaryDirectory() as tmp:
-            trail = AuditTrail(f"{tmp}/audit.jsonl")
+        kept = args.evidence.startswith("mlflow://")
+        opened = (rollout_trail if kept else scratch_trail)(
+            registry, args.model_name, args.model_version, rollout_id
+        )
+        with opened as trail:
             actor = default_actor()
-            notifier = dispatcher_from_env(trail=trail, actor=actor)
-            # Past decisions were notified when they were made: replay them to the trail only.
-            journal = Journal(trail, None, policy, policy_hash(args.policy), args.model_name,
-                              rollout_id, actor, candidate_version=args.model_version)  # fmt: skip
+            done = judged(trail)
+            replayed = 0
             for end in range(1, len(records) + 1):
-                stage = float(records[end - 1]["stage"])
-                journal.decision(judge_evidence(policy, records[:end], stage), records[end - 1])
+                decision = judge_evidence(policy, records[:end], float(records[end - 1]["stage"]))
+                if key(decision) in done:
+                    continue
+                done.add(key(decision))
+                event = decision_event(
+                    rollout_id,
+                    decision,
+                    policy,
+                    digest,
+                    args.model_name,
+                    None,
+                    args.model_version,
+                    actor,
+                    window=records[end - 1],
+                )
+                trail.append({**event, "replayed": True})  # fmt: skip
+                replayed += 1
+            notifier = dispatcher_from_env(trail=trail, actor=actor)
+            journal = Journal(trail, None, policy, digest, args.model_name, rollout_id, actor,
+                              candidate_version=args.model_version)  # fmt: skip
             journal.action(outcome.action, detail={"reason": outcome.reason})
             severity = Severity.CRITICAL if outcome.action == "rollback" else Severity.INFO
             notifier.post(severity, f"{args.model_name} v{args.model_version}: {outcome.action}",
                           {"rollout": rollout_id, "kind": outcome.action,
                            "reason": outcome.reason})  # fmt: skip
             notifier.flush()
-            attach_to_registry(registry, args.model_name, args.model_version, trail.path,
-                               rollout_id)  # fmt: skip
-        say(f"audit trail of {len(records)} windows attached to version {args.model_version}")
+        say(
+            f"audit trail of {len(records)} windows attached to version {args.model_version}"
+            f" ({replayed} replayed from the evidence)"
+        )
     except Exception as exc:  # the action is done; its record must not turn it into a failure
         say(f"warning: could not record the rollout ({type(exc).__name__}: {exc})")
 
 
-def main() -> int:
-    return step_main("promote_or_rollback", __doc__, add_arguments, run)
+def main(argv: Sequence[str] | None = None) -> int:
+    return step_main("promote_or_rollback", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

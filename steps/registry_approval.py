@@ -7,29 +7,20 @@ meet the policy's `registry.min_offline` / `registry.max_offline`.
 
 Outputs (files under --out-dir): version, approved (true|false), reason. A rejection is an
 answer, not a failure: the step exits 0 with approved=false and the workflow ends with the
-reason. A registry that cannot be reached exits 1 (retried).
+reason. A registry that cannot be reached or answers 5xx exits 1 (retried); one that refuses the
+credentials exits 3 (kpigate/errors.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kpigate.policy import RegistryRules
-from kpigate.registry.base import CHAMPION, ModelNotFound, Registry, RegistryError
-from kpigate.steps.common import (
-    BAD_INPUT,
-    DONE,
-    RETRY,
-    StepError,
-    add_out_dir,
-    fail,
-    read_policy,
-    say,
-    step_main,
-    write_outputs,
-)
+from kpigate.registry.base import CHAMPION, ModelNotFound, Registry
+from kpigate.steps.common import DONE, add_out_dir, read_policy, say, step_main, write_outputs
 
 
 @dataclass(frozen=True)
@@ -96,17 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        rules = read_policy(args.policy).registry
-        from kpigate.registry.mlflow import MlflowRegistry
+    from kpigate.registry.mlflow import MlflowRegistry
 
-        result = approve(
-            MlflowRegistry(args.tracking_uri), args.model_name, args.model_version, rules
-        )
-    except StepError as exc:
-        return fail("registry-approval", exc, BAD_INPUT)
-    except RegistryError as exc:
-        return fail("registry-approval", exc, RETRY)
+    rules = read_policy(args.policy).registry
+    result = approve(MlflowRegistry(args.tracking_uri), args.model_name, args.model_version, rules)
     write_outputs(
         args.out_dir,
         version=result.version,
@@ -117,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
     return DONE
 
 
-def main() -> int:
-    return step_main("registry_approval", __doc__, add_arguments, run)
+def main(argv: Sequence[str] | None = None) -> int:
+    return step_main("registry_approval", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -21,42 +21,35 @@ from typing import Any
 from kpigate.policy import Policy
 from kpigate.sources import catalogue, promql
 from kpigate.sources.base import Collected, MetricsSource, SourceError
+from kpigate.sources.factory import SourceSettings, make_source
 from kpigate.sources.records import build_record
-from kpigate.steps.common import BAD_INPUT, DONE, StepError, fail, read_policy, say, step_main
-from kpigate.store import EvidenceStore, StoreError, open_store
+from kpigate.steps.common import (
+    DONE,
+    StepError,
+    read_policy,
+    refuse_if_rolled_back,
+    say,
+    step_main,
+)
+from kpigate.store import EvidenceStore, open_store
 
 
-def make_source(args: argparse.Namespace, policy: Policy) -> MetricsSource:
-    if args.source == "prometheus":
-        from kpigate.sources.prometheus import PrometheusSource
-
-        if not args.prometheus_url:
-            raise StepError("--source prometheus needs --prometheus-url")
-        return PrometheusSource(
-            args.prometheus_url,
-            matchers=args.prometheus_matchers,
-            mode=args.prometheus_mode,
-            max_staleness_s=policy.max_staleness,
-            kpis=policy.kpis,
-            context=promql.QueryContext(
-                model=args.model_name,
-                namespace=args.namespace,
-                baseline_version=args.baseline_version,
-                candidate_version=args.model_version,
-            ),
-        )
-    with_queries = [k.name for k in policy.kpis if k.queries is not None]
-    if with_queries:
-        raise StepError(
-            f"KPIs {', '.join(with_queries)} bring their own PromQL: use --source prometheus"
-        )
-    if args.source == "predlog":
-        from kpigate.sources.predlog import source_from_env
-
-        return source_from_env(policy)
-    from kpigate.sources.router import RouterScrapeSource
-
-    return RouterScrapeSource(args.router_url)
+def source_settings(args: argparse.Namespace, policy: Policy) -> SourceSettings:
+    return SourceSettings(
+        kind=args.source,
+        router_url=args.router_url,
+        prometheus_url=args.prometheus_url,
+        prometheus_matchers=args.prometheus_matchers,
+        prometheus_mode=args.prometheus_mode,
+        max_staleness_s=policy.max_staleness,
+        policy=policy,
+        context=promql.QueryContext(
+            model=args.model_name,
+            namespace=args.namespace,
+            baseline_version=args.baseline_version,
+            candidate_version=args.model_version,
+        ),
+    )
 
 
 def window_record(
@@ -140,9 +133,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prometheus-matchers", default="", help='label matchers, e.g. job="kpigate-router"'
     )
     parser.add_argument("--prometheus-mode", choices=["increase", "delta"], default="increase")
-    # The values a KPI's own PromQL may name ({{ model }}, {{ namespace }}, the versions).
-    parser.add_argument("--model-name", default="", help="for PromQL KPIs: {{ model }}")
-    parser.add_argument("--model-version", default="", help="the candidate's version")
+    # The values a KPI's own PromQL may name ({{ model }}, {{ namespace }}, the versions); with
+    # --rollout, the model and version also let the step refuse a rolled-back rollout.
+    parser.add_argument(
+        "--model-name", default="", help="PromQL {{ model }}; with --model-version and --rollout:"
+    )
+    parser.add_argument(
+        "--model-version",
+        default="",
+        help="the candidate's version; refuse to soak a rollout that was rolled back",
+    )
     parser.add_argument("--baseline-version", default="", help="the baseline's version")
     parser.add_argument("--namespace", default="", help="for PromQL KPIs: {{ namespace }}")
     parser.add_argument("--evidence", required=True, help="evidence store: mlflow://... or path")
@@ -151,44 +151,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        policy = read_policy(args.policy)
-        stage_spec = policy.stage_for(args.stage)
-        if stage_spec is None:
-            raise StepError(f"stage {args.stage:g}% is not in the policy's stages")
-        for kpi in policy.kpis:
-            catalogue.check(kpi)
-        looks = args.looks or stage_spec.looks
-        interval = args.interval or stage_spec.interval
-        store = open_store(args.evidence, args.tracking_uri)
-        rollout = args.rollout or args.evidence.rstrip("/").rsplit("/", 1)[-1]
-        source = make_source(args, policy)
-    except (
-        StepError,
-        catalogue.CatalogueError,
-        promql.PromqlError,
-        StoreError,
-        SourceError,
-    ) as exc:
-        return fail("soak-and-collect", exc, BAD_INPUT)
+    policy = read_policy(args.policy)
+    stage_spec = policy.stage_for(args.stage)
+    if stage_spec is None:
+        raise StepError(f"stage {args.stage:g}% is not in the policy's stages")
+    for kpi in policy.kpis:
+        catalogue.check(kpi)
+    looks = args.looks or stage_spec.looks
+    interval = args.interval or stage_spec.interval
+    store = open_store(args.evidence, args.tracking_uri)
+    rollout = args.rollout or args.evidence.rstrip("/").rsplit("/", 1)[-1]
+    source = make_source(source_settings(args, policy))
+    if args.model_name and args.model_version and args.rollout:
+        from kpigate.registry.mlflow import MlflowRegistry
+
+        registry = MlflowRegistry(args.tracking_uri)
+        refuse_if_rolled_back(registry, args.model_name, args.model_version, args.rollout)
 
     def progress(record: dict[str, Any]) -> None:
         state = "stale: " + record.get("note", "") if record.get("stale") else "ok"
         say(f"window {record['window']} at {args.stage:g}%: {state}")
 
     say(f"soaking at {args.stage:g}%: up to {looks} windows of {interval:g}s ({source.name})")
-    try:
-        added = soak(
-            policy, store, source, args.stage, looks, interval, rollout, on_window=progress
-        )
-    except StoreError as exc:
-        return fail("soak-and-collect", exc)
+    added = soak(policy, store, source, args.stage, looks, interval, rollout, on_window=progress)
     say(f"collected {added} window(s); the stage has at least {looks}")
     return DONE
 
 
-def main() -> int:
-    return step_main("soak_and_collect", __doc__, add_arguments, run)
+def main(argv: Sequence[str] | None = None) -> int:
+    return step_main("soak_and_collect", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def one(path: Path) -> dict[str, Any]:
     return doc
 
 
-@pytest.mark.parametrize("name", ["eventsource.yaml", "sensor.yaml"])
+@pytest.mark.parametrize("name", ["eventbus.yaml", "eventsource.yaml", "sensor.yaml"])
 def test_argo_events_manifests_match_the_schema(name: str) -> None:
     assert argo_errors(one(EVENTS / name)) == []
 
@@ -64,7 +64,8 @@ def test_the_sensor_starts_the_template_with_the_event_s_model_and_version() -> 
         parameters[int(p["dest"].rsplit(".", 2)[1])]["name"]: p["src"]["dataKey"]
         for p in argo["parameters"]
     }
-    assert filled == {"model-name": "body.name", "model-version": "body.version"}
+    # MLflow's envelope (mlflow/webhooks/delivery.py), pinned end to end in test_workflow_events
+    assert filled == {"model-name": "body.data.name", "model-version": "body.data.version"}
     assert sensor["spec"]["template"]["serviceAccountName"] == "kpigate-events"
 
 
@@ -88,7 +89,12 @@ def test_rbac_grants_only_what_the_steps_use() -> None:
     roles = {d["metadata"]["name"]: d["rules"] for _, d in rbac_documents() if d["kind"] == "Role"}
     expected = {
         "kpigate-steps-executor": [("argoproj.io", "workflowtaskresults", {"create", "patch"})],
-        "kpigate-events-submit": [("argoproj.io", "workflows", {"create"})],
+        # argo-events pkg/sensors/triggers/argo-workflow/argo-workflow.go lists what it
+        # submitted; argo-workflows workflow/validate/validate.go gets the referenced template.
+        "kpigate-events-submit": [
+            ("argoproj.io", "workflows", {"create", "get", "list"}),
+            ("argoproj.io", "workflowtemplates", {"get"}),
+        ],
     }
     for name, module in (("kserve", kserve), ("seldon", seldon), ("istio", istio)):
         expected[f"kpigate-backend-{name}"] = [

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,10 @@ def test_gate_then_rollback_record_the_rollout_in_the_registry(
     assert gate.returncode == 0, gate.stderr
     assert "CRITICAL" in gate.stderr.upper() and "wf-abc12" in gate.stderr  # notified
     assert (out / "decision").read_text() == "rollback"
-    assert json.loads((out / "explanation.json").read_text())["kpis"]["recall"]["verdict"] == "fail"
+    # The explanation is a log line, not an output (it bloated the workflow status).
+    assert not (out / "explanation.json").exists()
+    explanation = next(line for line in gate.stdout.splitlines() if line.startswith("{"))
+    assert json.loads(explanation)["kpis"]["recall"]["verdict"] == "fail"
 
     router = start_router()
     done = step(
@@ -71,3 +75,106 @@ def test_gate_then_rollback_record_the_rollout_in_the_registry(
     assert check.ok, check.problems
     assert "argo:wf-abc12" in Path(trail).read_text()
     assert "CRITICAL" in (done.stdout + done.stderr).upper()  # the console notification
+
+
+@pytest.mark.slow
+def test_argo_retry_after_a_rollback_cannot_resume_the_rollout(
+    mlflow_server: str, start_router: Any, tmp_path: Path
+) -> None:
+    """`argo retry` keeps the workflow's name and its Succeeded deploy nodes and reruns the
+    failed ones (FormulateRetryWorkflow, argo-workflows v3.7.10 workflow/util/util.go): after the
+    rollback set the candidate to 0% and detached it, the retried deploy or soak must refuse
+    (exit 3, not retried), while a new rollout (`argo resubmit`: a new name) may go ahead."""
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    client.create_registered_model("steps-retry")
+    run = client.create_run(client.create_experiment("steps-retry"))
+    version = client.create_model_version(
+        "steps-retry", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+    ).version
+    router = start_router()
+    common = {"MLFLOW_TRACKING_URI": mlflow_server, "KPIGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+    uri = ("--tracking-uri", mlflow_server)  # explicit: other tests may leave MLFLOW_* set
+    done = step("promote_or_rollback", "--action", "rollback", "--model-name", "steps-retry",
+                "--model-version", version, "--rollout-id", "wf-retry1", "--reason", "harm",
+                "--router-url", router.url, *uri, **common)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    deploy = ("deploy_stage", "--model-name", "steps-retry", "--model-version", version,
+              "--weight", "25", "--router-url", router.url, *uri)  # fmt: skip
+    retried = step(*deploy, "--rollout-id", "wf-retry1", **common)
+    assert retried.returncode == 3, retried.stdout + retried.stderr
+    assert "argo resubmit" in retried.stderr
+    assert router.admin().get("/admin/state").json()["weight"] == 0
+    soak = step("soak_and_collect", "--policy", str(EXAMPLES / "policy.yaml"), "--stage", "25",
+                "--evidence", str(tmp_path / "ev.jsonl"), "--model-name", "steps-retry",
+                "--model-version", version, "--rollout", "wf-retry1", "--router-url", router.url,
+                *uri, **common)  # fmt: skip
+    assert soak.returncode == 3, soak.stdout + soak.stderr
+    assert not (tmp_path / "ev.jsonl").exists()  # no window measured on a detached candidate
+    fresh = step(*deploy, "--rollout-id", "wf-retry2", **common)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert router.admin().get("/admin/state").json()["weight"] == 25
+
+
+@pytest.mark.slow
+def test_each_decision_reaches_the_audit_trail_when_it_is_made(
+    mlflow_server: str,
+    start_router: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The Argo path: evaluate-gate appends its decision to the rollout's trail beside the
+    MLflow evidence as it decides (a retry adds nothing), and promote-or-rollback only adds the
+    action: each decision carries the time it was made, not the end of the rollout's."""
+    from kpigate.audit import HEAD_TAG
+    from kpigate.steps import evaluate_gate, promote_or_rollback
+    from kpigate.store import open_store
+
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    client.create_registered_model("steps-trail")
+    run = client.create_run(client.create_experiment("steps-trail"))
+    version = client.create_model_version(
+        "steps-trail", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+    ).version
+    uri = f"mlflow://models/steps-trail/{version}/wf-trail1"
+    store = open_store(uri, mlflow_server)
+    lines = (EXAMPLES / "fraud-rollout.jsonl").read_text().splitlines()
+    windows = [json.loads(line) for line in lines if '"rollout":"bad"' in line]
+    policy = str(EXAMPLES / "policy.yaml")
+    gate = ["--policy", policy, "--evidence", uri, "--tracking-uri", mlflow_server,
+            "--model-name", "steps-trail", "--model-version", version,
+            "--rollout-id", "wf-trail1", "--out-dir", str(tmp_path / "out")]  # fmt: skip
+    started: list[str] = []
+    for window in windows:
+        store.append(window)
+        started.append(datetime.now(UTC).isoformat(timespec="milliseconds"))
+        assert evaluate_gate.main([*gate, "--stage", str(window["stage"])]) == 0
+    assert evaluate_gate.main([*gate, "--stage", str(windows[-1]["stage"])]) == 0  # a retry
+    assert "already in the audit trail" in capsys.readouterr().out
+
+    router = start_router()
+    monkeypatch.setenv("KPIGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+    code = promote_or_rollback.main(["--action", "rollback", "--model-name", "steps-trail",
+                                     "--model-version", version, "--evidence", uri,
+                                     "--policy", policy, "--rollout-id", "wf-trail1",
+                                     "--tracking-uri", mlflow_server,
+                                     "--router-url", router.url])  # fmt: skip
+    assert code == 0
+    assert "(0 replayed from the evidence)" in capsys.readouterr().out
+    registry = MlflowRegistry(mlflow_server)
+    tags = registry.get_tags("steps-trail", version)
+    trail = registry.download_artifact(
+        "steps-trail", version, tags["kpigate.audit.artifact"], str(tmp_path / "dl")
+    )
+    assert verify(trail, expect_head=tags[HEAD_TAG]).ok
+    records = [json.loads(line) for line in Path(trail).read_text().splitlines()]
+    decisions = [r for r in records if r["type"] == "decision"]
+    assert len(decisions) == len({(d["window"], d["stage"]) for d in decisions}) >= 3
+    assert not any(d.get("replayed") for d in decisions)
+    # each decision was stamped during its own evaluate-gate call, in order
+    for decision in decisions:
+        index = next(i for i, w in enumerate(windows) if w["window"] == decision["window"])
+        assert decision["time"].rstrip("Z") >= started[index][:23]
+    times = [r["time"] for r in records]
+    assert times == sorted(times)
+    assert [r["type"] for r in records].index("action") > records.index(decisions[-1])

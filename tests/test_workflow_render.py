@@ -18,6 +18,7 @@ from kpigate.workflows.render import CONFIGMAP_FILE, WORKFLOW_FILE, rendered_fil
 from tests.manifest_schemas import MANIFESTS, argo_errors
 
 POLICY_FILE = MANIFESTS / "policy.yaml"
+RESOLVED = {"name": "version", "value": "{{tasks.registry-approval.outputs.parameters.version}}"}
 
 
 @pytest.fixture(scope="module")
@@ -131,17 +132,22 @@ def test_every_decision_but_promote_rolls_back_and_fails(checked_in: dict[str, A
         assert (
             rollback["when"] == f"{{{{tasks.gate-{slug}.outputs.parameters.decision}}}} != promote"
         )
-        assert rollback["arguments"]["parameters"] == [{"name": "action", "value": "rollback"}]
+        assert rollback["arguments"]["parameters"] == [
+            {"name": "action", "value": "rollback"},
+            RESOLVED,
+        ]
         assert tasks[f"rollback-{slug}-end"]["template"] == "rolled-back"
     declined = tasks["declined-100"]
     assert declined["when"] == "{{tasks.approve-100.outputs.parameters.approve}} != yes"
     assert tasks["declined-100-end"]["template"] == "rolled-back"
     assert tasks["rejected"]["template"] == "rolled-back"
     templates = {t["name"]: t for t in checked_in["spec"]["templates"]}
-    # The end of a rolled-back rollout exits non-zero, so the workflow ends Failed.
-    assert (
-        templates["rolled-back"]["container"]["command"][-1] == "import sys; sys.exit(sys.argv[1])"
-    )
+    # The end of a rolled-back rollout exits non-zero, so the workflow ends Failed; its reason
+    # reaches the node's message through the termination message (operator.go: "%s (exit code
+    # %d): %s" with the container's terminated.message).
+    container = templates["rolled-back"]["container"]
+    assert container["command"][-1] == "import sys; sys.exit(sys.argv[1])"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
 def test_hold_loops_within_the_stage_and_can_suspend(checked_in: dict[str, Any]) -> None:
@@ -150,15 +156,17 @@ def test_hold_loops_within_the_stage_and_can_suspend(checked_in: dict[str, Any])
     steps = {s["name"]: s for group in judge["steps"] for s in group}
     assert [group[0]["name"] for group in judge["steps"]] == [
         "evaluate",
-        "wait",
+        "ask",
         "collect",
         "rejudge",
     ]
     assert steps["evaluate"]["template"] == "evaluate-gate"
-    assert steps["wait"]["template"] == "wait-for-operator"
-    assert steps["wait"]["when"] == "{{steps.evaluate.outputs.parameters.suspend}} == true"
-    assert templates["wait-for-operator"]["suspend"] == {}
-    hold = "{{steps.evaluate.outputs.parameters.decision}} == hold"
+    assert steps["ask"]["template"] == "operator-choice"
+    assert steps["ask"]["when"] == "{{steps.evaluate.outputs.parameters.suspend}} == true"
+    hold = (
+        "{{steps.evaluate.outputs.parameters.decision}} == hold && "
+        "{{steps.evaluate.outputs.parameters.suspend}} != true"
+    )
     assert steps["collect"]["when"] == hold and steps["rejudge"]["when"] == hold
     # One more window than the stage has (an output of evaluate-gate): idempotent on retry.
     looks = {"name": "looks", "value": "{{steps.evaluate.outputs.parameters.looks}}"}
@@ -166,15 +174,53 @@ def test_hold_loops_within_the_stage_and_can_suspend(checked_in: dict[str, Any])
     assert steps["rejudge"]["template"] == "judge-stage"  # recursion
     expression = judge["outputs"]["parameters"][0]["valueFrom"]["expression"]
     assert "steps.rejudge.outputs.parameters.decision" in expression
+    assert "steps.ask.outputs.parameters.decision" in expression
 
 
-def test_manual_approval_asks_yes_or_no(checked_in: dict[str, Any]) -> None:
+def test_at_a_suspend_the_operator_continues_promotes_or_rolls_back(
+    checked_in: dict[str, Any],
+) -> None:
+    """The suspend's choices are inputs with defaults and supplied outputs with defaults, so a
+    plain `argo resume` continues (OverrideOutputParametersWithDefault, argo-workflows v3.7.10
+    workflow/util/util.go) and `argo node set --output-parameter action=promote` (or the UI's
+    resume dialog) picks another; continue grants N looks before the gate may suspend again."""
+    templates = {t["name"]: t for t in checked_in["spec"]["templates"]}
+    wait = templates["wait-for-operator"]
+    inputs = {p["name"]: p for p in wait["inputs"]["parameters"]}
+    assert inputs["action"]["enum"] == ["continue", "promote", "rollback"]
+    assert inputs["action"]["default"] == "continue" and inputs["looks"]["default"] == "3"
+    outputs = {p["name"]: p["valueFrom"] for p in wait["outputs"]["parameters"]}
+    assert outputs == {
+        "action": {"supplied": {}, "default": "continue"},
+        "looks": {"supplied": {}, "default": "3"},
+    }
+    choice = templates["operator-choice"]
+    steps = {s["name"]: s for group in choice["steps"] for s in group}
+    assert steps["wait"]["template"] == "wait-for-operator"
+    more = "{{steps.wait.outputs.parameters.action}} == continue"
+    assert steps["collect"]["when"] == more and steps["rejudge"]["when"] == more
+    granted = {p["name"]: p["value"] for p in steps["rejudge"]["arguments"]["parameters"]}
+    assert granted["grant-from"] == "{{inputs.parameters.looks}}"
+    assert granted["grant"] == "{{steps.wait.outputs.parameters.looks}}"
+    expression = choice["outputs"]["parameters"][0]["valueFrom"]["expression"]
+    # promote or rollback become the stage's decision, which the DAG already acts on
+    assert expression.endswith(": steps.wait.outputs.parameters.action")
+    args = templates["evaluate-gate"]["container"]["args"]
+    assert args[args.index("--grant") + 1] == "{{inputs.parameters.grant}}"
+
+
+def test_manual_approval_can_be_given_with_argo_resume(checked_in: dict[str, Any]) -> None:
+    """`argo resume` fills every supplied output from valueFrom.default and fails without one
+    ("raw output parameter 'approve' has not been set": OverrideOutputParametersWithDefault,
+    argo-workflows v3.7.10 workflow/util/util.go): resuming approves; `argo node set
+    --output-parameter approve=no` before resuming declines (docs/operators.md)."""
     templates = {t["name"]: t for t in checked_in["spec"]["templates"]}
     ask = templates["manual-approval"]
     (param,) = ask["inputs"]["parameters"]
     assert param["name"] == "approve" and param["enum"] == ["yes", "no"]
-    assert param["default"] == "no"
-    assert ask["outputs"]["parameters"][0]["valueFrom"] == {"supplied": {}}
+    assert param["default"] == "yes"
+    for output in ask["outputs"]["parameters"]:
+        assert output["valueFrom"] == {"supplied": {}, "default": "yes"}
 
 
 def test_exit_handler_mutex_retries_and_policy_volume(checked_in: dict[str, Any]) -> None:
@@ -183,7 +229,7 @@ def test_exit_handler_mutex_retries_and_policy_volume(checked_in: dict[str, Any]
     assert spec["onExit"] == "exit-handler"
     (step,) = templates["exit-handler"]["steps"][0]
     assert step["when"] == "{{workflow.status}} != Succeeded"
-    assert step["arguments"]["parameters"] == [{"name": "action", "value": "rollback"}]
+    assert step["template"] == "exit-rollback"
     assert spec["synchronization"] == {
         "mutexes": [{"name": "kpigate-rollout-{{workflow.parameters.model-name}}"}]
     }
@@ -191,11 +237,62 @@ def test_exit_handler_mutex_retries_and_policy_volume(checked_in: dict[str, Any]
         {"name": "policy", "configMap": {"name": "{{workflow.parameters.policy-configmap}}"}}
     ]
     networked = [t for t in spec["templates"] if "container" in t and t["name"] != "rolled-back"]
-    assert len(networked) == 5
+    assert len(networked) == 6
     for template in networked:
         retry = template["retryStrategy"]
         assert retry["limit"] == 3 and retry["backoff"]["factor"] == 2, template["name"]
         assert template["container"]["command"][:2] == ["python", "-m"]
+
+
+def test_a_soak_can_be_retried_after_its_first_attempt_s_start(checked_in: dict[str, Any]) -> None:
+    """backoff.maxDuration is a deadline from the first attempt's StartedAt (argo-workflows
+    v3.7.10 workflow/controller/operator.go, processNodeRetries): a soak pod sleeps a whole
+    interval (10 min by default), so any maxDuration below soak + retries fails the retry."""
+    for template in checked_in["spec"]["templates"]:
+        if "retryStrategy" in template:
+            assert "maxDuration" not in template["retryStrategy"].get("backoff", {})
+
+
+def test_the_exit_handler_rolls_back_only_what_this_workflow_deployed(
+    checked_in: dict[str, Any],
+) -> None:
+    """deploy-stage reports the version as the global output `deployed` before it changes
+    traffic; the exit handler passes that to promote-or-rollback --if-deployed. When no deploy
+    ran (a rejection, a failure before 5%), Argo leaves the reference unresolved in the
+    arguments (SubstituteParams allows it: workflow/common/util.go) and the step does nothing."""
+    templates = {t["name"]: t for t in checked_in["spec"]["templates"]}
+    deploy = templates["deploy-stage"]
+    (output,) = deploy["outputs"]["parameters"]
+    assert output["globalName"] == "deployed"
+    assert output["valueFrom"]["path"] == "/tmp/outputs/deployed"
+    args = templates["exit-rollback"]["container"]["args"]
+    assert "--if-deployed" in args
+    assert args[args.index("--model-version") + 1] == "{{workflow.outputs.parameters.deployed}}"
+    assert args[args.index("--action") + 1] == "rollback"
+
+
+def test_every_step_after_approval_uses_the_resolved_version(checked_in: dict[str, Any]) -> None:
+    """registry-approval resolves an alias or an empty model-version; nothing after it reads
+    the raw argument (with an alias, promote would move `champion` to an alias name)."""
+    tasks = _by_name(dag_tasks(checked_in))
+    for name, task in tasks.items():
+        if task["template"] in ("rolled-back", "registry-approval", "approval-gate"):
+            continue
+        assert RESOLVED in task["arguments"]["parameters"], name
+    for template in checked_in["spec"]["templates"]:
+        if template["name"] != "registry-approval":
+            assert "workflow.parameters.model-version" not in yaml.safe_dump(template)
+
+
+def test_the_rendered_template_keeps_its_mutex() -> None:
+    """synchronization.mutexes needs Argo >= 3.6 and Hera >= 5.19; an older Hera drops the
+    field silently. pyproject pins hera>=5.19."""
+    import hera
+
+    major, minor = (int(p) for p in hera.__version__.split(".")[:2])
+    assert (major, minor) >= (5, 19)
+    rendered = manifest(load_policy(POLICY_FILE))
+    assert rendered["spec"]["synchronization"]["mutexes"][0]["name"].startswith("kpigate-rollout-")
 
 
 def test_arguments_are_described_for_the_argo_ui(checked_in: dict[str, Any]) -> None:
@@ -217,7 +314,10 @@ def test_evidence_uri_is_the_same_for_every_step(checked_in: dict[str, Any]) -> 
             uris.add(args[args.index("--evidence") + 1])
     assert uris == {
         "{{workflow.parameters.evidence-store}}/{{workflow.parameters.model-name}}/"
-        "{{workflow.parameters.model-version}}/{{workflow.name}}"
+        "{{inputs.parameters.version}}/{{workflow.name}}",
+        # the exit handler's: the version deploy-stage reported
+        "{{workflow.parameters.evidence-store}}/{{workflow.parameters.model-name}}/"
+        "{{workflow.outputs.parameters.deployed}}/{{workflow.name}}",
     }
 
 
@@ -244,10 +344,16 @@ def test_stages_are_unrolled_from_the_policy() -> None:
         kpis=(Kpi(name="recall"),),
     )
     tasks = _by_name(dag_tasks(manifest(policy)))
-    assert tasks["deploy-12-5"]["arguments"]["parameters"] == [{"name": "weight", "value": "12.5"}]
+    assert tasks["deploy-12-5"]["arguments"]["parameters"] == [
+        {"name": "weight", "value": "12.5"},
+        RESOLVED,
+    ]
     # The first window only: the judge loop collects the rest of the soak look by look.
     assert tasks["soak-12-5"]["arguments"]["parameters"][1] == {"name": "looks", "value": "1"}
-    assert tasks["deploy-100"]["arguments"]["parameters"] == [{"name": "weight", "value": "100"}]
+    assert tasks["deploy-100"]["arguments"]["parameters"] == [
+        {"name": "weight", "value": "100"},
+        RESOLVED,
+    ]
     assert ordered_steps(policy)[1:4] == [
         "deploy-stage@12-5",
         "soak-and-collect@12-5",
@@ -255,3 +361,25 @@ def test_stages_are_unrolled_from_the_policy() -> None:
     ]
     assert all(dependencies(t) for n, t in tasks.items() if n != "registry-approval")
     assert argo_errors(manifest(policy)) == []
+
+
+def test_evaluate_gate_s_flags_are_defined_once(checked_in: dict[str, Any]) -> None:
+    """One pydantic model (steps/evaluate_gate.py EvaluateGateInputs) yields the step's argparse
+    flags and the arguments and inputs the template passes it."""
+    import argparse
+
+    from kpigate.steps.evaluate_gate import EvaluateGateInputs, add_arguments
+    from kpigate.steps.spec import argo_flags
+
+    templates = {t["name"]: t for t in checked_in["spec"]["templates"]}
+    template = templates["evaluate-gate"]
+    args = template["container"]["args"]
+    passed = [a for a in args if a.startswith("--")]
+    assert passed == list(argo_flags(EvaluateGateInputs))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    known = {o for action in parser._actions for o in action.option_strings}
+    assert set(passed) <= known
+    assert {p["name"] for p in template["inputs"]["parameters"]} == {
+        "stage", "version", "grant-from", "grant"
+    }  # fmt: skip

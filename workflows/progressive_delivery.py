@@ -7,24 +7,30 @@ Shape (stages unrolled from policy.stages):
            gate-t PROMOTE  -> next stage (before the last one: optional manual approval)
            gate-t other    -> rollback-t -> rolled-back-t (fails the workflow on purpose)
       -> promote (after the last stage's PROMOTE)
-    onExit: roll back when the workflow did not succeed (failed, errored or stopped)
+    onExit: roll back when the workflow did not succeed (failed, errored or stopped), and only
+            if it deployed the candidate (deploy-stage's global output `deployed`)
 
 Every edge is gated on `<task>.Succeeded` (never a bare `depends: <task>`, which Argo also
 satisfies when the task was skipped) and, after a gate, on the gate's decision.
 
 Evidence (the per-window KPI counts collected so far) lives outside the pods, at the URI passed
 to soak-and-collect, evaluate-gate and promote-or-rollback as `--evidence`:
-`<evidence-store>/<model-name>/<model-version>/<workflow name>`. With the default store
+`<evidence-store>/<model-name>/<version>/<workflow name>`, where <version> is the number
+registry-approval resolved (the argument may be an alias or empty) and every later step takes as
+its input `version`. With the default store
 `mlflow://models` that is the candidate version's MLflow run artifacts; a path on a mounted
 volume works too. Keyed by the workflow's name, it survives step boundaries, step retries,
 resume after a suspend and `argo retry` (same name), while `argo resubmit` (a new name)
 starts a fresh rollout from the first stage with fresh evidence, as it redeploys from there.
 Argo artifacts would not do: a retried step cannot read outputs of its own failed attempt.
+
+Needs Argo Workflows >= 3.6 (`synchronization.mutexes`; reviewed against v3.7.10) and Hera
+>= 5.19, which knows the field (older Hera drops it silently, and the mutex with it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hera.workflows import (
@@ -44,6 +50,8 @@ from hera.workflows import models as m
 
 from kpigate import __version__
 from kpigate.policy import Policy
+from kpigate.steps.evaluate_gate import EvaluateGateInputs
+from kpigate.steps.spec import argo_flags, argo_inputs
 
 TEMPLATE_NAME = "progressive-delivery"
 SERVICE_ACCOUNT = "kpigate-steps"
@@ -58,8 +66,9 @@ ARGUMENTS: dict[str, tuple[str | None, str, list[str] | None]] = {
     "model-name": ("fraud", "Registered model name in the MLflow registry.", None),
     "model-version": (
         None,
-        "Model version to roll out, as registered in MLflow (e.g. 7). The MLflow trigger fills "
-        "it in from the registry event.",
+        "Model version to roll out: a number (e.g. 7), an alias, or empty for the alias "
+        "candidate. registry-approval resolves it once; every later step uses that number. The "
+        "MLflow trigger fills it in from the registry event.",
         None,
     ),
     "policy-configmap": (
@@ -89,7 +98,7 @@ ARGUMENTS: dict[str, tuple[str | None, str, list[str] | None]] = {
     "backend-resource": (
         "",
         "Name of the InferenceService, SeldonDeployment or VirtualService (empty: the model "
-        "name). Not used by the router backend.",
+        "name, for every step that changes traffic). Not used by the router backend.",
         None,
     ),
     "backend-baseline": (
@@ -157,10 +166,16 @@ def task_output(task: str, name: str) -> str:
     return "{{tasks." + task + ".outputs.parameters." + name + "}}"
 
 
-EVIDENCE = f"{wf('evidence-store')}/{wf('model-name')}/{wf('model-version')}/{{{{workflow.name}}}}"
+VERSION = "{{inputs.parameters.version}}"  # the number registry-approval resolved
+EVIDENCE = f"{wf('evidence-store')}/{wf('model-name')}/{VERSION}/{{{{workflow.name}}}}"
+# Set by deploy-stage before it first changes traffic (a global output, so the exit handler
+# sees it); unset, it stays the literal text (workflow/common/util.go SubstituteParams allows
+# unresolved globals) and promote-or-rollback --if-deployed rolls nothing back.
+DEPLOYED = "{{workflow.outputs.parameters.deployed}}"
+EXIT_EVIDENCE = f"{wf('evidence-store')}/{wf('model-name')}/{DEPLOYED}/{{{{workflow.name}}}}"
 
 # Backend settings, as passed to deploy-stage and promote-or-rollback (kpigate.backends.cli).
-BACKEND_ARGS = {
+BACKEND_ARGS: dict[str, str | None] = {
     "--backend": wf("backend"),
     "--namespace": wf("backend-namespace"),
     "--resource": wf("backend-resource"),
@@ -171,7 +186,9 @@ BACKEND_ARGS = {
 }
 
 # Steps exit 2 on bad input and 3 when they refuse (e.g. an unapproved version): retrying cannot
-# change either, so only crashes, pod errors and network failures are retried.
+# change either, so only crashes, pod errors and network failures are retried. No
+# backoff.maxDuration: it counts from the first attempt's start (workflow/controller/operator.go),
+# so a soak pod evicted after its 10-minute interval could never be retried.
 RETRY = RetryStrategy(
     limit=3,
     retry_policy="Always",
@@ -179,8 +196,15 @@ RETRY = RetryStrategy(
         "lastRetry.status == 'Error' || "
         "(asInt(lastRetry.exitCode) != 2 && asInt(lastRetry.exitCode) != 3)"
     ),
-    backoff=m.Backoff(duration="10s", factor=m.IntOrString(root=2), max_duration="5m"),
+    backoff=m.Backoff(duration="10s", factor=m.IntOrString(root=2)),
 )
+
+
+def _resolved(flags: Mapping[str, str | None]) -> dict[str, str | None]:
+    """A step spec's arguments with the template's own values in place of their tokens."""
+    tokens = {"$POLICY": POLICY_FILE, "$EVIDENCE": EVIDENCE, "$OUT_DIR": OUT_DIR,
+              "$VERSION": VERSION}  # fmt: skip
+    return {k: tokens.get(v, v) if v is not None else None for k, v in flags.items()}
 
 
 def stage_slug(traffic: float) -> str:
@@ -191,20 +215,29 @@ def stage_slug(traffic: float) -> str:
 def _step_container(
     name: str,
     module: str,
-    flags: dict[str, str],
+    flags: Mapping[str, str | None],
     inputs: Sequence[str] = (),
     outputs: dict[str, str] | None = None,
     retry: bool = True,
+    global_outputs: dict[str, str] | None = None,
 ) -> Container:
     """A step that runs `python -m kpigate.steps.<module>` with the policy mounted."""
     return Container(
         name=name,
         image=wf("image"),
         command=["python", "-m", f"kpigate.steps.{module}"],
-        args=[item for flag, value in flags.items() for item in (flag, value)],
+        args=[
+            item
+            for flag, value in flags.items()
+            for item in ((flag,) if value is None else (flag, value))
+        ],
         inputs=[Parameter(name=n) for n in inputs],
         outputs=[
-            Parameter(name=n, value_from=m.ValueFrom(path=f"{OUT_DIR}/{f}"))
+            Parameter(
+                name=n,
+                value_from=m.ValueFrom(path=f"{OUT_DIR}/{f}"),
+                global_name=(global_outputs or {}).get(n),
+            )
             for n, f in (outputs or {}).items()
         ],
         env=[
@@ -275,10 +308,18 @@ def build(policy: Policy) -> WorkflowTemplate:
             "deploy_stage",
             {
                 **BACKEND_ARGS,
+                # The default resource name, as for promote-or-rollback (kpigate.backends.cli).
+                "--model-name": wf("model-name"),
+                "--model-version": VERSION,
+                # Refuses (exit 3) when this workflow was rolled back: `argo retry` after it.
+                "--rollout-id": "{{workflow.name}}",
                 "--weight": "{{inputs.parameters.weight}}",
                 "--mode": wf("traffic-mode"),
+                "--out-dir": OUT_DIR,
             },
-            inputs=["weight"],
+            inputs=["weight", "version"],
+            outputs={"deployed": "deployed"},
+            global_outputs={"deployed": "deployed"},
         )
         soak_and_collect = _step_container(
             "soak-and-collect",
@@ -291,28 +332,23 @@ def build(policy: Policy) -> WorkflowTemplate:
                 "--router-url": wf("router-url"),
                 "--prometheus-url": wf("prometheus-url"),
                 "--evidence": EVIDENCE,
+                "--model-name": wf("model-name"),
+                "--model-version": VERSION,
+                "--rollout": "{{workflow.name}}",
             },
-            inputs=["stage", "looks"],
+            inputs=["stage", "looks", "version"],
         )
+        # Flags and inputs from the step's one definition (steps/evaluate_gate.py).
+        evaluate_flags = _resolved(argo_flags(EvaluateGateInputs))
         evaluate_gate = _step_container(
             "evaluate-gate",
             "evaluate_gate",
-            {
-                "--policy": POLICY_FILE,
-                "--evidence": EVIDENCE,
-                "--stage": "{{inputs.parameters.stage}}",
-                "--out-dir": OUT_DIR,
-                "--model-name": wf("model-name"),
-                "--model-version": wf("model-version"),
-                "--rollout-id": "{{workflow.name}}",
-            },
-            inputs=["stage"],
-            outputs={
-                "decision": "decision",
-                "suspend": "suspend",
-                "looks": "looks",
-                "explanation": "explanation.json",
-            },
+            evaluate_flags,
+            inputs=argo_inputs(evaluate_flags),
+            # No explanation output: ~7.6 KB per look in the workflow status, read by nothing,
+            # pushes a long rollout toward etcd's object size limit. The log and the audit
+            # trail carry the explanation.
+            outputs={"decision": "decision", "suspend": "suspend", "looks": "looks"},
         )
         promote_or_rollback = _step_container(
             "promote-or-rollback",
@@ -320,32 +356,91 @@ def build(policy: Policy) -> WorkflowTemplate:
             {
                 "--action": "{{inputs.parameters.action}}",
                 "--model-name": wf("model-name"),
-                "--model-version": wf("model-version"),
+                "--model-version": VERSION,
                 **BACKEND_ARGS,
                 "--evidence": EVIDENCE,
                 "--policy": POLICY_FILE,
                 "--rollout-id": "{{workflow.name}}",
             },
-            inputs=["action"],
+            inputs=["action", "version"],
+        )
+        # The exit handler sees no task outputs: it rolls back the version deploy-stage
+        # reported, and nothing when no deploy ran (a rejection, a failure before 5%).
+        exit_rollback = _step_container(
+            "exit-rollback",
+            "promote_or_rollback",
+            {
+                "--action": "rollback",
+                "--if-deployed": None,
+                "--model-name": wf("model-name"),
+                "--model-version": DEPLOYED,
+                **BACKEND_ARGS,
+                "--evidence": EXIT_EVIDENCE,
+                "--policy": POLICY_FILE,
+                "--rollout-id": "{{workflow.name}}",
+            },
         )
         # Ends a rolled-back rollout as Failed, with the reason as the node's message, so a
         # rollback never looks like a quiet success in the UI, the CLI or a CI gate.
+        # FallbackToLogsOnError: the reason printed on exit becomes the container's termination
+        # message, which Argo appends to the node's message (workflow/controller/operator.go).
         rolled_back = Container(
             name="rolled-back",
             image=wf("image"),
             command=["python", "-c", "import sys; sys.exit(sys.argv[1])"],
             args=["{{inputs.parameters.reason}}"],
             inputs=[Parameter(name="reason")],
+            termination_message_policy="FallbackToLogsOnError",
         )
-        wait_for_operator = Suspend(name="wait-for-operator")
+        # At a suspend (hold limit reached, on_max_holds: suspend) the operator chooses, through
+        # suspend inputs with defaults so that a plain `argo resume` works (util.go, as for
+        # manual-approval): continue for N more looks without suspending again, promote the
+        # stage, or roll back.
+        choice_help = (
+            "continue: collect and judge `looks` more windows without suspending again; "
+            "promote: pass this stage; rollback: roll back now"
+        )
+        looks_help = "with continue: how many more looks before the gate may suspend again"
+        wait_for_operator = Suspend(
+            name="wait-for-operator",
+            inputs=[
+                Parameter(
+                    name="action",
+                    default="continue",
+                    enum=["continue", "promote", "rollback"],
+                    description=choice_help,
+                ),
+                Parameter(name="looks", default="3", description=looks_help),
+            ],
+            outputs=[
+                Parameter(
+                    name=name,
+                    description=text,
+                    value_from=m.ValueFrom(supplied=m.SuppliedValueFrom(), default=default),
+                )
+                for name, default, text in (
+                    ("action", "continue", choice_help),
+                    ("looks", "3", looks_help),
+                )
+            ],
+        )
+        # Inputs and a supplied output with a default, spelled out: Hera's intermediate
+        # parameters drop the default, and without one `argo resume` fails with "raw output
+        # parameter 'approve' has not been set" (workflow/util/util.go). Resuming the
+        # approval is the approval; `argo node set ... approve=no` then resume declines.
+        approve_help = "yes: go to the last stage (100%); no: roll back"
         ask_approval = Suspend(
             name="manual-approval",
-            intermediate_parameters=[
+            inputs=[
+                Parameter(
+                    name="approve", default="yes", enum=["yes", "no"], description=approve_help
+                )
+            ],
+            outputs=[
                 Parameter(
                     name="approve",
-                    default="no",
-                    enum=["yes", "no"],
-                    description="yes: go to the last stage (100%); no: roll back",
+                    description=approve_help,
+                    value_from=m.ValueFrom(supplied=m.SuppliedValueFrom(), default="yes"),
                 )
             ],
         )
@@ -357,44 +452,94 @@ def build(policy: Policy) -> WorkflowTemplate:
         # candidate is rolled back at the first look with enough evidence. `looks` (from
         # evaluate-gate) is the stage's window count plus one: collecting up to it is
         # idempotent, so a retried collect step never adds a second window.
+        grant = {"grant-from": "{{inputs.parameters.grant-from}}",
+                 "grant": "{{inputs.parameters.grant}}"}  # fmt: skip
         with Steps(
             name="judge-stage",
-            inputs=[Parameter(name="stage")],
+            inputs=[
+                Parameter(name="stage"),
+                Parameter(name="version"),
+                # An operator's "continue for N looks": no suspend before the stage has
+                # grant-from - 1 + grant windows (0, 0: no grant).
+                Parameter(name="grant-from", default="0"),
+                Parameter(name="grant", default="0"),
+            ],
             outputs=[
                 Parameter(
                     name="decision",
                     value_from=m.ValueFrom(
                         expression=(
-                            "steps.evaluate.outputs.parameters.decision == 'hold'"
-                            " ? steps.rejudge.outputs.parameters.decision"
-                            " : steps.evaluate.outputs.parameters.decision"
+                            "steps.evaluate.outputs.parameters.decision != 'hold'"
+                            " ? steps.evaluate.outputs.parameters.decision"
+                            " : (steps.evaluate.outputs.parameters.suspend == 'true'"
+                            " ? steps.ask.outputs.parameters.decision"
+                            " : steps.rejudge.outputs.parameters.decision)"
                         )
                     ),
                 )
             ],
         ):
-            stage = {"stage": "{{inputs.parameters.stage}}"}
-            Step(name="evaluate", template=evaluate_gate, arguments=stage)
+            stage = {"stage": "{{inputs.parameters.stage}}", "version": VERSION}
+            Step(name="evaluate", template=evaluate_gate, arguments={**stage, **grant})
             Step(
-                name="wait",
-                template=wait_for_operator,
+                name="ask",
+                template="operator-choice",
+                arguments={**stage, "looks": "{{steps.evaluate.outputs.parameters.looks}}"},
                 when="{{steps.evaluate.outputs.parameters.suspend}} == true",
             )
-            hold = "{{steps.evaluate.outputs.parameters.decision}} == hold"
+            hold = (
+                "{{steps.evaluate.outputs.parameters.decision}} == hold && "
+                "{{steps.evaluate.outputs.parameters.suspend}} != true"
+            )
             Step(
                 name="collect",
                 template=soak_and_collect,
-                arguments={
-                    "stage": "{{inputs.parameters.stage}}",
-                    "looks": "{{steps.evaluate.outputs.parameters.looks}}",
-                },
+                arguments={**stage, "looks": "{{steps.evaluate.outputs.parameters.looks}}"},
                 when=hold,
             )
             Step(
                 name="rejudge",
                 template="judge-stage",
-                arguments={"stage": "{{inputs.parameters.stage}}"},
+                arguments={**stage, **grant},
                 when=hold,
+            )
+
+        with Steps(
+            name="operator-choice",
+            inputs=[Parameter(name="stage"), Parameter(name="version"), Parameter(name="looks")],
+            outputs=[
+                Parameter(
+                    name="decision",
+                    value_from=m.ValueFrom(
+                        expression=(
+                            "steps.wait.outputs.parameters.action == 'continue'"
+                            " ? steps.rejudge.outputs.parameters.decision"
+                            " : steps.wait.outputs.parameters.action"
+                        )
+                    ),
+                )
+            ],
+        ):
+            # TODO(cause): an operator's promote / rollback should reach the audit trail with
+            # cause "operator" once decisions carry a cause (kpigate/engine, issue 9/10).
+            stage = {"stage": "{{inputs.parameters.stage}}", "version": VERSION}
+            Step(name="wait", template=wait_for_operator)
+            more = "{{steps.wait.outputs.parameters.action}} == continue"
+            Step(
+                name="collect",
+                template=soak_and_collect,
+                arguments={**stage, "looks": "{{inputs.parameters.looks}}"},
+                when=more,
+            )
+            Step(
+                name="rejudge",
+                template="judge-stage",
+                arguments={
+                    **stage,
+                    "grant-from": "{{inputs.parameters.looks}}",
+                    "grant": "{{steps.wait.outputs.parameters.looks}}",
+                },
+                when=more,
             )
 
         with Steps(
@@ -421,8 +566,7 @@ def build(policy: Policy) -> WorkflowTemplate:
         with Steps(name="exit-handler"):
             Step(
                 name="rollback-unless-succeeded",
-                template=promote_or_rollback,
-                arguments={"action": "rollback"},
+                template=exit_rollback,
                 when="{{workflow.status}} != Succeeded",
             )
 
@@ -447,8 +591,9 @@ def _rollout_tasks(
     rolled_back: Container,
 ) -> None:
     Task(name="registry-approval", template=registry_approval)
-    # The step exits 1 on rejection; should it ever succeed without approving, end Failed too.
+    # A rejection is an answer: the step exits 0 with approved=false, and this ends Failed.
     approved = task_output("registry-approval", "approved")
+    version = {"version": task_output("registry-approval", "version")}
     Task(
         name="rejected",
         template=rolled_back,
@@ -478,6 +623,7 @@ def _rollout_tasks(
                 f"declined-{slug}",
                 promote_or_rollback,
                 rolled_back,
+                version,
                 depends=f"{approve}.Succeeded",
                 when=f"{answer} != yes",
                 reason=f"rolled back: the operator declined the {stage.traffic:g}% stage",
@@ -487,7 +633,7 @@ def _rollout_tasks(
         Task(
             name=f"deploy-{slug}",
             template=deploy_stage,
-            arguments={"weight": f"{weight:g}"},
+            arguments={"weight": f"{weight:g}", **version},
             depends=after,
             when=when,
         )
@@ -495,14 +641,14 @@ def _rollout_tasks(
             name=f"soak-{slug}",
             template=soak_and_collect,
             # The first window only; judge-stage collects the rest of the soak look by look.
-            arguments={"stage": f"{stage.traffic:g}", "looks": "1"},
+            arguments={"stage": f"{stage.traffic:g}", "looks": "1", **version},
             depends=f"deploy-{slug}.Succeeded",
         )
         gate = f"gate-{slug}"
         Task(
             name=gate,
             template="judge-stage",
-            arguments={"stage": f"{stage.traffic:g}"},
+            arguments={"stage": f"{stage.traffic:g}", **version},
             depends=f"soak-{slug}.Succeeded",
         )
         # Anything but PROMOTE rolls back: a decision the template does not know must not
@@ -511,6 +657,7 @@ def _rollout_tasks(
             f"rollback-{slug}",
             promote_or_rollback,
             rolled_back,
+            version,
             depends=f"{gate}.Succeeded",
             when=f"{_decision(gate)} != promote",
             reason=f"rolled back at the {stage.traffic:g}% stage: the gate decided "
@@ -520,7 +667,7 @@ def _rollout_tasks(
     Task(
         name="promote",
         template=promote_or_rollback,
-        arguments={"action": "promote"},
+        arguments={"action": "promote", **version},
         depends=after,
         when=when,
     )
@@ -530,6 +677,7 @@ def _roll_back(
     name: str,
     promote_or_rollback: Container,
     rolled_back: Container,
+    version: dict[str, str],
     depends: str,
     when: str,
     reason: str,
@@ -537,7 +685,7 @@ def _roll_back(
     Task(
         name=name,
         template=promote_or_rollback,
-        arguments={"action": "rollback"},
+        arguments={"action": "rollback", **version},
         depends=depends,
         when=when,
     )

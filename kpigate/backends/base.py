@@ -6,12 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from kpigate.errors import KpigateError
+
 # The namespace a pod runs in, as Kubernetes mounts it for every service account.
 _POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-class BackendError(RuntimeError):
-    """A traffic change that could not be made; the message says what to check or change."""
+class BackendError(KpigateError):
+    """A traffic change that could not be made; the message says what to check or change.
+    Bad settings by default; the backend module marks an unreachable or 5xx serving layer
+    UNAVAILABLE (retried) and a 401/403 REFUSED."""
 
 
 class UnsupportedOperation(BackendError):

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from kpigate.backends.base import BackendError, BackendSettings, check_percent
 from kpigate.backends.patching import Patch, Resource
+from kpigate.errors import Kind, kind_of_status
 
 FIELD_MANAGER = "kpigate"
 
@@ -38,7 +39,8 @@ def default_api() -> Any:
         except (ConfigException, OSError) as exc:
             raise BackendError(
                 "no Kubernetes credentials: run inside a pod with a service account "
-                f"(see manifests/rbac/) or point KUBECONFIG at a kubeconfig ({exc})"
+                f"(see manifests/rbac/) or point KUBECONFIG at a kubeconfig ({exc})",
+                kind=Kind.BAD_INPUT,
             ) from None
     return client.CustomObjectsApi()
 
@@ -67,7 +69,10 @@ class CustomResource:
         except Exception as exc:
             raise self._explain("read", exc) from None
         if not isinstance(obj, dict):
-            raise BackendError(f"{self._where()}: the API server returned {type(obj).__name__}")
+            raise BackendError(
+                f"{self._where()}: the API server returned {type(obj).__name__}",
+                kind=Kind.UNAVAILABLE,
+            )
         return obj
 
     def patch(self, patch: Patch) -> Resource | None:
@@ -97,21 +102,29 @@ class CustomResource:
         if status == 404:
             return BackendError(
                 f"{where} not found: check the namespace and resource name "
-                f"(workflow arguments backend-namespace and backend-resource). {detail}"
+                f"(workflow arguments backend-namespace and backend-resource). {detail}",
+                kind=Kind.BAD_INPUT,
             )
         if status in (401, 403):
             return BackendError(
                 f"not allowed to {verb} {where}: the service account needs get and patch on "
-                f"{self.kind.plural}.{self.kind.group} (manifests/rbac/). {detail}"
+                f"{self.kind.plural}.{self.kind.group} (manifests/rbac/). {detail}",
+                kind=Kind.REFUSED,
             )
         if status in (409, 422) and verb == "patch":
             return BackendError(
                 f"{where} changed while kpigate was updating it, or the change is invalid; "
-                f"the step is safe to retry. {detail}"
+                f"the step is safe to retry. {detail}",
+                kind=Kind.UNAVAILABLE,
             )
         if status is None:
-            return BackendError(f"cannot reach the Kubernetes API to {verb} {where}: {detail}")
-        return BackendError(f"{verb} {where} failed (HTTP {status}): {detail}")
+            return BackendError(
+                f"cannot reach the Kubernetes API to {verb} {where}: {detail}",
+                kind=Kind.UNAVAILABLE,
+            )
+        return BackendError(
+            f"{verb} {where} failed (HTTP {status}): {detail}", kind=kind_of_status(status)
+        )
 
 
 def _server_message(body: Any) -> str | None:

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from kpigate.backends.base import BackendError, BackendSettings, check_percent
+from kpigate.errors import Kind, kind_of_status
 
 # The admin paths, in one place (they mirror kpigate.serve.admin.admin_routes; a test checks).
 STATE_PATH = "/admin/state"  # GET: state; PUT {"weight": percent, "mode": "canary"|"shadow"}
@@ -28,7 +29,8 @@ class RouterBackend:
         if not token:
             raise BackendError(
                 f"the router backend needs the router's admin token: set {TOKEN_ENV} "
-                "(in the workflow it comes from the secret kpigate-router-admin)"
+                "(in the workflow it comes from the secret kpigate-router-admin)",
+                kind=Kind.BAD_INPUT,
             )
         self.url = settings.router_url.rstrip("/")
         if client is None:
@@ -49,7 +51,8 @@ class RouterBackend:
         except Exception as exc:  # httpx.HTTPError and OS errors alike
             raise BackendError(
                 f"cannot reach the router admin API at {url}: {exc}; check --router-url "
-                "and that the router is running"
+                "and that the router is running",
+                kind=Kind.UNAVAILABLE,
             ) from None
         try:
             data = response.json()
@@ -58,7 +61,8 @@ class RouterBackend:
         if response.status_code == 401:
             raise BackendError(
                 f"the router at {self.url} refused the admin token ({data.get('error')}): "
-                f"set {TOKEN_ENV} to the router's token"
+                f"set {TOKEN_ENV} to the router's token",
+                kind=Kind.REFUSED,
             )
         laggards = data.get("laggards") if isinstance(data, dict) else None
         if response.status_code == 503 and laggards:
@@ -68,10 +72,13 @@ class RouterBackend:
             )
         if response.status_code >= 400:
             raise BackendError(
-                f"{method} {url} failed (HTTP {response.status_code}): {data.get('error', data)}"
+                f"{method} {url} failed (HTTP {response.status_code}): {data.get('error', data)}",
+                kind=kind_of_status(response.status_code),
             )
         if not isinstance(data, dict):
-            raise BackendError(f"{method} {url}: expected a JSON object, got {data!r}")
+            raise BackendError(
+                f"{method} {url}: expected a JSON object, got {data!r}", kind=Kind.UNAVAILABLE
+            )
         return data
 
     def state(self) -> dict[str, Any]:

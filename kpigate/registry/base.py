@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from kpigate.errors import Kind, KpigateError
+
 # Aliases kpigate moves. `champion` serves the baseline arm, `candidate` the challenger.
 CHAMPION = "champion"
 CANDIDATE = "candidate"
@@ -16,12 +18,14 @@ THRESHOLD_TAG = "threshold"
 FLAVOR_TAG = "kpigate.flavor"
 
 
-class RegistryError(Exception):
+class RegistryError(KpigateError):
     """A registry problem a user can act on; the message says what and what to do."""
 
 
 class RegistryUnavailable(RegistryError):
-    """The registry server could not be reached."""
+    """The registry server could not be reached (or answered 5xx): worth retrying."""
+
+    default_kind = Kind.UNAVAILABLE
 
 
 class ModelNotFound(RegistryError):

@@ -14,6 +14,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from kpigate.errors import Kind, kind_of_status
 from kpigate.registry.base import (
     APPROVAL_TAG,
     ModelNotFound,
@@ -24,6 +25,7 @@ from kpigate.registry.base import (
 
 _APPROVED_VALUES = frozenset({"true", "1", "yes", "approved"})
 _CONNECTION_HINTS = ("Max retries exceeded", "Connection refused", "Failed to establish")
+_REFUSED_CODES = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED"})
 
 
 def probe(tracking_uri: str, timeout_s: float = 3.0) -> None:
@@ -79,7 +81,15 @@ class MlflowRegistry:
             )
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return ModelNotFound(f"{what} does not exist in the registry at {self.registry_uri}")
-        return RegistryError(f"registry call for {what} failed: {message}")
+        if exc.error_code in _REFUSED_CODES:
+            return RegistryError(
+                f"the registry at {self.registry_uri} refused the call for {what}: {message}; "
+                "check the credentials (MLFLOW_TRACKING_TOKEN) and their permissions",
+                kind=Kind.REFUSED,
+            )
+        status: int = exc.get_http_status_code()  # type: ignore[no-untyped-call]
+        kind = kind_of_status(status)
+        return RegistryError(f"registry call for {what} failed: {message}", kind=kind)
 
     def _require_model(self, name: str) -> None:
         try:

@@ -17,7 +17,8 @@ Triggers:
   local        run `kpigate rollout` here with the --rollout-arg options (the embedded default)
   argo         submit the progressive-delivery WorkflowTemplate (ARGO_SERVER, ARGO_TOKEN,
                ARGO_NAMESPACE or the --argo-* options)
-  argo-events  forward to an Argo Events webhook EventSource (--events-url)
+  argo-events  forward to an Argo Events webhook EventSource (--events-url), with the bearer
+               token of its authSecret from KPIGATE_EVENTS_TOKEN or KPIGATE_EVENTS_TOKEN_FILE
 
 MLflow refuses http and private-IP webhook targets unless its server runs with
 MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https and MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true.
@@ -43,6 +44,7 @@ SECRET_ENV = "KPIGATE_WEBHOOK_SECRET"
 SECRET_FILE_ENV = "KPIGATE_WEBHOOK_SECRET_FILE"
 DB_URL_ENV = "KPIGATE_RELAY_DB_URL"
 EVENTS = ("model_version_alias.created", "model_version_tag.set")
+TOKEN_FILE_ENV = "KPIGATE_EVENTS_TOKEN_FILE"
 
 
 def secret_reader() -> Callable[[], str] | None:
@@ -79,9 +81,12 @@ def make_trigger(args: argparse.Namespace) -> Trigger:
             args.argo_namespace or os.environ.get("ARGO_NAMESPACE", "argo"),
         )
     if args.trigger == "argo-events":
-        from kpigate.relay.triggers.events import ArgoEventsTrigger
+        from kpigate.relay.triggers.events import TOKEN_ENV, ArgoEventsTrigger
 
-        return ArgoEventsTrigger(args.events_url)
+        token = os.environ.get(TOKEN_ENV, "")
+        if not token and os.environ.get(TOKEN_FILE_ENV):
+            token = Path(os.environ[TOKEN_FILE_ENV]).read_text().strip()
+        return ArgoEventsTrigger(args.events_url, token)
     from kpigate.relay.triggers.local import LocalTrigger
 
     return LocalTrigger(shlex.split(args.rollout_args), args.state_dir)

@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from kpigate.errors import Kind, KpigateError
 from kpigate.sources.counts import HORIZON_METRIC, WindowCounts
 
 
-class SourceError(RuntimeError):
-    """The source could not answer (down, unreachable, bad response): the window is missing."""
+class SourceError(KpigateError):
+    """The source could not answer (down, unreachable, bad response): the window is missing.
+    soak-and-collect records the window as stale (the gate holds) instead of failing."""
+
+    default_kind = Kind.UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)

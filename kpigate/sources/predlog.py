@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
+from kpigate.errors import Kind
 from kpigate.policy import Labels, Policy
 from kpigate.serve.metrics import LATENCY_BUCKETS, SCORE_BUCKETS
 from kpigate.serve.predlog import Tables, make_engine
@@ -284,6 +285,7 @@ def source_from_env(policy: Policy, prefix: str = "kpigate_") -> PredlogSource:
     if not url:
         raise SourceError(
             f"--source predlog needs the prediction log's URL in {DB_URL_ENV} or in the file "
-            f"named by {DB_URL_FILE_ENV}"
+            f"named by {DB_URL_FILE_ENV}",
+            kind=Kind.BAD_INPUT,
         )
     return PredlogSource(PredlogReader.from_url(url, prefix), policy.labels)

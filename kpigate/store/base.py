@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from kpigate.errors import KpigateError
 
-class StoreError(RuntimeError):
-    """The evidence could not be read or written; nothing was lost (appends are atomic)."""
+
+class StoreError(KpigateError):
+    """The evidence could not be read or written; nothing was lost (appends are atomic).
+    Its kind is the cause's: a registry that is down is worth a retry, a bad URI is not."""
 
 
 class EvidenceStore(Protocol):

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kpigate.errors import Kind
 from kpigate.store.base import StoreError
 
 
@@ -43,4 +44,5 @@ class FileStore:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise StoreError(f"cannot append to {self.path}: {exc.strerror}") from exc
+            kind = Kind.REFUSED if isinstance(exc, PermissionError) else Kind.UNAVAILABLE
+            raise StoreError(f"cannot append to {self.path}: {exc.strerror}", kind=kind) from exc

@@ -42,9 +42,9 @@ class MlflowStore:
             except ModelNotFound as exc:
                 if self.artifact in str(exc):
                     return []  # no window recorded yet
-                raise StoreError(f"cannot read evidence {self.uri}: {exc}") from exc
+                raise StoreError(f"cannot read evidence {self.uri}: {exc}", kind=exc.kind) from exc
             except RegistryError as exc:
-                raise StoreError(f"cannot read evidence {self.uri}: {exc}") from exc
+                raise StoreError(f"cannot read evidence {self.uri}: {exc}", kind=exc.kind) from exc
             text = Path(path).read_text()
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
@@ -54,4 +54,4 @@ class MlflowStore:
         try:
             self.registry.log_text(self.model, self.version, text, self.artifact)
         except RegistryError as exc:
-            raise StoreError(f"cannot write evidence {self.uri}: {exc}") from exc
+            raise StoreError(f"cannot write evidence {self.uri}: {exc}", kind=exc.kind) from exc
