@@ -176,7 +176,9 @@ class FeedbackJoiner:
                 done.update(self._label(conn, rids[start : start + 500], label, at, shadow=False))
         for rid, want in eligible.items():
             if rid not in done:
-                report.add("duplicate", want.index, rid, "labeled concurrently")
+                report.add(
+                    "duplicate", want.index, rid, "labeled concurrently, or matured meanwhile"
+                )
                 continue
             row = served[rid]
             report.add("joined", want.index, rid)
@@ -192,6 +194,9 @@ class FeedbackJoiner:
             update(table)
             .where(table.c.request_id.in_(rids), table.c.shadow.is_(shadow))
             .where(table.c.label.is_(None))
+            # A row the maturity job has counted (maturity.py) is final: a label racing that
+            # claim is late, never joined after the router counted the prediction unlabeled.
+            .where(table.c.matured_at.is_(None))
             .values(label=label, labeled_at=at)
         )
         if not shadow:
