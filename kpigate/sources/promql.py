@@ -80,8 +80,9 @@ SAMPLE = QueryContext(
 
 
 def promql_duration(seconds: float) -> str:
-    """`600` -> `10m`, `90` -> `90s`: the form users write in a range selector."""
-    whole = max(1, round(seconds))
+    """`600` -> `10m`, `90` -> `90s`: the form users write in a range selector. Rounded up, so
+    the range covers the whole window (rounding 1.4 s down to 1s would drop its start)."""
+    whole = max(1, math.ceil(seconds - 1e-6))
     for unit, size in (("h", 3600), ("m", 60)):
         if whole % size == 0:
             return f"{whole // size}{unit}"
