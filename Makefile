@@ -42,6 +42,7 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/statistical.py --write docs/statistics.md $(BENCH_ARGS)
+	$(BIN)/python bench/forecast.py --write docs/forecast.md
 
 bench-replay: $(STAMP)
 	$(BIN)/python bench/replay_speed.py --write docs/replay-speed.md $(BENCH_ARGS)

@@ -256,10 +256,13 @@ def _targets(outcomes: list[Outcome]) -> list[tuple[str, bool, str]]:
                 )
             )
         if s.positives_at_5 == 500 and s.effect == 0:
+            # 83% with the binomial variance alone; the between-window component that keeps
+            # overdispersed traffic from rolling back identical models (docs/engine.md) costs
+            # some certification speed on textbook data: the target was lowered from 80% for it.
             checks.append(
                 (
-                    f">= 80% identical certified by end of stage 2 ({where})",
-                    o.certified[1] >= 0.80,
+                    f">= 70% identical certified by end of stage 2 ({where})",
+                    o.certified[1] >= 0.70,
                     _fmt(o.certified[1]),
                 )
             )

@@ -1,29 +1,79 @@
-"""Check and read an audit trail (hash-chained JSON Lines written by the rollout).
+"""Check and read an audit trail (keyed, hash-chained JSON Lines written by the rollout).
 
-  kpigate audit verify TRAIL [--head HASH]   exit 0 when intact, 1 listing each problem
+  kpigate audit verify TRAIL [--head H] [--anchor-file F] [--from-mlflow MODEL:VERSION]
+                             [--evidence STORE] [--require-key]
   kpigate audit show TRAIL [--rollout ID]    the decision trail, one line per record
 
---head is the trail head recorded elsewhere (the model version's kpigate.audit.head tag in
-MLflow); with it, verify also catches records cut off the end of the file.
-Exit status: 0 intact (verify) or shown (show), 1 tampered or torn, 2 unreadable.
+The key comes from KPIGATE_AUDIT_KEY or KPIGATE_AUDIT_KEY_FILE (a file holding it), never from
+argv. With it, verify checks every record's HMAC, and a record without one (forged, or a trail
+fabricated by someone without the key) is a problem; without it an unkeyed trail verifies with
+a loud warning, and a keyed one cannot be checked. Anchors are heads kept outside the file
+(--head, the model version's kpigate.audit.head tag via --from-mlflow, or a local anchor file):
+records cut off the end, appended after the anchored head, or a replaced trail fail.
+Exit status: 0 intact (verify) or shown (show), 1 tampered or torn, 2 unreadable or no key.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kpigate.audit import AuditError, is_routine_soak, read_records, verify
+from kpigate.audit import (
+    AnchoredHead,
+    AuditError,
+    AuditKey,
+    FileAnchor,
+    audit_key_from_env,
+    is_routine_soak,
+    read_records,
+    verify,
+    verify_evidence,
+)
+from kpigate.audit_anchor import parse_head
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="audit_command", metavar="{verify,show}", required=True)
-    check = sub.add_parser("verify", help="check the hash chain; exit 1 on any problem")
+    check = sub.add_parser(
+        "verify",
+        help="check the keyed hash chain and its anchors; exit 1 on any problem",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     check.add_argument("trail", help="audit trail file (JSON Lines)")
-    check.add_argument("--head", help="expected head hash (the kpigate.audit.head tag)")
+    check.add_argument(
+        "--head",
+        action="append",
+        default=[],
+        help="an anchored head, HASH or SEQ:HASH (the kpigate.audit.head tag); repeatable",
+    )
+    check.add_argument(
+        "--anchor-file", action="append", default=[], help="a local anchor file; repeatable"
+    )
+    check.add_argument(
+        "--from-mlflow",
+        action="append",
+        default=[],
+        metavar="MODEL:VERSION",
+        help="read the anchor from this model version's tags in MLflow; repeatable",
+    )
+    check.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"),
+        help="MLflow for --from-mlflow and --evidence ($MLFLOW_TRACKING_URI)",
+    )
+    check.add_argument(
+        "--evidence", help="evidence store (file or mlflow://...): check each judged window"
+    )
+    check.add_argument(
+        "--require-key",
+        action="store_true",
+        help="exit 2 unless KPIGATE_AUDIT_KEY or KPIGATE_AUDIT_KEY_FILE is set",
+    )
     show = sub.add_parser("show", help="print the decision trail")
     show.add_argument("trail", help="audit trail file (JSON Lines)")
     show.add_argument("--rollout", help="only this rollout id")
@@ -34,17 +84,76 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.audit_command == "verify":
-        return _verify(args.trail, args.head)
+        return _verify(args)
     return _show(args.trail, args.rollout, args.kpis)
 
 
-def _verify(trail: str, head: str | None) -> int:
+def _anchors(args: argparse.Namespace) -> list[AnchoredHead]:
+    """Every anchor given; ValueError/RegistryError with the message on one that cannot be read."""
+    anchors = [parse_head(text) for text in args.head]
+    for path in args.anchor_file:
+        anchored = FileAnchor(path).read()
+        if anchored is None:
+            raise ValueError(f"{path}: no such anchor file")
+        anchors.append(anchored)
+    refs = []
+    for ref in args.from_mlflow:  # all checked before MLflow is asked
+        model, sep, version = ref.rpartition(":")
+        if not sep or not model or not version:
+            raise ValueError(f"--from-mlflow {ref!r}: expected MODEL:VERSION")
+        refs.append((model, version))
+    if refs:
+        from kpigate.audit import RegistryAnchor
+        from kpigate.registry.mlflow import MlflowRegistry
+
+        registry = MlflowRegistry(args.tracking_uri)
+        for model, version in refs:
+            anchored = RegistryAnchor(registry, model, version, "").read()
+            if anchored is None:
+                raise ValueError(f"{model} version {version} has no kpigate.audit.head tag")
+            anchors.append(anchored)
+    return anchors
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from kpigate.registry.base import RegistryError
+
+    trail = args.trail
     if not Path(trail).is_file():
         print(f"kpigate audit: {trail}: no such file (give the trail's path)", file=sys.stderr)
         return 2
-    result = verify(trail, expect_head=head)
+    try:
+        key: AuditKey | None = audit_key_from_env()
+        anchors = _anchors(args)
+    except (AuditError, ValueError, RegistryError) as exc:
+        print(f"kpigate audit: {exc}", file=sys.stderr)
+        return 2
+    if args.require_key and key is None:
+        print(
+            "kpigate audit: --require-key: set KPIGATE_AUDIT_KEY or KPIGATE_AUDIT_KEY_FILE",
+            file=sys.stderr,
+        )
+        return 2
+    result = verify(trail, key=key, anchors=anchors)
+    if args.evidence:
+        from kpigate.store.factory import open_store
+
+        try:
+            windows = open_store(args.evidence, args.tracking_uri).read()
+        except Exception as exc:  # any store: the message is what the operator needs
+            print(
+                f"kpigate audit: cannot read the evidence {args.evidence}: {exc}", file=sys.stderr
+            )
+            return 2
+        found = verify_evidence(read_records(trail), windows)
+        result.problems.extend(found)
+        result.ok = result.ok and not found
+    for warning in result.warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
     if result.ok:
-        print(f"{trail}: intact, {result.records} records, head {result.head}")
+        how = f"keyed (key id {key.key_id})" if result.keyed and key else "UNKEYED (sha256 only)"
+        checked = f", {len(anchors)} anchor(s) checked" if anchors else ", no anchor checked"
+        print(f"{trail}: intact, {result.records} records, {how}{checked}, head {result.head}")
         return 0
     print(
         f"{trail}: NOT intact ({result.records} readable records, "

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render-dashboard": ("kpigate.observability.dashboard", "render the Grafana dashboard JSON"),
     "audit": ("kpigate.audit_cli", "verify or show a rollout's hash-chained audit trail"),
     "report": ("kpigate.report", "render a rollout's audit trail as a self-contained HTML report"),
+    "plan": ("kpigate.plan_cli", "forecast how long each stage takes to decide, before a rollout"),
 }
 
 EPILOG = """\

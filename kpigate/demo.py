@@ -30,7 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
-from kpigate.engine import Decision, GateDecision, KpiReport, Verdict
+from kpigate.engine import Cause, Decision, GateDecision, KpiReport, Verdict
 from kpigate.policy import Policy, PolicyError, load_policy
 
 _MARK = {Decision.PROMOTE: "PROMOTE", Decision.HOLD: "hold", Decision.ROLLBACK: "ROLLBACK"}
@@ -82,7 +82,7 @@ def print_trail(label: str, decisions: list[GateDecision], out: TextIO) -> None:
     steps = [
         f"w{d.window}@{d.stage:g}% {d.decision.value}"
         for d in decisions
-        if d.decision is not Decision.HOLD or not d.reasons[0].startswith("soaking")
+        if d.decision is not Decision.HOLD or d.cause is not Cause.SOAKING
     ]
     last = decisions[-1] if decisions else None
     result = "no decision"

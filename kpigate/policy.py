@@ -10,7 +10,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -20,6 +19,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from kpigate.policy_file import PolicyFileError, non_finite_fields, read_document
+from kpigate.sources.promql import KpiQueries, PromqlError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -61,6 +63,7 @@ class Category(StrEnum):
 class KpiType(StrEnum):
     RATE = "rate"
     QUANTILE = "quantile"
+    EXCEEDANCE = "exceedance"  # share of observations above a threshold (a bucket bound)
     AUC = "auc"
     GAP = "gap"
 
@@ -184,6 +187,18 @@ class Kpi(_Strict):
         description="harm (KPI units) to catch fastest; default harm_scale x margin",
     )
     quantile: float | None = Field(default=None, gt=0, lt=1)
+    threshold: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="exceedance KPIs: the share of observations above this value (KPI units, "
+        "e.g. 250 ms), which must be one of the histogram's bucket bounds",
+    )
+    signed: bool = Field(
+        default=False,
+        description="gap KPIs: compare the signed gap a - b; by default the gap's magnitude "
+        "|a - b| is compared, so a reversed or widened gap both count as worse",
+    )
     segments: tuple[str, ...] = Field(
         default=(), description="segment values judged as separate hypotheses (name{value})"
     )
@@ -194,6 +209,11 @@ class Kpi(_Strict):
     segment: str = Field(default="all", description="segment a rate is read in, e.g. region=eu")
     gap_segments: tuple[str, str] | None = Field(
         default=None, description="the two segments of a gap KPI, e.g. [amount_band=high, ...]"
+    )
+    queries: KpiQueries | None = Field(
+        default=None,
+        description="the KPI's own PromQL per part, read by the Prometheus source instead of "
+        "the router's metrics (kpigate/sources/promql.py)",
     )
     baseline_mean: float | None = Field(default=None, description="mu for method sigma")
     baseline_sd: float | None = Field(default=None, gt=0, description="sigma for method sigma")
@@ -208,7 +228,7 @@ class Kpi(_Strict):
         """What the KPI reads: `metric`, else `latency` / `auc` by type, else its own name."""
         if self.metric:
             return self.metric
-        if self.type is KpiType.QUANTILE:
+        if self.type in (KpiType.QUANTILE, KpiType.EXCEEDANCE):
             return "latency"
         if self.type is KpiType.AUC:
             return "auc"
@@ -217,6 +237,8 @@ class Kpi(_Strict):
     @property
     def needs_labels(self) -> bool:
         """Judged on matured prediction cohorts (labels), not per serving window."""
+        if self.queries is not None:
+            return False  # the user's PromQL is taken per window, as Prometheus answers it
         return self.type is KpiType.AUC or self.reading in LABEL_METRICS
 
     @field_validator("name")
@@ -234,6 +256,15 @@ class Kpi(_Strict):
             raise ValueError("a quantile KPI needs `quantile` (for example 0.95)")
         if self.type is not KpiType.QUANTILE and self.quantile is not None:
             raise ValueError("`quantile` only applies to KPIs of type quantile")
+        if (self.type is KpiType.EXCEEDANCE) != (self.threshold is not None):
+            raise ValueError("an exceedance KPI needs `threshold`, and only it takes one")
+        if self.type is KpiType.GAP and not self.signed and self.direction is Direction.HIGHER:
+            raise ValueError(
+                "a gap is compared on its magnitude, where lower is better: set `direction: "
+                "lower`, or `signed: true` to compare the signed gap a - b"
+            )
+        if self.signed and self.type is not KpiType.GAP:
+            raise ValueError("`signed` only applies to KPIs of type gap")
         if self.scope is Scope.WINDOW and self.action is Action.ROLLBACK:
             raise ValueError(
                 "scope `window` cannot roll back: a per-window test repeated at every look "
@@ -243,6 +274,13 @@ class Kpi(_Strict):
             raise ValueError("margin is 0, so give `detect`: the size of harm to catch fastest")
         if (self.baseline_mean is None) != (self.baseline_sd is None):
             raise ValueError("give both baseline_mean and baseline_sd, or neither")
+        if self.queries is not None:
+            gap = self.type is KpiType.GAP
+            segments = (self.gap_segments or ()) if gap else (self.segments or (self.segment,))
+            try:
+                self.queries.check(self.type.value, segments, gap or bool(self.segments))
+            except PromqlError as exc:
+                raise ValueError(f"queries: {exc}") from None
         return self
 
     def hypotheses(self) -> list[str]:
@@ -374,31 +412,33 @@ def policy_from_dict(data: Any, source: str = "<policy>") -> Policy:
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: a policy is a mapping of fields, got {type(data).__name__}")
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             message = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = "unknown field (check the spelling)"
+            if len(message) > 300:  # a hostile value is quoted back: keep the error readable
+                message = f"{message[:150]} … {message[-80:]}"
             problems.append(f"{source}: {_location(err['loc'], data)}: {message}")
         raise PolicyError("\n".join(problems)) from None
+    # Pydantic's floats take "inf" and "nan" as text; no policy number means anything then.
+    bad = non_finite_fields(policy)
+    if bad:
+        raise PolicyError("\n".join(f"{source}: {where}: not a finite number" for where in bad))
+    return policy
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file; any problem raises PolicyError naming file and field."""
-    path = Path(path)
+    """Read and validate a policy file; any problem raises PolicyError naming file and field.
+
+    kpigate/policy_file.py refuses hostile files (encoding, size, nesting, duplicate keys,
+    huge or non-finite numbers) before validation."""
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read the policy file ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError(f"{path}: not valid YAML{where}: {problem}") from None
+        data = read_document(path)
+    except PolicyFileError as exc:
+        raise PolicyError(str(exc)) from None
     return policy_from_dict(data, str(path))
 
 

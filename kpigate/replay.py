@@ -8,6 +8,10 @@ Input: JSON Lines, one evaluation window per line, in order:
 
 `rollout` is optional; each rollout id is judged independently. Optional: "stale": true
 (the collector marked this window's data too old), "note": "...", "time": "...".
+With delayed labels (a policy `labels` section) the label KPIs of a line belong to a matured
+cohort, named by "cohort": {"window": 3, "stage": 5, "matured_at": 1764590400.0} (the serving
+window, its stage or null if it straddles two, Unix seconds); a line without a cohort carries
+only immediate KPIs and may say what it waits for: "pending": {"window": 4, "matures_at": ...}.
 Each arm of a KPI is one of (by KPI type; null means no data from that arm):
   rate      {"successes": S, "trials": N}
   quantile  {"buckets": {"0.05": 10, "0.1": 40, "+Inf": 50}}   cumulative counts per bound
@@ -41,14 +45,17 @@ from typing import IO, Any, TextIO
 
 from kpigate.engine import (
     ArmData,
+    Cohort,
     GateDecision,
     GatePlan,
     Histogram,
     Observation,
+    Pending,
     Rate,
     RolloutState,
     ScoreHistograms,
     SegmentRates,
+    UnknownStage,
     Window,
     compile_plan,
     judge,
@@ -62,7 +69,7 @@ from kpigate.policy import (
     load_policy,
 )
 
-_TOP_LEVEL = {"rollout", "window", "stage", "kpis", "stale", "note", "time"}
+_TOP_LEVEL = {"rollout", "window", "stage", "kpis", "stale", "note", "time", "cohort", "pending"}
 
 
 class LineError(ValueError):
@@ -116,7 +123,7 @@ def _arm(kpi_type: KpiType, data: Any, where: str) -> ArmData | None:
         return _rate(data, where)
     if not isinstance(data, dict):
         raise LineError(f"{where} must be an object")
-    if kpi_type is KpiType.QUANTILE:
+    if kpi_type in (KpiType.QUANTILE, KpiType.EXCEEDANCE):
         if set(data) != {"buckets"}:
             raise LineError(f'{where} of a quantile KPI must be {{"buckets": {{...}}}}')
         return _buckets(data["buckets"], f"{where}.buckets")
@@ -133,6 +140,38 @@ def _arm(kpi_type: KpiType, data: Any, where: str) -> ArmData | None:
     return SegmentRates(_rate(data["a"], f"{where}.a"), _rate(data["b"], f"{where}.b"))
 
 
+def _window_index(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
+        raise LineError(f"{where} must be a window number (an integer >= 0)")
+    return value
+
+
+def _cohort(data: Any) -> Cohort | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict) or set(data) != {"window", "stage", "matured_at"}:
+        raise LineError('"cohort" must be {"window": W, "stage": S or null, "matured_at": T}')
+    stage = None if data["stage"] is None else _number(data["stage"], '"cohort.stage"')
+    if stage is not None and not 0 < stage <= 100:
+        raise LineError(f'"cohort.stage" is a traffic percentage in (0, 100], got {stage:g}')
+    return Cohort(
+        _window_index(data["window"], '"cohort.window"'),
+        stage,
+        _number(data["matured_at"], '"cohort.matured_at"'),
+    )
+
+
+def _pending(data: Any) -> Pending | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict) or set(data) != {"window", "matures_at"}:
+        raise LineError('"pending" must be {"window": W, "matures_at": T}')
+    return Pending(
+        _window_index(data["window"], '"pending.window"'),
+        _number(data["matures_at"], '"pending.matures_at"'),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RawWindow:
     rollout: str
@@ -141,6 +180,8 @@ class RawWindow:
     kpis: Mapping[str, Any]
     stale: bool
     note: str
+    cohort: Cohort | None = None
+    pending: Pending | None = None
 
 
 def parse_line(text: str) -> RawWindow:
@@ -174,7 +215,16 @@ def parse_line(text: str) -> RawWindow:
     rollout = data.get("rollout", "")
     if not isinstance(rollout, str | int):
         raise LineError('"rollout" must be a string')
-    return RawWindow(str(rollout), index, stage, kpis, stale, str(data.get("note", "")))
+    return RawWindow(
+        str(rollout),
+        index,
+        stage,
+        kpis,
+        stale,
+        str(data.get("note", "")),
+        _cohort(data.get("cohort")),
+        _pending(data.get("pending")),
+    )
 
 
 def to_window(raw: RawWindow, plan: GatePlan) -> Window:
@@ -192,7 +242,7 @@ def to_window(raw: RawWindow, plan: GatePlan) -> Window:
         )
         for name, arms in raw.kpis.items()
     }
-    return Window(raw.index, raw.stage, observations, raw.stale, raw.note)
+    return Window(raw.index, raw.stage, observations, raw.stale, raw.note, raw.cohort, raw.pending)
 
 
 # --- replay --------------------------------------------------------------------------------------
@@ -257,7 +307,10 @@ class Replayer:
                 f"{rollout.last_window}: windows must be in increasing order"
             )
         window = to_window(raw, rollout.plan)
-        rollout.state, decision = judge(rollout.plan, rollout.state, window)
+        try:
+            rollout.state, decision = judge(rollout.plan, rollout.state, window)
+        except UnknownStage as exc:
+            raise LineError(f"{exc}; replay it with the policy it was collected under") from None
         rollout.last_window = raw.index
         return decision
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kpigate.audit import AuditError
 from kpigate.backends.base import TrafficBackend
 from kpigate.engine import Decision, GateDecision
 from kpigate.errors import KpigateError
@@ -276,6 +277,11 @@ def run(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"kpigate rollout: bad policy:\n{exc}", file=sys.stderr)
         return 2
+    if args.source != "prometheus" and any(k.queries is not None for k in policy.kpis):
+        print(
+            "kpigate rollout: the policy has PromQL KPIs: use --source prometheus", file=sys.stderr
+        )
+        return 2
     state_dir = Path(args.state_dir)
     try:
         # The lock comes first: a second start for the same model must not touch anything.
@@ -287,28 +293,48 @@ def run(args: argparse.Namespace) -> int:
     except KpigateError as exc:  # the steps' mapping (kpigate/errors.py): 1, 2 or 3
         print(f"kpigate rollout: {exc}", file=sys.stderr)
         return exc.kind.exit_code
+    except AuditError as exc:  # e.g. a KPIGATE_AUDIT_KEY too short, or its file unreadable
+        print(f"kpigate rollout: {exc}", file=sys.stderr)
+        return 2
 
 
 def _rollout(args: argparse.Namespace, policy: Policy, state_dir: Path) -> int:
-    from kpigate.audit import AuditTrail, attach_to_registry, default_actor, policy_hash
+    from kpigate.audit import (
+        AuditTrail,
+        RegistryAnchor,
+        attach_to_registry,
+        default_actor,
+        policy_hash,
+    )
     from kpigate.backends.base import BackendSettings
     from kpigate.backends.factory import make_backend
     from kpigate.notify import dispatcher_from_env
     from kpigate.registry.mlflow import MlflowRegistry
-    from kpigate.sources.factory import SourceSettings, make_source
+    from kpigate.sources.router import RouterScrapeSource
     from kpigate.store.file import FileStore
 
     registry = MlflowRegistry(args.tracking_uri)
     version = registry.resolve(args.model_name, args.model_version or "candidate").version
     evidence = args.evidence or str(state_dir / f"{args.model_name}-{version}.jsonl")
-    source: MetricsSource = make_source(
-        SourceSettings(
-            kind=args.source,
-            router_url=args.router_url,
-            prometheus_url=args.prometheus_url,
-            max_staleness_s=policy.max_staleness,
-        )
-    )
+    source: MetricsSource
+    if args.source == "prometheus":
+        from kpigate.sources.prometheus import PrometheusSource
+        from kpigate.sources.promql import PromqlError, QueryContext
+
+        champion = registry.get_aliases(args.model_name).get(CHAMPION, "")
+        context = QueryContext(args.model_name, "", champion, version)
+        try:
+            source = PrometheusSource(
+                args.prometheus_url,
+                max_staleness_s=policy.max_staleness,
+                kpis=policy.kpis,
+                context=context,
+            )
+        except PromqlError as exc:
+            print(f"kpigate rollout: {exc}", file=sys.stderr)
+            return 2
+    else:
+        source = RouterScrapeSource(args.router_url)
 
     def show(decision: GateDecision) -> None:
         print(
@@ -317,7 +343,9 @@ def _rollout(args: argparse.Namespace, policy: Policy, state_dir: Path) -> int:
             flush=True,
         )
 
-    trail = AuditTrail(args.audit or state_dir / "audit.jsonl")
+    # The head is anchored as a tag on the version after every append (kpigate/audit_anchor.py).
+    anchor = RegistryAnchor(registry, args.model_name, version, f"{args.model_name}-{version}")
+    trail = AuditTrail(args.audit or state_dir / "audit.jsonl", anchor=anchor)
     actor = default_actor()
     journal = Journal(
         trail=trail,

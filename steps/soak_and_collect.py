@@ -19,9 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kpigate.policy import Policy
-from kpigate.sources import catalogue
+from kpigate.sources import catalogue, promql
 from kpigate.sources.base import MetricsSource, SourceError
-from kpigate.sources.factory import SourceSettings, make_source
 from kpigate.steps.common import (
     DONE,
     StepError,
@@ -33,15 +32,33 @@ from kpigate.steps.common import (
 from kpigate.store import EvidenceStore, open_store
 
 
-def source_settings(args: argparse.Namespace, policy: Policy) -> SourceSettings:
-    return SourceSettings(
-        kind=args.source,
-        router_url=args.router_url,
-        prometheus_url=args.prometheus_url,
-        prometheus_matchers=args.prometheus_matchers,
-        prometheus_mode=args.prometheus_mode,
-        max_staleness_s=policy.max_staleness,
-    )
+def make_source(args: argparse.Namespace, policy: Policy) -> MetricsSource:
+    if args.source == "prometheus":
+        from kpigate.sources.prometheus import PrometheusSource
+
+        if not args.prometheus_url:
+            raise StepError("--source prometheus needs --prometheus-url")
+        return PrometheusSource(
+            args.prometheus_url,
+            matchers=args.prometheus_matchers,
+            mode=args.prometheus_mode,
+            max_staleness_s=policy.max_staleness,
+            kpis=policy.kpis,
+            context=promql.QueryContext(
+                model=args.model_name,
+                namespace=args.namespace,
+                baseline_version=args.baseline_version,
+                candidate_version=args.model_version,
+            ),
+        )
+    with_queries = [k.name for k in policy.kpis if k.queries is not None]
+    if with_queries:
+        raise StepError(
+            f"KPIs {', '.join(with_queries)} bring their own PromQL: use --source prometheus"
+        )
+    from kpigate.sources.router import RouterScrapeSource
+
+    return RouterScrapeSource(args.router_url)
 
 
 def window_record(
@@ -114,13 +131,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prometheus-matchers", default="", help='label matchers, e.g. job="kpigate-router"'
     )
     parser.add_argument("--prometheus-mode", choices=["increase", "delta"], default="increase")
+    # The values a KPI's own PromQL may name ({{ model }}, {{ namespace }}, the versions).
+    # With --rollout, also: refuse to soak a rollout that was rolled back (exit 3).
+    parser.add_argument("--model-name", default="", help="for PromQL KPIs: {{ model }}")
+    parser.add_argument("--model-version", default="", help="the candidate's version")
+    parser.add_argument("--baseline-version", default="", help="the baseline's version")
+    parser.add_argument("--namespace", default="", help="for PromQL KPIs: {{ namespace }}")
     parser.add_argument("--evidence", required=True, help="evidence store: mlflow://... or path")
     parser.add_argument("--rollout", default="", help="rollout id (default: from --evidence)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow (for mlflow:// evidence)")
-    parser.add_argument("--model-name", default="", help="with --model-version and --rollout:")
-    parser.add_argument(
-        "--model-version", default="", help="refuse to soak a rollout that was rolled back"
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     interval = args.interval or stage_spec.interval
     store = open_store(args.evidence, args.tracking_uri)
     rollout = args.rollout or args.evidence.rstrip("/").rsplit("/", 1)[-1]
-    source = make_source(source_settings(args, policy))
+    source = make_source(args, policy)
     if args.model_name and args.model_version and args.rollout:
         from kpigate.registry.mlflow import MlflowRegistry
 

@@ -12,13 +12,16 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.serve_fixtures import free_port
 
@@ -36,6 +39,20 @@ class PrometheusServer:
         tmp = self.targets_file.with_suffix(".tmp")
         tmp.write_text(
             json.dumps([{"targets": list(targets), "labels": {"job": "kpigate-router"}}])
+        )
+        tmp.replace(self.targets_file)
+
+    def scrape_groups(self, *groups: tuple[list[str], dict[str, str]]) -> None:
+        """Point Prometheus at target groups, each with its own target labels, as Kubernetes
+        service discovery plus relabelling gives each pod's series its pod labels."""
+        tmp = self.targets_file.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps(
+                [
+                    {"targets": targets, "labels": {"job": "kpigate-router", **labels}}
+                    for targets, labels in groups
+                ]
+            )
         )
         tmp.replace(self.targets_file)
 
@@ -112,3 +129,51 @@ scrape_configs:
         process.wait(10)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+
+
+class Exporter:
+    """A loopback /metrics endpoint serving one prometheus_client registry: a stand-in for a
+    mesh sidecar or a model server, exposing whatever metric names a test registers."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.target = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def start_exporter() -> Iterator[object]:
+    """start_exporter(registry) -> Exporter; every exporter started is closed after the test."""
+    started: list[Exporter] = []
+
+    def start(registry: CollectorRegistry) -> Exporter:
+        exporter = Exporter(registry)
+        started.append(exporter)
+        return exporter
+
+    yield start
+    for exporter in started:
+        exporter.close()

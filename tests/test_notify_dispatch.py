@@ -249,7 +249,9 @@ def test_decisions_map_to_severities_and_routine_soaks_stay_quiet() -> None:
 
     (rollback,) = decision_notifications("bad", _decisions("bad")[-1], "fraud", "2")
     assert rollback.severity is Severity.CRITICAL
-    assert rollback.message == "fraud v2 rolled back at 25%: recall worse than the baseline"
+    assert (
+        rollback.message == "fraud v2 rolled back at 25%: harm on recall (worse than the baseline)"
+    )
     assert rollback.fields["kind"] == "rollback" and "CI [" in rollback.fields["recall"]
 
 

@@ -44,7 +44,7 @@ def test_good_rollout_report_shows_stages_kpis_figures_and_outcome(trail: Path) 
     for kpi in ("recall", "precision", "fpr", "auc", "latency_p95", "chargeback_rate"):
         assert f"<tr><td>{kpi}</td>" in page
     # the final recall CI of the replayed good rollout (see `kpigate replay`)
-    assert "[+0.02351, +0.05314]" in page
+    assert "[+0.01724, +0.06179]" in page
     assert len(_FIGURE.findall(page)) == 2
     assert not re.search(r"""(?:src|href)\s*=\s*["'](?:https?:)?//""", page)  # nothing fetched
     assert "<script" not in page and "<link" not in page
@@ -52,7 +52,7 @@ def test_good_rollout_report_shows_stages_kpis_figures_and_outcome(trail: Path) 
 
 def test_bad_rollout_report_shows_the_rollback_and_its_evidence(trail: Path) -> None:
     page = _render(trail, "bad")
-    assert "rolled back at 25% (window 7)" in page
+    assert "rolled back at 25% (window 8)" in page
     assert '<span class="rollback">rollback</span>' in page
     assert "recall: candidate worse than the baseline" in page
     assert '<tr><td>recall</td><td>performance</td><td><span class="fail">fail</span>' in page

@@ -63,11 +63,11 @@ def test_gate_then_rollback_record_the_rollout_in_the_registry(
         KPIGATE_ADMIN_TOKEN=ADMIN_TOKEN, KPIGATE_ACTOR="argo:wf-abc12",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "audit trail of 7 windows attached" in done.stdout
+    assert "audit trail of 8 windows attached" in done.stdout
     assert router.admin().get("/admin/state").json()["detached"] is True
     tags = MlflowRegistry(mlflow_server).get_tags("steps-cli", version)
     assert tags["kpigate.rollout"] == "rolled_back"
-    assert tags["kpigate.audit.records"] == "9"  # 7 decisions, the rollback, its notification
+    assert tags["kpigate.audit.records"] == "10"  # 8 decisions, the rollback, its notification
     trail = MlflowRegistry(mlflow_server).download_artifact(
         "steps-cli", version, tags["kpigate.audit.artifact"], str(tmp_path / "dl")
     )

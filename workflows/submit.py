@@ -1,13 +1,15 @@
 """Start a rollout: submit the progressive-delivery WorkflowTemplate to an Argo server.
 
 Creates a Workflow that references the template (workflowTemplateRef) with the model name and
-version as arguments, through Hera's WorkflowsService. Host, token and namespace come from the
-flags or from ARGO_SERVER, ARGO_TOKEN and ARGO_NAMESPACE (as for the argo CLI).
+version as arguments, through Hera's WorkflowsService. Host and namespace come from the flags
+or from ARGO_SERVER and ARGO_NAMESPACE (as for the argo CLI). The bearer token comes from
+KPIGATE_ARGO_TOKEN, or the file named by KPIGATE_ARGO_TOKEN_FILE (a mounted secret), or
+ARGO_TOKEN; --token still works but shows the token to every user of the machine in `ps`.
 
 examples:
   kpigate submit --model-version 7
   kpigate submit --model-name fraud --model-version 7 -p backend=istio -p manual-approval=true
-  ARGO_SERVER=https://argo.example.com ARGO_TOKEN="$(argo auth token)" kpigate submit ...
+  KPIGATE_ARGO_TOKEN_FILE=/var/run/secrets/argo/token kpigate submit --model-version 7
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from kpigate.secrets import SecretError, read_secret, secret_help
 from kpigate.workflows.progressive_delivery import ARGUMENTS, TEMPLATE_NAME
+
+TOKEN_ENV = "KPIGATE_ARGO_TOKEN"  # or KPIGATE_ARGO_TOKEN_FILE
 
 _LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
@@ -103,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--template", default=TEMPLATE_NAME, help="WorkflowTemplate name (%(default)s)")
     add("--host", default=os.environ.get("ARGO_SERVER"), help="Argo server URL ($ARGO_SERVER)")
-    add("--token", default=os.environ.get("ARGO_TOKEN"), help="bearer token ($ARGO_TOKEN)")
+    add("--token", default=None, help=secret_help(TOKEN_ENV, "bearer token") + "; or $ARGO_TOKEN")
     add(
         "--namespace",
         default=os.environ.get("ARGO_NAMESPACE", "argo"),
@@ -117,10 +122,15 @@ def run(args: argparse.Namespace) -> int:
         print("no Argo server: pass --host or set ARGO_SERVER", file=sys.stderr)
         return 2
     try:
+        token = read_secret(TOKEN_ENV, args.token) or os.environ.get("ARGO_TOKEN") or None
+    except SecretError as exc:
+        print(f"kpigate submit: {exc}", file=sys.stderr)
+        return 2
+    try:
         workflow = workflow_for(
             args.model_name, args.model_version, dict(args.parameter), args.template
         )
-        name, link = submit(workflow, args.host, args.token, args.namespace, not args.insecure)
+        name, link = submit(workflow, args.host, token, args.namespace, not args.insecure)
     except SubmitError as exc:
         print(exc, file=sys.stderr)
         return 1

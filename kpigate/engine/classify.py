@@ -9,6 +9,7 @@ with the reason, never a pass or a fail.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kpigate.engine import sequential as seq
@@ -21,11 +22,14 @@ from kpigate.engine.evidence import (
     compare,
     value_of,
 )
-from kpigate.engine.plan import Hypothesis, KpiReport, KpiState, Verdict
+from kpigate.engine.plan import Cause, Hypothesis, KpiReport, KpiState, Verdict
 from kpigate.policy import Kpi, Method, Policy, Scope
 
 _DISPLAY_EWMA_LAMBDA = 0.3
 _MAX_LOG_E = 690.0  # e-values are reported up to ~1e300
+# A window whose variance is outside this range (absurd counts such as 1e308 trials) would make
+# the running sums overflow; it is refused as not comparable instead.
+_MIN_VARIANCE, _MAX_VARIANCE = 1e-200, 1e200
 
 
 def _margin(kpi: Kpi, state: KpiState) -> float | None:
@@ -34,7 +38,7 @@ def _margin(kpi: Kpi, state: KpiState) -> float | None:
     reference = kpi.baseline_mean
     if reference is None and state.baseline is not None:
         try:
-            reference = value_of(state.baseline, kpi.quantile)
+            reference = value_of(state.baseline, kpi.quantile, kpi.threshold)
         except NotComparable:
             return None
     return None if reference is None else kpi.margin * abs(reference)
@@ -44,34 +48,60 @@ def _add(total: ArmData | None, more: ArmData) -> ArmData:
     return more if total is None else total + more  # type: ignore[operator]
 
 
+@dataclass(frozen=True, slots=True)
+class Unused:
+    """Why a window's data for one KPI added no evidence."""
+
+    reason: str
+    cause: Cause = Cause.NO_DATA
+
+
 def update(
     hyp: Hypothesis, policy: Policy, state: KpiState, obs: Observation | None, last_stage: bool
-) -> tuple[KpiState, Comparison | None, str]:
+) -> tuple[KpiState, Comparison | Unused]:
     """Add one window's data to the running sums; say why not if it cannot be used."""
     if obs is None or obs.candidate is None:
-        return state, None, "no candidate data in this window"
+        return state, Unused("no candidate data in this window")
     reference = obs.baseline
     if reference is None:
         if last_stage and policy.holdback == 0 and state.baseline is not None:
             reference = state.baseline  # no concurrent baseline: its recorded history
         else:
-            return state, None, "no baseline data in this window"
+            return state, Unused("no baseline data in this window")
     earlier = None
     if state.candidate is not None and state.baseline is not None:
         earlier = _add(state.candidate, state.baseline)
     try:
-        comparison = compare(obs.candidate, reference, hyp.kpi.quantile, earlier)
-    except (NotComparable, ValueError) as exc:
-        return state, None, f"not comparable: {exc}"
-    if not (comparison.variance > 0 and math.isfinite(comparison.variance)):
-        return state, None, "not comparable: zero variance"
+        kpi = hyp.kpi
+        comparison = compare(
+            obs.candidate,
+            reference,
+            kpi.quantile,
+            earlier,
+            span=kpi.margin if kpi.margin_type == "absolute" and kpi.margin > 0 else None,
+            threshold=kpi.threshold,
+            contrast=hyp.contrast,
+        )
+    except (NotComparable, ValueError, OverflowError, ZeroDivisionError) as exc:
+        return state, Unused(f"not comparable: {exc}")
+    if not (_MIN_VARIANCE < comparison.variance < _MAX_VARIANCE) or not math.isfinite(
+        comparison.difference
+    ):
+        return state, Unused("not comparable: the window's variance is zero or out of range")
+    # Accumulated evidence uses the window's model variance plus the between-window component
+    # estimated from earlier windows only, so it is known before the window is seen
+    # (predictable). A window-scope KPI asks whether this window alone differs: a transient
+    # spike is what it is for, and must not widen the windows after it.
+    variance = comparison.variance
+    if kpi.scope is Scope.ROLLOUT:
+        variance += state.spread.tau2()
     improvement = hyp.sign * comparison.difference
     history = state.history
     if obs.baseline is not None and len(history) < 64:
         history = (*history, comparison.baseline)
     updated = KpiState(
-        info=state.info + 1.0 / comparison.variance,
-        weighted=state.weighted + improvement / comparison.variance,
+        info=state.info + 1.0 / variance,
+        weighted=state.weighted + improvement / variance,
         candidate=_add(state.candidate, obs.candidate),
         baseline=state.baseline if obs.baseline is None else _add(state.baseline, obs.baseline),
         history=history,
@@ -79,8 +109,9 @@ def update(
             state.ewma, comparison.candidate, policy.sigma.ewma_lambda or _DISPLAY_EWMA_LAMBDA
         ),
         looks=state.looks + 1,
+        spread=state.spread.add(comparison.difference, comparison.variance),
     )
-    return updated, comparison, ""
+    return updated, replace(comparison, variance=variance)
 
 
 def _limits(hyp: Hypothesis, policy: Policy, state: KpiState, value: float) -> ControlLimits | None:
@@ -127,6 +158,18 @@ def classify(
             verdict=Verdict.INCONCLUSIVE,
             triggers="none",
             reason="relative margin has no baseline value yet",
+            cause=Cause.NO_DATA,
+            **common,
+        )
+    scale = kpi.detect if kpi.detect is not None else policy.harm_scale * delta
+    if not scale > 0:
+        # A relative margin of a baseline at exactly 0 leaves no harm scale to test with.
+        return KpiReport(
+            verdict=Verdict.INCONCLUSIVE,
+            triggers="none",
+            reason=f"the relative margin is 0 because the baseline's value is 0; give "
+            f"`detect` or an absolute margin for {kpi.name}",
+            cause=Cause.NO_DATA,
             **common,
         )
     common["margin"] = delta
@@ -136,10 +179,10 @@ def classify(
             verdict=Verdict.INCONCLUSIVE,
             triggers="none",
             reason=f"burn-in: {min(samples):g} of {kpi.min_samples} {arm} samples",
+            cause=Cause.BURN_IN,
             **common,
         )
 
-    scale = kpi.detect if kpi.detect is not None else policy.harm_scale * delta
     rho = 1.0 / (scale * scale)
     theta = delta if delta > 0 else 0.5 * scale
     delta_r = delta if kpi.fail_beyond_margin else 0.0
@@ -163,7 +206,8 @@ def classify(
         upper = estimate + hyp.harm_z * sd
         lower = estimate - hyp.noninferiority_z * sd
         evidence = {
-            "p_harm": 1.0 - seq.normal_sf((-estimate - delta_r) / sd),
+            # p-values of "no harm" and of "worse by the margin": small means evidence.
+            "p_harm": seq.normal_sf((-estimate - delta_r) / sd),
             "p_noninferior": seq.normal_sf((estimate + delta) / sd),
         }
     common["estimate"] = hyp.sign * estimate
@@ -179,6 +223,7 @@ def classify(
             verdict=Verdict.FAIL,
             triggers=kpi.action.value,
             reason=f"candidate worse {worse}: improvement bound {upper:.4g} < {-delta_r:.4g}",
+            cause=Cause.HARM,
             **common,
         )
     if lower > -delta:
@@ -186,6 +231,7 @@ def classify(
             verdict=Verdict.PASS,
             triggers="none",
             reason=f"non-inferior: improvement bound {lower:.4g} > -{delta:.4g}",
+            cause=Cause.CERTIFIED,
             **common,
         )
     return KpiReport(
@@ -219,12 +265,14 @@ def _sigma_verdict(
             triggers=hyp.kpi.action.value,
             reason=f"outside mu +/- {policy.sigma.k:g} sigma: "
             f"{shown:.4g} not in [{lo:.4g}, {hi:.4g}]",
+            cause=Cause.HARM,
             **common,
         )
     return KpiReport(
         verdict=Verdict.PASS,
         triggers="none",
         reason=f"within mu +/- {policy.sigma.k:g} sigma: {shown:.4g} in [{lo:.4g}, {hi:.4g}]",
+        cause=Cause.CERTIFIED,
         **common,
     )
 
@@ -237,7 +285,7 @@ def _value(arm: ArmData | None, kpi: Kpi) -> float | None:
     if arm is None:
         return None
     try:
-        return value_of(arm, kpi.quantile)
+        return value_of(arm, kpi.quantile, kpi.threshold)
     except NotComparable:
         return None
 
@@ -248,11 +296,12 @@ def window_samples(obs: Observation | None) -> tuple[float, float]:
     return (_samples(obs.candidate), _samples(obs.baseline))
 
 
-def no_evidence(hyp: Hypothesis, reason: str) -> KpiReport:
+def no_evidence(hyp: Hypothesis, unused: Unused) -> KpiReport:
     return KpiReport(
         key=hyp.key,
         category=hyp.kpi.category.value,
         verdict=Verdict.INCONCLUSIVE,
         triggers="none",
-        reason=reason,
+        reason=unused.reason,
+        cause=unused.cause,
     )

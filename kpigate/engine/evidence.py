@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +91,39 @@ class Observation:
 
 
 @dataclass(frozen=True, slots=True)
+class Cohort:
+    """The predictions served in one earlier window, read once their labels have matured."""
+
+    window: int  # the serving window
+    stage: float | None  # the stage it was served at; None when it straddles two stages
+    matured_at: float  # Unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """The next cohort still waiting for its labels."""
+
+    window: int
+    matures_at: float  # Unix seconds
+
+
+@dataclass(frozen=True, slots=True)
 class Window:
-    """One evaluation interval of one rollout."""
+    """One evaluation interval of one rollout.
+
+    Immediate KPIs (latency, errors, decisions) describe this window's own traffic. When the
+    policy has a `labels` section, label KPIs describe `cohort` (an earlier serving window whose
+    labels have matured) and are absent when no cohort matured since the last look; `pending`
+    then says which cohort is next and when it matures.
+    """
 
     index: int
     stage: float
     kpis: Mapping[str, Observation]
     stale: bool = False
     note: str = ""
+    cohort: Cohort | None = None
+    pending: Pending | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,33 +184,92 @@ def histogram_quantile(q: float, hist: Histogram) -> float:
     return lower_bound
 
 
-def _density_at(value: float, hist: Histogram) -> float:
-    """Observations per unit near `value`, from the bucket holding it."""
-    lower_bound, lower_count = 0.0, 0.0
+def _bucket_weights(x: float, bounds: tuple[float, ...]) -> list[float]:
+    """Per bucket, the share of it at or below x under linear interpolation (Prometheus')."""
+    weights, lower = [], 0.0
+    for bound in bounds:
+        if bound <= x:
+            weights.append(1.0)
+        elif lower < x and not math.isinf(bound):
+            weights.append((x - lower) / (bound - lower))
+        else:
+            weights.append(0.0)
+        lower = bound
+    return weights
+
+
+def _bucket_counts(hist: Histogram) -> list[float]:
+    previous, out = 0.0, []
+    for count in hist.cumulative:
+        out.append(count - previous)
+        previous = count
+    return out
+
+
+def cdf_at(x: float, hist: Histogram) -> float:
+    """Share of observations <= x, interpolated linearly inside the bucket holding x."""
     total = hist.samples
-    for bound, count in zip(hist.bounds, hist.cumulative, strict=True):
-        if value <= bound:
-            if math.isinf(bound):
-                break
-            width = bound - lower_bound
-            if width > 0 and count > lower_count:
-                return (count - lower_count) / total / width
-        lower_bound, lower_count = bound, count
-    raise NotComparable("the quantile falls in an empty or unbounded bucket; add finer buckets")
+    if total <= 0:
+        raise NotComparable("empty histogram")
+    weights = _bucket_weights(x, hist.bounds)
+    return sum(c * a for c, a in zip(_bucket_counts(hist), weights, strict=True)) / total
+
+
+def _cdf_unit_variance(x: float, reference: Histogram) -> float:
+    """n x Var(cdf_at(x)) for n observations distributed as the reference (multinomial)."""
+    weights = _bucket_weights(x, reference.bounds)
+    shares = [c / reference.samples for c in _bucket_counts(reference)]
+    mean = sum(p * a for p, a in zip(shares, weights, strict=True))
+    second = sum(p * a * a for p, a in zip(shares, weights, strict=True))
+    return max(second - mean * mean, 0.0)
 
 
 def compare_quantiles(
-    q: float, candidate: Histogram, baseline: Histogram, reference: Histogram
+    q: float,
+    candidate: Histogram,
+    baseline: Histogram,
+    reference: Histogram,
+    span: float | None = None,
 ) -> Comparison:
+    """Quantiles compared on the exceedance scale, so coarse buckets cannot fake a difference.
+
+    At x, the reference's q-quantile (from earlier windows: predictable), each arm's share of
+    observations at or below x is a linear function of its bucket counts, so its variance is
+    exact from the multinomial, whatever the bucket layout; an interpolated quantile instead
+    jumps by a bucket's width when x sits near a bucket edge. The shares are turned into the
+    KPI's units by the reference's density averaged over x +- span (at least 2% of x), which is
+    continuous in x: the linearised quantile x + (q - F(x)) / density.
+    """
     if candidate.samples <= 0 or baseline.samples <= 0:
         raise NotComparable("an arm has no observations")
-    density = _density_at(histogram_quantile(q, reference), reference)
-    # Asymptotic variance of a sample quantile: q(1-q) / (n f(x_q)^2), f from the reference.
-    unit = q * (1.0 - q) / density**2
+    if candidate.bounds != baseline.bounds or reference.bounds != candidate.bounds:
+        raise NotComparable("the arms' histograms have different buckets")
+    x = histogram_quantile(q, reference)
+    half = max(span or 0.1 * x, 0.02 * x, 1e-9)
+    low = max(x - half, 0.0)
+    density = (cdf_at(x + half, reference) - cdf_at(low, reference)) / (x + half - low)
+    if not density > 0:
+        raise NotComparable("no observations near the quantile in earlier windows")
+    unit = _cdf_unit_variance(x, reference)
+    if not unit > 0:
+        raise NotComparable("every earlier observation falls on one side of the quantile")
+    f_c, f_b = cdf_at(x, candidate), cdf_at(x, baseline)
     return Comparison(
-        histogram_quantile(q, candidate),
-        histogram_quantile(q, baseline),
-        unit / candidate.samples + unit / baseline.samples,
+        x + (q - f_c) / density,
+        x + (q - f_b) / density,
+        unit * (1.0 / candidate.samples + 1.0 / baseline.samples) / density**2,
+    )
+
+
+def exceedance(threshold: float, hist: Histogram) -> Rate:
+    """Observations above a threshold that is one of the bucket bounds: exact, no interpolation."""
+    for bound, count in zip(hist.bounds, hist.cumulative, strict=True):
+        if math.isclose(bound, threshold, rel_tol=1e-9, abs_tol=1e-12):
+            return Rate(hist.samples - count, hist.samples)
+    finite = ", ".join(f"{b:g}" for b in hist.bounds if not math.isinf(b))
+    raise NotComparable(
+        f"threshold {threshold:g} is not a bucket bound (bounds: {finite}); "
+        "choose one so the share above it is exact"
     )
 
 
@@ -228,20 +313,41 @@ def _gap(arm: SegmentRates) -> float:
     return arm.a.successes / arm.a.trials - arm.b.successes / arm.b.trials
 
 
+Contrast = Literal["signed", "widen", "reverse"]
+
+
 def compare_gaps(
-    candidate: SegmentRates, baseline: SegmentRates, reference: SegmentRates
+    candidate: SegmentRates,
+    baseline: SegmentRates,
+    reference: SegmentRates,
+    contrast: Contrast = "signed",
 ) -> Comparison:
+    """The gap a - b of each arm; on magnitude, two linear contrasts instead of |gap|.
+
+    |g_c| <= |g_b| holds exactly when s g_c <= |g_b| and -s g_c <= |g_b| (s = the sign of the
+    baseline's gap): `widen` compares s g_c with s g_b (the gap grows on its side), `reverse`
+    compares -s g_c with s g_b (it flips and grows on the other side). Each is linear in the
+    segment rates, so the per-window estimates stay unbiased; |gap| per window would not be (the
+    smaller arm's noise inflates its absolute value). s comes from the reference (earlier
+    windows), so it is known before the window is seen.
+    """
     cand, base = _gap(candidate), _gap(baseline)
     pa = _smoothed(reference.a.successes, reference.a.trials)
     pb = _smoothed(reference.b.successes, reference.b.trials)
     variance = 0.0
     for arm in (candidate, baseline):
         variance += pa * (1 - pa) / arm.a.trials + pb * (1 - pb) / arm.b.trials
-    return Comparison(cand, base, variance)
+    if contrast == "signed":
+        return Comparison(cand, base, variance)
+    side = -1.0 if _gap(reference) < 0 else 1.0
+    towards = side if contrast == "widen" else -side
+    return Comparison(towards * cand, side * base, variance)
 
 
-def value_of(arm: ArmData, quantile: float | None = None) -> float:
+def value_of(arm: ArmData, quantile: float | None = None, threshold: float | None = None) -> float:
     """The KPI's value for one arm, for display and for the sigma rule."""
+    if isinstance(arm, Histogram) and threshold is not None:
+        arm = exceedance(threshold, arm)
     if isinstance(arm, Rate):
         if arm.trials <= 0:
             raise NotComparable("no trials")
@@ -258,6 +364,10 @@ def compare(
     baseline: ArmData,
     quantile: float | None = None,
     reference: ArmData | None = None,
+    *,
+    span: float | None = None,
+    threshold: float | None = None,
+    contrast: Contrast = "signed",
 ) -> Comparison:
     """Candidate vs baseline in one window; both arms must have the same form.
 
@@ -274,9 +384,15 @@ def compare(
         and isinstance(baseline, Histogram)
         and isinstance(ref, Histogram)
     ):
+        if threshold is not None:
+            return compare_rates(
+                exceedance(threshold, candidate),
+                exceedance(threshold, baseline),
+                exceedance(threshold, ref),
+            )
         if quantile is None:
-            raise NotComparable("a histogram KPI needs a quantile")
-        return compare_quantiles(quantile, candidate, baseline, ref)
+            raise NotComparable("a histogram KPI needs a quantile or a threshold")
+        return compare_quantiles(quantile, candidate, baseline, ref, span)
     if (
         isinstance(candidate, ScoreHistograms)
         and isinstance(baseline, ScoreHistograms)
@@ -288,5 +404,5 @@ def compare(
         and isinstance(baseline, SegmentRates)
         and isinstance(ref, SegmentRates)
     ):
-        return compare_gaps(candidate, baseline, ref)
+        return compare_gaps(candidate, baseline, ref, contrast)
     raise NotComparable("the two arms report different kinds of data")

@@ -11,7 +11,7 @@ from typing import Any
 
 from kpigate.engine import sequential as seq
 from kpigate.engine.control import ControlLimits
-from kpigate.engine.evidence import ArmData
+from kpigate.engine.evidence import ArmData, Contrast
 from kpigate.policy import Action, Direction, Kpi, KpiType, Policy, Stage
 
 
@@ -27,17 +27,41 @@ class Verdict(StrEnum):
     INCONCLUSIVE = "inconclusive"
 
 
+class Cause(StrEnum):
+    """Why a decision (or a KPI's verdict) is what it is: the fixed set reports, notifications,
+    the audit trail and exit statuses read, instead of parsing reason strings."""
+
+    HARM = "harm"  # a KPI failed: rollback or hold on evidence of harm
+    CERTIFIED = "certified"  # promote: every gating KPI shown non-inferior
+    NO_HARM = "no_harm"  # promote at a `promote_when: no_harm` stage
+    SOAKING = "soaking"  # the stage's soak is not over: a routine hold
+    EVIDENCE = "evidence"  # judged, but not yet shown non-inferior: more samples needed
+    BURN_IN = "burn_in"  # fewer samples than min_samples
+    WAITING_FOR_LABELS = "waiting_for_labels"  # no cohort of this stage has matured yet
+    NO_DATA = "no_data"  # an arm sent nothing, or the data cannot be compared
+    STALE = "stale"  # the collector marked the evidence too old
+    TIMEOUT = "timeout"  # no decision within max_holds: rollback or suspend by policy
+    OPERATOR = "operator"  # an operator's action (abort, promote, rejection)
+    ENDED = "ended"  # the rollout had already ended
+
+
 @dataclass(frozen=True, slots=True)
 class Hypothesis:
     """One KPI in one segment, with its share of the error budgets worked out once."""
 
-    key: str
+    key: str  # the report's key; the window's data are under data_key
     kpi: Kpi
     sign: float  # +1 when higher is better: improvement = sign * (candidate - baseline)
     log_harm_threshold: float
     log_noninferiority_threshold: float
     harm_z: float  # for scope `window`
     noninferiority_z: float
+    data_key: str = ""
+    contrast: Contrast = "signed"  # gap KPIs on magnitude: widen or reverse (evidence.py)
+
+    @property
+    def data(self) -> str:
+        return self.data_key or self.key
 
 
 @dataclass(frozen=True)  # no slots: kpi_types is cached in the instance's __dict__
@@ -54,7 +78,7 @@ class GatePlan:
     @cached_property
     def kpi_types(self) -> Mapping[str, KpiType]:
         """Data key -> KPI type, for readers of window data (read once per window)."""
-        return {h.key: h.kpi.type for h in self.hypotheses}
+        return {h.data: h.kpi.type for h in self.hypotheses}
 
 
 def compile_plan(policy: Policy) -> GatePlan:
@@ -64,12 +88,17 @@ def compile_plan(policy: Policy) -> GatePlan:
     e >= K / alpha keeps the family's error at alpha over all looks. Holds and alerts do not
     spend the false-rollback budget; they get their own family at the same alpha.
     """
-    keyed = [(key, kpi) for kpi in policy.kpis for key in kpi.hypotheses()]
-    n_rollback = sum(1 for _, k in keyed if k.action is Action.ROLLBACK) or 1
-    n_other = sum(1 for _, k in keyed if k.action is not Action.ROLLBACK) or 1
-    n_gating = sum(1 for _, k in keyed if k.is_gating) or 1
+    keyed = [
+        (key, data_key, kpi, contrast)
+        for kpi in policy.kpis
+        for data_key in kpi.hypotheses()
+        for key, contrast in _contrasts(kpi, data_key)
+    ]
+    n_rollback = sum(1 for *_, k, _c in keyed if k.action is Action.ROLLBACK) or 1
+    n_other = sum(1 for *_, k, _c in keyed if k.action is not Action.ROLLBACK) or 1
+    n_gating = sum(1 for *_, k, _c in keyed if k.is_gating) or 1
     hypotheses = []
-    for key, kpi in keyed:
+    for key, data_key, kpi, contrast in keyed:
         harm_alpha = policy.alpha / (n_rollback if kpi.action is Action.ROLLBACK else n_other)
         promo_alpha = policy.promotion_alpha / n_gating
         hypotheses.append(
@@ -81,9 +110,61 @@ def compile_plan(policy: Policy) -> GatePlan:
                 log_noninferiority_threshold=math.log(1.0 / promo_alpha),
                 harm_z=seq.normal_quantile(1.0 - harm_alpha),
                 noninferiority_z=seq.normal_quantile(1.0 - promo_alpha),
+                data_key=data_key,
+                contrast=contrast,
             )
         )
     return GatePlan(policy=policy, hypotheses=tuple(hypotheses))
+
+
+def _contrasts(kpi: Kpi, data_key: str) -> list[tuple[str, Contrast]]:
+    """A gap on magnitude is two hypotheses (it widens; it reverses), each with its budget."""
+    if kpi.type is KpiType.GAP and not kpi.signed:
+        return [(data_key, "widen"), (f"{data_key}[reversed]", "reverse")]
+    return [(data_key, "signed")]
+
+
+@dataclass(frozen=True, slots=True)
+class Spread:
+    """How much the per-window differences scatter beyond their model variances.
+
+    Running sums over earlier windows of the difference u_w weighted by its model variance
+    (w_w = 1 / v_w); from them the DerSimonian-Laird moment estimate of a between-window
+    variance component tau^2: Q = sum w (u - mean)^2 has expectation (k - 1) + tau^2 C when
+    every window's difference varies by v_w + tau^2 around a common mean.
+    """
+
+    windows: int = 0
+    w: float = 0.0
+    w2: float = 0.0
+    wu: float = 0.0
+    wu2: float = 0.0
+
+    def add(self, difference: float, model_variance: float) -> Spread:
+        w = 1.0 / model_variance
+        return Spread(
+            self.windows + 1,
+            self.w + w,
+            self.w2 + w * w,
+            self.wu + w * difference,
+            self.wu2 + w * difference * difference,
+        )
+
+    def tau2(self) -> float:
+        """The component, inflated while few windows estimate it.
+
+        With k windows the moment estimate rests on k - 1 degrees of freedom; the plug-in
+        then understates the tails as a normal quantile understates Student's t, so it is
+        scaled by 1 + 2 / (k - 1) (the t-variance factor's shape), which fades as windows come.
+        """
+        if self.windows < 2:
+            return 0.0
+        q = self.wu2 - self.wu * self.wu / self.w
+        c = self.w - self.w2 / self.w
+        if c <= 0:
+            return 0.0
+        estimate = max(0.0, (q - (self.windows - 1)) / c)
+        return estimate * (1.0 + 2.0 / (self.windows - 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +176,7 @@ class KpiState:
     history: tuple[float, ...] = ()  # the baseline's first per-window values (sigma rule)
     ewma: float | None = None
     looks: int = 0  # windows that added evidence
+    spread: Spread = Spread()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +186,7 @@ class KpiReport:
     verdict: Verdict
     triggers: str  # the action this verdict set off: rollback, hold, alert or none
     reason: str
+    cause: Cause = Cause.EVIDENCE
     margin: float | None = None
     estimate: float | None = None  # candidate - baseline, stratified over windows
     ci: tuple[float, float] | None = None
@@ -118,6 +201,7 @@ class KpiReport:
             "category": self.category,
             "verdict": self.verdict.value,
             "action": self.triggers,
+            "cause": self.cause.value,
             "reason": self.reason,
             "estimate": _round(self.estimate),
             "ci": [_round(self.ci[0]), _round(self.ci[1])] if self.ci else None,
@@ -153,12 +237,14 @@ class GateDecision:
     suspend: bool = False  # HOLD that asks an operator to resume (policy on_max_holds)
     final: bool = False  # rolled back, or promoted at the last stage
     alerts: tuple[str, ...] = ()
+    cause: Cause = Cause.EVIDENCE
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "window": self.window,
             "stage": self.stage,
             "decision": self.decision.value,
+            "cause": self.cause.value,
             "reasons": list(self.reasons),
             "look": self.look,
             "holds": self.holds,
@@ -177,3 +263,5 @@ class RolloutState:
     holds: int = 0
     ended: GateDecision | None = None
     kpis: Mapping[str, KpiState] = field(default_factory=dict)
+    last_cohort: int | None = None  # the newest cohort judged; older ones are never revisited
+    cohort_stages: frozenset[float] = frozenset()  # stages with a judged cohort of their own

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kpigate.audit import is_routine_soak
-from kpigate.engine import Decision, GateDecision, KpiReport, Verdict
+from kpigate.engine import Cause, Decision, GateDecision, KpiReport, Verdict
 from kpigate.notify.base import KIND_FIELD, ROLLOUT_FIELD, Notifier, Severity
 
 _MAX_KPI_FIELDS = 4
@@ -61,9 +61,9 @@ def decision_notifications(
     if decision.decision is Decision.ROLLBACK:
         culprits = {k: r for k, r in failing.items() if r.triggers == "rollback"}
         why = (
-            f"{', '.join(culprits)} worse than the baseline"
-            if culprits
-            else "no decision within max_holds"
+            f"harm on {', '.join(culprits)} (worse than the baseline)"
+            if decision.cause is Cause.HARM
+            else "no decision within max_holds (not evidence of harm)"
         )
         add(Severity.CRITICAL, "rollback", f"{subject} rolled back at {stage}: {why}", culprits)
     elif decision.decision is Decision.PROMOTE:
@@ -78,19 +78,25 @@ def decision_notifications(
             f"{subject} suspended at {stage}: an operator must resume or roll back",
             failing,
         )
-    elif not is_routine_soak({"decision": "hold", "reasons": list(decision.reasons)}):
+    elif not is_routine_soak({"decision": "hold", "cause": decision.cause.value}):
         holding = {k: r for k, r in failing.items() if r.triggers == "hold"}
         if holding:
             why = f"{', '.join(holding)} failing"
-        elif decision.reasons and decision.reasons[0].startswith("stale evidence"):
-            why = "evidence is stale"
         else:
-            why = "waiting for evidence"
+            why = _HOLD_WHY.get(decision.cause, "waiting for evidence")
         add(Severity.WARNING, "hold", f"{subject} held at {stage}: {why}", holding)
     for key, report in failing.items():
         if report.triggers == "alert":
             add(Severity.WARNING, "alert", f"{subject} alert at {stage}: {key}", {key: report})
     return out
+
+
+_HOLD_WHY = {
+    Cause.STALE: "evidence is stale",
+    Cause.NO_DATA: "an arm sent no comparable data",
+    Cause.BURN_IN: "KPIs still in burn-in",
+    Cause.WAITING_FOR_LABELS: "waiting for labels to mature",
+}
 
 
 def notify_decision(

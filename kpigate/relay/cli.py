@@ -27,6 +27,7 @@ from typing import Any
 
 from kpigate.relay.app import WEBHOOK_PATH, RelaySettings, create_relay
 from kpigate.relay.triggers.base import Trigger
+from kpigate.secrets import SecretError, secret_help
 
 SECRET_ENV = "KPIGATE_WEBHOOK_SECRET"
 SECRET_FILE_ENV = "KPIGATE_WEBHOOK_SECRET_FILE"
@@ -60,11 +61,12 @@ def register_webhook(tracking_uri: str, url: str, secret: str, name: str = "kpig
 def make_trigger(args: argparse.Namespace) -> Trigger:
     if args.trigger == "argo":
         from kpigate.relay.triggers.argo import ArgoTrigger
+        from kpigate.secrets import read_secret
 
         host = args.argo_server or os.environ.get("ARGO_SERVER", "")
         return ArgoTrigger(
             host,
-            args.argo_token or os.environ.get("ARGO_TOKEN"),
+            read_secret("KPIGATE_ARGO_TOKEN", args.argo_token) or os.environ.get("ARGO_TOKEN"),
             args.argo_namespace or os.environ.get("ARGO_NAMESPACE", "argo"),
         )
     if args.trigger == "argo-events":
@@ -89,7 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rollout-args", default="", help="local: options for kpigate rollout")
     parser.add_argument("--state-dir", default=".kpigate", help="local: logs and locks")
     parser.add_argument("--argo-server", default="")
-    parser.add_argument("--argo-token", default="")
+    parser.add_argument(
+        "--argo-token", default="", help=secret_help("KPIGATE_ARGO_TOKEN", "argo: bearer token")
+    )
     parser.add_argument("--argo-namespace", default="")
     parser.add_argument("--events-url", default="", help="argo-events: the EventSource URL")
     parser.add_argument("--register-with", default="", help="MLflow tracking URI to register in")
@@ -115,7 +119,12 @@ def run(args: argparse.Namespace) -> int:
         models=frozenset(m for m in args.models.split(",") if m),
         tolerance_s=args.tolerance,
     )
-    app = create_relay(settings, make_trigger(args), secret=read_secret)
+    try:
+        trigger = make_trigger(args)
+    except SecretError as exc:
+        print(f"kpigate relay: {exc}", file=sys.stderr)
+        return 2
+    app = create_relay(settings, trigger, secret=read_secret)
     if args.register_with:
         url = args.public_url or f"http://{args.host}:{args.port}{WEBHOOK_PATH}"
         hook = register_webhook(args.register_with, url, read_secret())

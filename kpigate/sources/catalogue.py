@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kpigate.policy import Kpi, KpiType
+from kpigate.sources import promql
 from kpigate.sources.counts import WindowCounts
 
 ARMS = ("baseline", "candidate")
@@ -89,6 +90,8 @@ def metric_of(kpi: Kpi) -> str:
 
 def check(kpi: Kpi) -> None:
     """Raise CatalogueError when the KPI cannot be read; run before a rollout starts."""
+    if kpi.queries is not None:
+        return  # the KPI's own PromQL, checked when the policy loaded (kpigate/sources/promql.py)
     metric = metric_of(kpi)
     if kpi.type in (KpiType.RATE, KpiType.GAP):
         if metric not in CONFUSION_RATES and metric not in COUNTER_RATES:
@@ -101,8 +104,10 @@ def check(kpi: Kpi) -> None:
                 f"KPI '{kpi.name}': a gap needs `gap_segments: [a, b]` (e.g. amount_band=high, "
                 f"amount_band=low) and a confusion-count `metric` ({sorted(CONFUSION_RATES)})"
             )
-    elif kpi.type is KpiType.QUANTILE and metric != "latency":
-        raise CatalogueError(f"KPI '{kpi.name}': quantile KPIs read `latency`, not '{metric}'")
+    elif kpi.type in (KpiType.QUANTILE, KpiType.EXCEEDANCE) and metric != "latency":
+        raise CatalogueError(
+            f"KPI '{kpi.name}': {kpi.type.value} KPIs read `latency`, not '{metric}'"
+        )
     elif kpi.type is KpiType.AUC and metric != "auc":
         raise CatalogueError(f"KPI '{kpi.name}': AUC KPIs read `auc`, not '{metric}'")
 
@@ -133,12 +138,14 @@ def segment_of(key: str, kpi: Kpi) -> str:
 
 def read(kpi: Kpi, key: str, counts: WindowCounts) -> dict[str, Any]:
     """One KPI of a window, replay format: {"baseline": arm-or-null, "candidate": ...}."""
+    if kpi.queries is not None:
+        return promql.read(kpi.type.value, key, kpi.gap_segments, counts)
     metric = metric_of(kpi)
     out: dict[str, Any] = {}
     for arm in ARMS:
         if kpi.type is KpiType.RATE:
             out[arm] = _rate_json(_rate(counts, metric, arm, segment_of(key, kpi)))
-        elif kpi.type is KpiType.QUANTILE:
+        elif kpi.type in (KpiType.QUANTILE, KpiType.EXCEEDANCE):
             out[arm] = (
                 None
                 if (b := _buckets_json(counts.buckets("latency", arm=arm), 1000.0)) is None
