@@ -320,8 +320,13 @@ def test_a_metrics_source_comes_from_the_factory_like_a_backend() -> None:
     from kpigate.sources.factory import SOURCES, SourceSettings, make_source
 
     assert make_source(SourceSettings(kind="router")).name == "router"
-    assert set(SOURCES) == {"router", "prometheus"}
-    for bad in (SourceSettings(kind="statsd"), SourceSettings(kind="prometheus")):
+    assert set(SOURCES) == {"router", "prometheus", "predlog"}
+    bad_settings = (
+        SourceSettings(kind="statsd"),
+        SourceSettings(kind="prometheus"),
+        SourceSettings(kind="predlog"),  # no policy
+    )
+    for bad in bad_settings:
         with pytest.raises(SourceError) as error:
             make_source(bad)
         assert error.value.kind is Kind.BAD_INPUT

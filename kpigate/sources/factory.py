@@ -47,7 +47,7 @@ def make_source(settings: SourceSettings) -> MetricsSource:
     with_queries = [k.name for k in kpis if k.queries is not None]
     if with_queries and settings.kind != "prometheus":
         raise SourceError(
-            f"KPIs {', '.join(with_queries)} bring their own PromQL: use the prometheus source",
+            f"KPIs {', '.join(with_queries)} bring their own PromQL: use --source prometheus",
             kind=Kind.BAD_INPUT,
         )
     cls = getattr(importlib.import_module(module_name), class_name)
