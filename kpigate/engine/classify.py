@@ -22,7 +22,7 @@ from kpigate.engine.evidence import (
     compare,
     value_of,
 )
-from kpigate.engine.plan import Cause, Hypothesis, KpiReport, KpiState, Verdict
+from kpigate.engine.plan import Cause, Hypothesis, KpiReport, KpiState, Verdict, scales_of
 from kpigate.policy import Kpi, Method, Policy, Scope
 
 _DISPLAY_EWMA_LAMBDA = 0.3
@@ -161,8 +161,8 @@ def classify(
             cause=Cause.NO_DATA,
             **common,
         )
-    scale = kpi.detect if kpi.detect is not None else policy.harm_scale * delta
-    if not scale > 0:
+    scales = scales_of(kpi, policy, delta)
+    if scales is None:
         # A relative margin of a baseline at exactly 0 leaves no harm scale to test with.
         return KpiReport(
             verdict=Verdict.INCONCLUSIVE,
@@ -183,9 +183,7 @@ def classify(
             **common,
         )
 
-    rho = 1.0 / (scale * scale)
-    theta = delta if delta > 0 else 0.5 * scale
-    delta_r = delta if kpi.fail_beyond_margin else 0.0
+    rho, theta, delta_r = scales.rho, scales.theta, scales.delta_r
     evidence: dict[str, float]
     if kpi.scope is Scope.ROLLOUT:
         info, weighted = state.info, state.weighted

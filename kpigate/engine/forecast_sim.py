@@ -17,7 +17,7 @@ import numpy as np
 
 from kpigate.engine import sequential as seq
 from kpigate.engine.evidence import ArmData, Histogram, Rate, ScoreHistograms, compare
-from kpigate.engine.plan import Hypothesis, compile_plan
+from kpigate.engine.plan import Hypothesis, compile_plan, scales_of
 from kpigate.policy import Action, KpiType, Method, Policy, Scope
 
 FORECAST_TYPES = (KpiType.RATE, KpiType.AUC)
@@ -109,17 +109,17 @@ def kpi_models(policy: Policy, traffic: Traffic) -> tuple[list[KpiModel], list[s
         if kpi.type is KpiType.AUC and base >= 1:
             raise ForecastError(f"{hyp.key}: an AUC needs both classes: base rate below 1")
         margin = kpi.margin if kpi.margin_type == "absolute" else kpi.margin * abs(value)
-        if margin <= 0 and kpi.detect is None:
+        scales = scales_of(kpi, policy, margin)  # the gate's own (classify.py)
+        if scales is None:
             notes.append(f"{hyp.key}: relative margin of a zero baseline value, not forecast")
             continue
-        scale = kpi.detect if kpi.detect is not None else policy.harm_scale * margin
         models.append(
             KpiModel(
                 hyp=hyp,
                 margin=margin,
-                theta=margin if margin > 0 else 0.5 * scale,
-                rho=1.0 / (scale * scale),
-                delta_r=margin if kpi.fail_beyond_margin else 0.0,
+                theta=scales.theta,
+                rho=scales.rho,
+                delta_r=scales.delta_r,
                 base=base,
                 value=value,
                 labels=policy.labels is not None and kpi.needs_labels,

@@ -125,6 +125,29 @@ def _contrasts(kpi: Kpi, data_key: str) -> list[tuple[str, Contrast]]:
 
 
 @dataclass(frozen=True, slots=True)
+class Scales:
+    """The sizes a KPI's two sequential tests use, from its margin (KPI units)."""
+
+    scale: float  # harm size caught fastest: the mixture's spread
+    rho: float  # 1 / scale^2
+    theta: float  # the non-inferiority alternative
+    delta_r: float  # harm beyond this fails (0: any harm)
+
+
+def scales_of(kpi: Kpi, policy: Policy, margin: float) -> Scales | None:
+    """None when there is nothing to test with: a zero margin and no `detect`."""
+    scale = kpi.detect if kpi.detect is not None else policy.harm_scale * margin
+    if not scale > 0:
+        return None
+    return Scales(
+        scale=scale,
+        rho=1.0 / (scale * scale),
+        theta=margin if margin > 0 else 0.5 * scale,
+        delta_r=margin if kpi.fail_beyond_margin else 0.0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Spread:
     """How much the per-window differences scatter beyond their model variances.
 
