@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from simulate import write_section  # bench/simulate.py, shared by the benchmarks
 
 from kpigate.engine import Decision
 from kpigate.policy import Direction, Kpi, Labels, Policy, Stage, TimeoutAction
@@ -359,18 +360,6 @@ def _targets(outcomes: list[Outcome]) -> list[tuple[str, bool, str]]:
     ]  # fmt: skip
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of the file (between its markers), or append it."""
-    old = path.read_text() if path.exists() else ""
-    section = f"{BEGIN}\n\n{text}\n\n{END}\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    path.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -421,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     ])  # fmt: skip
     print(text)
     if args.write:
-        write_section(Path(args.write), text)
+        write_section(Path(args.write), BEGIN, END, text)
     failed = [name for name, ok, _ in checks if not ok]
     if failed:
         print(f"\n{len(failed)} target(s) missed: " + "; ".join(failed), file=sys.stderr)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from statistical import _fmt  # the sibling benchmark's number format
+from simulate import fmt as _fmt  # the benchmarks' shared number format
 
 from kpigate.engine import (
     Cohort,
