@@ -22,11 +22,13 @@ import pandas as pd
 import pytest
 import uvicorn
 
+from kpigate.fraud.models import MODEL_INPUTS
 from kpigate.fraud.schema import FEATURES, LABEL
 from kpigate.serve.app import create_app
 from kpigate.serve.cli import uvicorn_config
 from kpigate.serve.config import TOKEN_ENV, ServeConfig
 from kpigate.serve.loader import ScoringModel, StaticLoader
+from kpigate.serve.schema import ModelInputs
 from kpigate.traffic import generate_transactions
 
 ADMIN_TOKEN = "test-admin-token-4f1c"
@@ -44,6 +46,7 @@ class FixedModel:
     delay_s: float = 0.0
     fail: bool = False
     calls: int = 0
+    inputs: ModelInputs = MODEL_INPUTS
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray[Any, Any]:
         self.calls += 1
@@ -184,12 +187,14 @@ def shared_router(
 @pytest.fixture(scope="session")
 def training_frame() -> tuple[pd.DataFrame, np.ndarray[Any, Any]]:
     """3000 generated rows as model input (categoricals as codes) and labels."""
-    from kpigate.serve.instances import parse_instance
+    from kpigate.fraud.models import instance_schema
+    from kpigate.serve.instances import InstanceParser
 
+    parser = InstanceParser(instance_schema())
     rows, labels = [], []
     for tx in generate_transactions(3000, seed=7):
         labels.append(tx.pop(LABEL))
-        rows.append(parse_instance(tx).row)
+        rows.append(parser.parse(tx).row)
     return pd.DataFrame(rows, columns=list(FEATURES)), np.asarray(labels)
 
 

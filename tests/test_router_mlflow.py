@@ -20,14 +20,27 @@ from kpigate.serve.loader import (
 from tests.serve_fixtures import RouterServer, transactions
 
 
+def signed_like_the_demo(x: pd.DataFrame) -> dict[str, Any]:
+    """log_model arguments: the frame's signature and the demo's vocabularies."""
+    import mlflow
+
+    from kpigate.fraud.models import MODEL_INPUTS
+    from kpigate.serve.schema import VOCABULARIES_KEY
+
+    vocab = {k: list(v) for k, v in MODEL_INPUTS.vocabularies.items()}
+    return {
+        "signature": mlflow.models.infer_signature(x.head(100)),
+        "metadata": {VOCABULARIES_KEY: vocab},
+    }
+
+
 @pytest.fixture(scope="module")
 def registry(
     tmp_path_factory: pytest.TempPathFactory,
     training_frame: tuple[pd.DataFrame, np.ndarray[Any, Any]],
 ) -> Iterator[str]:
     """A local SQLite-backed registry: model 'fraud' v1 = XGBoost (champion), v2 = LightGBM
-    (candidate, threshold tag 0.3), and 'broken' whose only version is a pyfunc without
-    predict_proba."""
+    (candidate, threshold tag 0.3), both with the demo's signature and vocabularies."""
     import lightgbm
     import mlflow
     import xgboost
@@ -41,11 +54,12 @@ def registry(
     xgb = xgboost.XGBClassifier(n_estimators=30, max_depth=3).fit(x, y)
     lgb = lightgbm.LGBMClassifier(n_estimators=30, verbose=-1).fit(x, y)
     client = mlflow.MlflowClient()
+    signed = signed_like_the_demo(x)
     with mlflow.start_run(experiment_id=exp):
-        mlflow.xgboost.log_model(xgb, name="model", registered_model_name="fraud")
+        mlflow.xgboost.log_model(xgb, name="model", registered_model_name="fraud", **signed)
     with mlflow.start_run(experiment_id=exp):
         mlflow.log_param("threshold", 0.3)
-        mlflow.lightgbm.log_model(lgb, name="model", registered_model_name="fraud")
+        mlflow.lightgbm.log_model(lgb, name="model", registered_model_name="fraud", **signed)
     client.set_registered_model_alias("fraud", "champion", "1")
     client.set_registered_model_alias("fraud", "candidate", "2")
     client.set_model_version_tag("fraud", "1", "threshold", "0.4")

@@ -17,7 +17,8 @@ import pandas as pd
 
 from kpigate.fraud.data import model_input
 from kpigate.fraud.metrics import offline_metrics
-from kpigate.fraud.schema import FEATURES, LABEL, REGIONS
+from kpigate.fraud.schema import CATEGORICAL, FEATURES, LABEL, REGIONS
+from kpigate.serve.schema import InputColumn, InstanceSchema, ModelInputs, parse_segment
 
 Flavor = Literal["xgboost", "lightgbm"]
 FloatArray = npt.NDArray[np.float64]
@@ -30,6 +31,22 @@ CANDIDATE_POS_WEIGHT: Final = 3.0
 # The paper's production baseline trained before the drift; its challenger on recent traffic.
 BASELINE_TRAIN_DRIFT: Final = 0.0
 CANDIDATE_TRAIN_DRIFT: Final = 0.5
+
+# What the models take, as the router reads it from their MLflow signature and metadata: every
+# feature a float32 column (model_input()), the categoricals as codes into their vocabularies.
+MODEL_INPUTS: Final = ModelInputs(
+    tuple(InputColumn(name, "float") for name in FEATURES),
+    {name: tuple(vocab) for name, vocab in CATEGORICAL.items()},
+)
+
+
+def instance_schema() -> InstanceSchema:
+    """The router's instance schema for these models with its default configuration (entity key
+    card_id; segments region, payment_method, amount_band)."""
+    from kpigate.serve.config import ENTITY_KEY, SEGMENTS
+
+    return InstanceSchema.build(MODEL_INPUTS, ENTITY_KEY, [parse_segment(s) for s in SEGMENTS])
+
 
 # Deliberately bad candidates for the rollback scenarios (see train_candidate).
 BAD_CANDIDATES: Final[dict[str, dict[str, Any]]] = {
@@ -87,6 +104,10 @@ class FraudModel:
             self.booster.set_param({"nthread": 1})
         else:
             self.booster = self.estimator.booster_
+
+    @property
+    def inputs(self) -> ModelInputs:
+        return MODEL_INPUTS
 
     def predict_proba(self, features: pd.DataFrame | npt.ArrayLike) -> FloatArray:
         """Fraud scores in [0, 1], one per row of a model_input()-shaped frame or array."""

@@ -11,9 +11,10 @@ import mlflow
 import pandas as pd
 
 from kpigate.fraud.data import model_input
-from kpigate.fraud.models import Flavor, FraudModel
+from kpigate.fraud.models import MODEL_INPUTS, Flavor, FraudModel
 from kpigate.registry.base import FLAVOR_TAG, THRESHOLD_TAG, ModelVersionRef, RegistryError
 from kpigate.registry.mlflow import MlflowRegistry, probe
+from kpigate.serve.schema import VOCABULARIES_KEY
 
 MODEL_NAME: Final = "kpigate-fraud"
 EXPERIMENT: Final = "kpigate-fraud"
@@ -74,6 +75,11 @@ def register_model(
                 "name": "model",
                 "signature": signature,
                 "input_example": example,
+                # The router validates requests by the signature and encodes the categoricals
+                # with these vocabularies (kpigate/serve/schema.py).
+                "metadata": {
+                    VOCABULARIES_KEY: {k: list(v) for k, v in MODEL_INPUTS.vocabularies.items()}
+                },
                 "registered_model_name": name,
             }
             if model.flavor == "xgboost":

@@ -21,7 +21,7 @@ from kpigate.serve.admin import admin_routes
 from kpigate.serve.config import ServeConfig, late_label_cutoff_s
 from kpigate.serve.feedback import FeedbackJoiner, FeedbackReport, parse_items
 from kpigate.serve.health import DatabaseProbe
-from kpigate.serve.instances import InstanceError, parse_instance
+from kpigate.serve.instances import Instance, InstanceError
 from kpigate.serve.limits import BodyError, read_json
 from kpigate.serve.loader import MlflowAliasLoader, ModelLoader
 from kpigate.serve.maturity import MaturityJob
@@ -93,6 +93,11 @@ def create_app(config: ServeConfig, loader: ModelLoader | None = None) -> Starle
             request, config.max_body_bytes, config.body_timeout_s, config.max_json_depth
         )
 
+    def parse(obj: Any, index: int | None = None) -> Instance:
+        if core.parser is None:
+            raise InstanceError("(instance)", "the router has not finished starting")
+        return core.parser.parse(obj, index)
+
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
         try:
@@ -113,9 +118,9 @@ def create_app(config: ServeConfig, loader: ModelLoader | None = None) -> Starle
                         f"{config.max_instances} per request: split the batch",
                         "field": "instances",
                     })  # fmt: skip
-                instances = [parse_instance(obj, i) for i, obj in enumerate(raw)]
+                instances = [parse(obj, i) for i, obj in enumerate(raw)]
             else:
-                instances = [parse_instance(payload)]
+                instances = [parse(payload)]
         except InstanceError as exc:
             return refuse(422, invalid_predict, exc.as_dict())
         try:
@@ -209,10 +214,15 @@ def create_app(config: ServeConfig, loader: ModelLoader | None = None) -> Starle
             body["candidate"] = core.candidate_error
         return JSONResponse(body, status_code=200 if not problems else 503)
 
-    openapi = build_openapi()
+    documents: dict[Any, dict[str, Any]] = {}
 
     async def openapi_endpoint(request: Request) -> Response:
-        return JSONResponse(openapi)
+        # Derived from the schema being served; rebuilt when a reload changes it.
+        schema = core.schema
+        if schema not in documents:
+            documents.clear()
+            documents[schema] = build_openapi(schema)
+        return JSONResponse(documents[schema])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

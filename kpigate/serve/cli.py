@@ -1,8 +1,10 @@
 """Serve the champion and candidate models from the MLflow registry behind one router.
 
-The router splits traffic by weight with sticky hashing of card_id, logs every prediction to SQL,
-joins delayed labels on /feedback, and exposes /metrics. Weight and mode are set through the
-admin API (token in KPIGATE_ADMIN_TOKEN or the file named by KPIGATE_ADMIN_TOKEN_FILE).
+Any registered version with an input signature is served; requests are validated against it.
+The router splits traffic by weight with sticky hashing of the entity key (card_id), logs
+every prediction to SQL, joins delayed labels on /feedback, and exposes /metrics. Weight and
+mode are set through the admin API (token in KPIGATE_ADMIN_TOKEN or the file named by
+KPIGATE_ADMIN_TOKEN_FILE).
 
 Secrets come from the environment or files, not argv (which every local user can read):
   KPIGATE_DB_URL / KPIGATE_DB_URL_FILE            the database URL, with its password
@@ -13,6 +15,8 @@ a single replica. Each answer is committed to the prediction log before it is se
 examples:
   kpigate serve --tracking-uri sqlite:///mlruns.db --model-name fraud
   KPIGATE_DB_URL_FILE=/run/secrets/db-url kpigate serve --weight 5
+  kpigate serve --model-name churn --entity-key customer_id --segment plan \
+      --segment tenure_band=tenure_months:12,36:new,settled,loyal
 """
 
 from __future__ import annotations
@@ -37,6 +41,24 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _segment(text: str) -> str:
+    from kpigate.serve.schema import SchemaError, parse_segment
+
+    try:
+        parse_segment(text)
+    except SchemaError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _vocabulary(text: str) -> tuple[str, tuple[str, ...]]:
+    name, sep, values = text.partition("=")
+    vocabulary = tuple(v.strip() for v in values.split(","))
+    if not sep or not name.strip() or not all(vocabulary):
+        raise argparse.ArgumentTypeError(f"{text!r}: use FIELD=VALUE,VALUE,...")
+    return name.strip(), vocabulary
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServeConfig()
     add = parser.add_argument
@@ -46,6 +68,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: MLflow's)")
     add("--baseline-alias", default=d.baseline_alias, help="default: %(default)s")
     add("--candidate-alias", default=d.candidate_alias, help="default: %(default)s")
+    add(
+        "--entity-key",
+        default=d.entity_key,
+        help="request field traffic is split on, sticky per value; not a model input "
+        "(default: %(default)s)",
+    )
+    add(
+        "--segment",
+        action="append",
+        type=_segment,
+        default=None,
+        metavar="SPEC",
+        help="a segment KPIs are sliced by, up to 3, in the prediction log's segment slots: "
+        "NAME (an input field's value) or NAME=FIELD:EDGE,EDGE[:LABEL,LABEL,LABEL] (bands of a "
+        f"numeric field); repeat for each (default: {' '.join(d.segments)})",
+    )
+    add("--no-segments", action="store_true", help="slice KPIs by no segment")
+    add(
+        "--vocabulary",
+        action="append",
+        type=_vocabulary,
+        default=[],
+        metavar="FIELD=V1,V2,...",
+        help="the strings a model input accepts, fed to the model as their index unless the "
+        "input is a string; overrides the model's metadata (kpigate_vocabularies)",
+    )
     add(
         "--db-url",
         default=None,
@@ -137,6 +185,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         tracking_uri=args.tracking_uri,
         baseline_alias=args.baseline_alias,
         candidate_alias=args.candidate_alias,
+        entity_key=args.entity_key,
+        segments=() if args.no_segments else tuple(args.segment or ServeConfig().segments),
+        vocabularies=dict(args.vocabulary),
         db_url=db_url,
         table_prefix=args.table_prefix,
         initial_weight=args.weight,

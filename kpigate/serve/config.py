@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MODES = ("canary", "shadow")
 ARMS = ("baseline", "candidate")
 TOKEN_ENV = "KPIGATE_ADMIN_TOKEN"
 TOKEN_FILE_ENV = "KPIGATE_ADMIN_TOKEN_FILE"
+# The fraud demo's entity key and segments (kpigate/fraud/schema.py), the defaults; segment
+# syntax in kpigate/serve/schema.py: parse_segment.
+ENTITY_KEY = "card_id"
+SEGMENTS = ("region", "payment_method", "amount_band=amount:50,500:low,mid,high")
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,11 @@ class ServeConfig:
     tracking_uri: str | None = None
     baseline_alias: str = "champion"
     candidate_alias: str = "candidate"
+    # The request field traffic is split on (not a model input), the segments KPIs are sliced
+    # by, and vocabularies of model inputs fed as integer codes (they override the model's own).
+    entity_key: str = ENTITY_KEY
+    segments: tuple[str, ...] = SEGMENTS
+    vocabularies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # SQLAlchemy URL of the prediction log and the persisted router state.
     db_url: str = "sqlite:///kpigate-predictions.db"
     # Lets several routers (or test runs) share one database without sharing tables.

@@ -1,28 +1,42 @@
-"""How the router gets its two models: a small loader interface and an MLflow alias loader."""
+"""How the router gets its two models: a small loader interface and an MLflow alias loader.
+
+Any registered version with a column-based input signature can be served: XGBoost and LightGBM
+binary classifiers are scored by their native boosters on numpy rows (the fast path of
+kpigate/serve/scoring.py), scikit-learn classifiers by predict_proba, and any other model through
+MLflow's pyfunc predict on a DataFrame typed by its signature.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
-from kpigate.fraud.schema import FEATURES
+from kpigate.serve.schema import VOCABULARIES_KEY, ModelInputs, SchemaError
+
+# Scores a float matrix (rows in the model's column order) without pandas.
+NativeScorer = Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]]
 
 
 @runtime_checkable
 class ScoringModel(Protocol):
-    """A loaded model version. predict_proba takes the FEATURES columns (categoricals as integer
-    codes) and returns P(fraud) per row, either as shape (n,) or as sklearn's (n, 2)."""
+    """A loaded model version. predict_proba takes a DataFrame of its `inputs` columns
+    (vocabulary columns as integer codes) and returns the score per row (P(positive)), either as
+    shape (n,) or as sklearn's (n, 2)."""
 
     @property
     def version(self) -> str: ...
 
     @property
     def threshold(self) -> float: ...
+
+    @property
+    def inputs(self) -> ModelInputs: ...
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray[Any, Any]: ...
 
@@ -53,7 +67,7 @@ class StaticLoader:
 
 
 def fraud_probability(model: ScoringModel, frame: pd.DataFrame) -> np.ndarray[Any, Any]:
-    """P(fraud) as a 1-d float array whatever shape the model returns."""
+    """The score (P(positive)) as a 1-d float array whatever shape the model returns."""
     proba = np.asarray(model.predict_proba(frame), dtype=np.float64)
     if proba.ndim == 2:
         proba = proba[:, -1]
@@ -65,9 +79,15 @@ def fraud_probability(model: ScoringModel, frame: pd.DataFrame) -> np.ndarray[An
     return proba
 
 
+def native_scorer(model: ScoringModel) -> NativeScorer | None:
+    """The model's booster on a numpy matrix, when it has one (see LoadedModel)."""
+    return model.native if isinstance(model, LoadedModel) else None
+
+
 @dataclass
 class LoadedModel:
-    """A ScoringModel around any object with sklearn's predict_proba.
+    """A ScoringModel around an estimator with sklearn's predict_proba (or predict, for a
+    regressor).
 
     `threads` caps the model's own thread pool: the router gets its parallelism from batching,
     and OpenMP threads spinning on a busy 2-core machine made one XGBoost predict take 9 ms
@@ -76,68 +96,128 @@ class LoadedModel:
 
     estimator: Any
     version: str
+    inputs: ModelInputs
     threshold: float = 0.5
     threads: int | None = 1
+    native: NativeScorer | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if self.threads is not None and hasattr(self.estimator, "set_params"):
             # An estimator without n_jobs keeps its own threading.
             with contextlib.suppress(ValueError, TypeError):
                 self.estimator.set_params(n_jobs=self.threads)
-        self._booster = _xgb_binary_booster(self.estimator)
-        self._lgb_booster = _lgb_binary_booster(self.estimator)
+        self._columns = [c.name for c in self.inputs.columns]
+        self.native = _xgb_native(self.estimator) or _lgb_native(self.estimator)
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray[Any, Any]:
-        if list(frame.columns) != _COLUMNS:  # selecting columns costs 0.2 ms in pandas 3
-            frame = frame[_COLUMNS]
-        if self._booster is not None:
-            # Same probabilities as predict_proba(frame)[:, 1]; skips the DMatrix and pandas dtype
-            # handling that cost about 0.6 ms per call in xgboost 3.2, more than 64 rows' trees.
-            return np.asarray(
-                self._booster.inplace_predict(frame.to_numpy(np.float32), validate_features=False)
-            )
-        if self._lgb_booster is not None:
-            # Same probabilities as predict_proba(frame)[:, 1] at a third of the cost for 64 rows
-            # (0.9 ms against 2.1 ms), and 20x less for one row: no pandas validation.
-            return np.asarray(self._lgb_booster.predict(frame.to_numpy(np.float64), num_threads=1))
-        return np.asarray(self.estimator.predict_proba(frame))
+        if list(frame.columns) != self._columns:  # selecting columns costs 0.2 ms in pandas 3
+            frame = frame[self._columns]
+        if self.native is not None:
+            return self.native(frame.to_numpy(np.float64))
+        if hasattr(self.estimator, "predict_proba"):
+            return np.asarray(self.estimator.predict_proba(frame))
+        return np.asarray(self.estimator.predict(frame))
 
 
-def _lgb_binary_booster(estimator: Any) -> Any:
-    """The Booster of a LightGBM binary classifier, else None."""
-    if type(estimator).__name__ != "LGBMClassifier":
+@dataclass
+class PyfuncModel:
+    """A ScoringModel around an MLflow pyfunc model: its predict output is the score (log a
+    classifier with `pyfunc_predict_fn="predict_proba"` so that it returns probabilities)."""
+
+    pyfunc: Any
+    version: str
+    inputs: ModelInputs
+    threshold: float = 0.5
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray[Any, Any]:
+        out = self.pyfunc.predict(frame)
+        if isinstance(out, pd.DataFrame | pd.Series):
+            out = out.to_numpy()
+        return np.asarray(out, dtype=np.float64)
+
+
+def _xgb_native(estimator: Any) -> NativeScorer | None:
+    """XGBoost binary:logistic: Booster.inplace_predict gives predict_proba(frame)[:, 1] without
+    the DMatrix and pandas dtype handling that cost about 0.6 ms per call in xgboost 3.2."""
+    name = type(estimator).__name__
+    if name == "XGBClassifier":
+        if getattr(estimator, "objective", None) != "binary:logistic":
+            return None
+        try:
+            booster = estimator.get_booster()
+        except Exception:
+            return None
+    elif name == "Booster" and type(estimator).__module__.startswith("xgboost"):
+        booster = estimator
+        try:
+            objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
+        except Exception:
+            return None
+        if objective != "binary:logistic":
+            return None
+    else:
         return None
-    if getattr(estimator, "objective", None) not in ("binary", None):
+
+    def score(matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        rows = matrix.astype(np.float32, copy=False)
+        return np.asarray(booster.inplace_predict(rows, validate_features=False))
+
+    return score
+
+
+def _lgb_native(estimator: Any) -> NativeScorer | None:
+    """LightGBM binary: the Booster's predict on a float64 matrix gives predict_proba[:, 1] at a
+    third of the cost for 64 rows (0.9 ms against 2.1 ms), 20x less for one: no pandas checks."""
+    name = type(estimator).__name__
+    if name == "LGBMClassifier":
+        if getattr(estimator, "objective", None) not in ("binary", None):
+            return None
+        try:
+            booster = estimator.booster_
+        except Exception:
+            return None
+    elif name == "Booster" and type(estimator).__module__.startswith("lightgbm"):
+        booster = estimator
+    else:
         return None
+    if booster.params.get("objective", "binary") != "binary":
+        return None
+
+    def score(matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        rows = matrix.astype(np.float64, copy=False)
+        return np.asarray(booster.predict(rows, num_threads=1))
+
+    return score
+
+
+# Flavors loaded natively, in order; anything else with a python_function flavor is pyfunc.
+_NATIVE = ("xgboost", "lightgbm", "sklearn")
+
+
+def model_inputs(info: Any, where: str) -> ModelInputs:
+    """The inputs a logged model declares (mlflow.models.ModelInfo: its signature's inputs and
+    the vocabularies in its metadata); a model without a usable signature is refused."""
+    signature = info.signature
+    if signature is None or signature.inputs is None:
+        raise ModelLoadError(
+            f"{where} has no input signature, so its requests cannot be validated: log it "
+            "with one (log_model(..., signature=mlflow.models.infer_signature(X_train)) or an "
+            "input_example)"
+        )
+    metadata = info.metadata or {}
+    vocab = metadata.get(VOCABULARIES_KEY) or {}
+    if not isinstance(vocab, dict):
+        raise ModelLoadError(f"{where}: metadata '{VOCABULARIES_KEY}' must map columns to lists")
     try:
-        booster = estimator.booster_
-    except Exception:
-        return None
-    return booster if booster.params.get("objective", "binary") == "binary" else None
-
-
-def _xgb_binary_booster(estimator: Any) -> Any:
-    """The Booster of an XGBoost binary:logistic classifier, else None."""
-    if type(estimator).__name__ != "XGBClassifier":
-        return None
-    if getattr(estimator, "objective", None) != "binary:logistic":
-        return None
-    try:
-        return estimator.get_booster()
-    except Exception:
-        return None
-
-
-_COLUMNS = list(FEATURES)
-
-# Flavors with a native sklearn-style predict_proba, tried in order. pyfunc would return labels
-# for classifiers, so it is not used.
-_FLAVORS = ("xgboost", "lightgbm", "sklearn")
+        return ModelInputs.from_signature(signature.inputs, vocab, where)
+    except SchemaError as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 class MlflowAliasLoader:
-    """Loads `models:/<name>@<alias>` with its native flavor; the decision threshold comes from
-    the version's tag `threshold` (then the run's param `threshold`, then 0.5)."""
+    """Loads `models:/<name>@<alias>` (its native flavor when it has one, else pyfunc) with its
+    input signature; the decision threshold comes from the version's tag `threshold` (then the
+    run's param `threshold`, then 0.5)."""
 
     def __init__(self, model_name: str, tracking_uri: str | None = None) -> None:
         self.model_name = model_name
@@ -165,29 +245,34 @@ class MlflowAliasLoader:
                 f"cannot reach the registry for {where}: {exc}. Check --tracking-uri."
             ) from exc
         uri = f"models:/{self.model_name}/{mv.version}"
+        where = f"{where} (version {mv.version})"
         try:
             info = mlflow.models.get_model_info(uri)
-            flavor = next((f for f in _FLAVORS if f in info.flavors), None)
-            if flavor is None:
-                raise ModelLoadError(
-                    f"{where} (version {mv.version}) has flavors {sorted(info.flavors)}; the "
-                    f"router needs one of {list(_FLAVORS)} with predict_proba"
-                )
-            module = __import__(f"mlflow.{flavor}", fromlist=["load_model"])
-            estimator = module.load_model(uri)
-        except ModelLoadError:
-            raise
         except Exception as exc:
             raise ModelLoadError(
-                f"cannot load {where} (version {mv.version}, {uri}): {type(exc).__name__}: {exc}"
+                f"cannot read {where}, {uri}: {type(exc).__name__}: {exc}"
             ) from exc
-        if not hasattr(estimator, "predict_proba"):
-            raise ModelLoadError(
-                f"{where} (version {mv.version}) loaded as {type(estimator).__name__}, which has "
-                "no predict_proba; log it with the sklearn API (XGBClassifier, LGBMClassifier)"
-            )
+        inputs = model_inputs(info, where)
         threshold = _threshold(client, mv)
-        return LoadedModel(estimator=estimator, version=str(mv.version), threshold=threshold)
+        version = str(mv.version)
+        try:
+            for flavor in _NATIVE:
+                if flavor in info.flavors:
+                    module = __import__(f"mlflow.{flavor}", fromlist=["load_model"])
+                    estimator = module.load_model(uri)
+                    if flavor != "sklearn" or hasattr(estimator, "predict_proba"):
+                        return LoadedModel(estimator, version, inputs, threshold)
+            if "python_function" in info.flavors:
+                pyfunc = mlflow.pyfunc.load_model(uri)
+                return PyfuncModel(pyfunc, version, inputs, threshold)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot load {where}, {uri}: {type(exc).__name__}: {exc}"
+            ) from exc
+        raise ModelLoadError(
+            f"{where} has flavors {sorted(info.flavors)}; the router needs one of "
+            f"{list(_NATIVE)} or python_function"
+        )
 
 
 def _threshold(client: Any, mv: Any) -> float:

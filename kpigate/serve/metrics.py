@@ -10,6 +10,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from kpigate.serve.predlog import SEGMENT_SLOTS
+
 # Fine enough near 0 (fraud scores crowd there) that ROC AUC from cumulative buckets is close to
 # the exact one; see docs/metrics.md for the formula.
 SCORE_BUCKETS = (
@@ -41,8 +43,13 @@ def _flag(value: bool) -> str:
 
 
 class RouterMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        segments: tuple[str, ...] = SEGMENT_SLOTS,
+    ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.set_segments(segments)
         r = self.registry
         self.latency = Histogram(
             "kpigate_request_latency_seconds",
@@ -188,17 +195,20 @@ class RouterMetrics:
     def count_decision(self, arm: str, version: str, decision: str, shadow: bool) -> None:
         self.child(self.decisions, arm, version, decision, _flag(shadow)).inc()
 
+    def set_segments(self, names: tuple[str, ...]) -> None:
+        """The configured segments (kpigate/serve/schema.py), in the log's slot order: a row's
+        slot values are counted as `name=value`."""
+        self._segment_slots = tuple(zip(names, SEGMENT_SLOTS, strict=False))
+
+    def _segments_of(self, row: dict[str, Any]) -> list[str]:
+        return ["all", *(f"{name}={row[slot]}" for name, slot in self._segment_slots)]
+
     def count_outcome(self, row: dict[str, Any], label: int, lag_s: float | None) -> None:
         """Account one newly joined prediction row (called exactly once per row)."""
         predicted = row["decision"] == "decline"
         outcome = ("tp" if label else "fp") if predicted else ("fn" if label else "tn")
         base = (row["arm"], row["model_version"], _flag(bool(row["shadow"])))
-        for segment in (
-            "all",
-            f"region={row['region']}",
-            f"payment_method={row['payment_method']}",
-            f"amount_band={row['amount_band']}",
-        ):
+        for segment in self._segments_of(row):
             self.child(self.outcomes, *base, segment, outcome).inc()
         self.child(self.labeled_score, *base, str(label)).observe(row["score"])
         if lag_s is not None:
@@ -208,12 +218,7 @@ class RouterMetrics:
         """Account one prediction claimed at maturity (called exactly once per row)."""
         value = "none" if label is None else str(label)
         base = (row["arm"], row["model_version"], _flag(bool(row["shadow"])))
-        for segment in (
-            "all",
-            f"region={row['region']}",
-            f"payment_method={row['payment_method']}",
-            f"amount_band={row['amount_band']}",
-        ):
+        for segment in self._segments_of(row):
             self.child(self.matured, *base, segment, row["decision"], value).inc()
         self.child(self.matured_score, *base, value).observe(row["score"])
 

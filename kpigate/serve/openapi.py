@@ -1,25 +1,41 @@
-"""The router's OpenAPI 3.1 document, written by hand from the fixed transaction schema."""
+"""The router's OpenAPI 3.1 document; its Instance is the served model's instance schema."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kpigate.fraud.schema import CATEGORICAL, ENTITY_KEY, FEATURES
 from kpigate.serve.config import MODES
 from kpigate.serve.feedback import RESULTS
+from kpigate.serve.instances import STRING_MAX
+from kpigate.serve.schema import INTEGER_RANGE, InputField, InstanceSchema
 
 
-def _instance_schema() -> dict[str, Any]:
+def _field(f: InputField) -> dict[str, Any]:
+    if f.vocabulary is not None:
+        return {"type": "string", "enum": list(f.vocabulary)}
+    if f.type in INTEGER_RANGE:
+        bound = INTEGER_RANGE[f.type]
+        return {"type": "integer", "minimum": -bound, "maximum": bound - 1}
+    if f.type == "boolean":
+        return {"type": "boolean"}
+    if f.type == "string":
+        return {"type": "string", "description": f"1 to {STRING_MAX} characters"}
+    return {"type": "number", "format": f.type}
+
+
+def _instance_schema(schema: InstanceSchema | None) -> dict[str, Any]:
+    if schema is None:
+        return {"type": "object"}
+    key = schema.entity_key
     props: dict[str, Any] = {
-        ENTITY_KEY: {"type": ["string", "integer"], "description": "entity key for sticky routing"}
+        key: {"type": ["string", "integer"], "description": "entity key for sticky routing"}
     }
-    for name in FEATURES:
-        vocab = CATEGORICAL.get(name)
-        props[name] = {"type": "string", "enum": list(vocab)} if vocab else {"type": "number"}
+    for f in schema.fields:
+        props[f.name] = _field(f)
     return {
         "type": "object",
         "properties": props,
-        "required": [ENTITY_KEY, *FEATURES],
+        "required": [key, *(f.name for f in schema.fields if f.required)],
         "additionalProperties": False,
     }
 
@@ -40,7 +56,7 @@ def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
     return out
 
 
-def build_openapi() -> dict[str, Any]:
+def build_openapi(schema: InstanceSchema | None) -> dict[str, Any]:
     ref = {"$ref": "#/components/schemas/Prediction"}
     state = {"$ref": "#/components/schemas/RouterState"}
     error = {"$ref": "#/components/schemas/Error"}
@@ -219,7 +235,7 @@ def build_openapi() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "Instance": _instance_schema(),
+                "Instance": _instance_schema(schema),
                 "Prediction": {
                     "type": "object",
                     "properties": {

@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 # value the router accepts always fits the table.
 ENTITY_KEY_MAX = 128
 SEGMENT_MAX = 32
+# The segment slots: the columns a row's configured segments are written to, in order, and their
+# widths (kpigate/serve/schema.py; docs/prediction-log.md). The names are the fraud demo's.
+SEGMENT_SLOTS = ("region", "payment_method", "amount_band")
+SEGMENT_WIDTHS = {"region": SEGMENT_MAX, "payment_method": SEGMENT_MAX, "amount_band": 16}
 
 
 class Tables:
@@ -76,9 +80,7 @@ class Tables:
             Column("fallback", Boolean, nullable=False, default=False),
             Column("score", Float, nullable=False),
             Column("decision", String(16), nullable=False),
-            Column("region", String(SEGMENT_MAX), nullable=False),
-            Column("payment_method", String(SEGMENT_MAX), nullable=False),
-            Column("amount_band", String(16), nullable=False),
+            *(Column(s, String(SEGMENT_WIDTHS[s]), nullable=False) for s in SEGMENT_SLOTS),
             Column("latency_ms", Float, nullable=False),
             # Unix seconds: portable across SQLite and PostgreSQL and cheap to compare.
             Column("created_at", Float, nullable=False),

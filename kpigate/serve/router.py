@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kpigate.serve.config import MODES, ServeConfig
-from kpigate.serve.instances import Instance
+from kpigate.serve.instances import Instance, InstanceParser
 from kpigate.serve.loader import AliasNotFoundError, ModelLoader, ModelLoadError, ScoringModel
 from kpigate.serve.metrics import RouterMetrics
-from kpigate.serve.predlog import LogUnavailable, PredictionLog, redacted
+from kpigate.serve.predlog import SEGMENT_SLOTS, LogUnavailable, PredictionLog, redacted
 from kpigate.serve.routing import RoutingState, route
+from kpigate.serve.schema import InstanceSchema, SchemaError, parse_segment
 from kpigate.serve.scoring import Batcher, ModelStopped
 from kpigate.serve.shared import Replica, SavedState, SharedState
 
@@ -65,6 +66,11 @@ class RouterCore:
         self.apply_error: str | None = None
         self.baseline: Batcher | None = None
         self.candidate: Batcher | None = None
+        # What /predict accepts: the baseline's signature with the configured entity key and
+        # segments; the candidate must take the same inputs.
+        self.schema: InstanceSchema | None = None
+        self.parser: InstanceParser | None = None
+        self._segments = tuple(parse_segment(spec) for spec in config.segments)
         self.candidate_error: str | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._apply_lock = threading.RLock()
@@ -81,7 +87,7 @@ class RouterCore:
             self.state = RoutingState(saved.weight, saved.mode, saved.detached)
             self.version, self.reloaded = saved.version, saved.reload_version
             log.info("restored routing state %s (version %d)", self.state, self.version)
-        self.baseline = self._batcher(self._load("baseline"), "baseline")
+        self._load_baseline()
         if not self.state.detached:
             self._load_candidate()
         self._publish()
@@ -137,9 +143,32 @@ class RouterCore:
         if saved is not None and saved.version > self.version:
             self._apply(saved)
 
-    def _batcher(self, model: ScoringModel, arm: str) -> Batcher:
+    def schema_of(self, model: ScoringModel) -> InstanceSchema:
+        try:
+            return InstanceSchema.build(
+                model.inputs, self.config.entity_key, self._segments, self.config.vocabularies
+            )
+        except SchemaError as exc:
+            raise ModelLoadError(f"model version {model.version}: {exc}") from exc
+
+    def _load_baseline(self) -> None:
+        """Load the baseline, and with it the schema every request is validated against; a
+        candidate that cannot take a changed schema stops being served."""
+        model = self._load("baseline")
+        schema = self.schema_of(model)
+        old, self.baseline = self.baseline, self._batcher(model, "baseline", schema)
+        if schema != self.schema:
+            self.schema, self.parser = schema, InstanceParser(schema)
+            self.metrics.set_segments(schema.segment_names)
+            log.info("instance schema: %s", schema.describe())
+            if self.candidate is not None and self.candidate.schema != schema:
+                self._swap_candidate(None)
+        if old is not None:
+            old.close()
+
+    def _batcher(self, model: ScoringModel, arm: str, schema: InstanceSchema) -> Batcher:
         observe = self.metrics.child(self.metrics.batch_rows, arm).observe
-        return Batcher(model, arm, self.config.max_batch, on_batch=observe)
+        return Batcher(model, arm, schema, self.config.max_batch, on_batch=observe)
 
     def _load(self, arm: str) -> ScoringModel:
         alias = self.config.baseline_alias if arm == "baseline" else self.config.candidate_alias
@@ -152,6 +181,13 @@ class RouterCore:
         shown by /readyz and /admin/state."""
         try:
             model = self._load("candidate")
+            schema = self.schema_of(model)
+            assert self.schema is not None  # the baseline loads first
+            if (why := self.schema.difference(schema)) is not None:
+                raise ModelLoadError(
+                    f"candidate version {model.version} cannot take the baseline's requests: "
+                    f"{why}. Register it with the baseline's input signature."
+                )
         except AliasNotFoundError as exc:
             self.candidate_error = str(exc)
             log.info("no candidate: %s", exc)
@@ -160,7 +196,7 @@ class RouterCore:
             self.candidate_error = str(exc)
             log.error("candidate not loaded, serving the baseline only: %s", exc)
             return
-        self._swap_candidate(self._batcher(model, "candidate"))
+        self._swap_candidate(self._batcher(model, "candidate", self.schema))
         self.candidate_error = None
 
     def _swap_candidate(self, batcher: Batcher | None) -> None:
@@ -169,10 +205,7 @@ class RouterCore:
             old.close()
 
     def _reload_models(self, load_candidate: bool) -> None:
-        baseline = self._batcher(self._load("baseline"), "baseline")
-        old, self.baseline = self.baseline, baseline
-        if old is not None:
-            old.close()
+        self._load_baseline()
         if load_candidate:
             self._load_candidate()
 
@@ -397,9 +430,8 @@ class RouterCore:
             "fallback": fallback,
             "score": score,
             "decision": decision,
-            "region": inst.region,
-            "payment_method": inst.payment_method,
-            "amount_band": inst.amount_band,
+            **dict.fromkeys(SEGMENT_SLOTS, ""),
+            **dict(zip(SEGMENT_SLOTS, inst.segments, strict=False)),
             "latency_ms": latency * 1000.0,
             "created_at": time.time(),
         }
