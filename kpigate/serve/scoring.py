@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,10 +27,14 @@ import numpy as np
 from kpigate.serve.loader import ScoringModel, fraud_probability, native_scorer
 from kpigate.serve.schema import InstanceSchema
 
-# Batches of at most this many rows are scored inline when the model has a booster; an inline
-# predict slower than INLINE_MAX_S (a running average) sends every batch to the thread again.
+log = logging.getLogger(__name__)
+
+# Batches of at most this many rows are scored inline when the model has a booster. A booster
+# whose inline predicts take longer than INLINE_MAX_S SLOW_STREAK times in a row (a big model,
+# not a preempted call on a busy machine) sends every batch to the thread again.
 INLINE_ROWS = 4
 INLINE_MAX_S = 0.002
+SLOW_STREAK = 8
 
 
 class ModelStopped(RuntimeError):
@@ -53,7 +58,7 @@ class Batcher:
         self.schema = schema
         self._native = native_scorer(model) if schema.numeric else None
         self.inline_rows = inline_rows if self._native is not None else 0
-        self._inline_s = 0.0  # running average of an inline predict
+        self._slow_streak = 0  # consecutive inline predicts slower than INLINE_MAX_S
         self._on_batch = on_batch
         self.arm = arm
         self.max_batch = max_batch
@@ -114,10 +119,15 @@ class Batcher:
     def _predict_inline(self, rows: list[Sequence[Any]]) -> list[float]:
         started = time.perf_counter()
         scores = self._predict(rows)
-        self._inline_s = 0.9 * self._inline_s + 0.1 * (time.perf_counter() - started)
         self.inline_batches += 1
-        if self._inline_s > INLINE_MAX_S:
+        slow = time.perf_counter() - started > INLINE_MAX_S
+        self._slow_streak = self._slow_streak + 1 if slow else 0
+        if self._slow_streak >= SLOW_STREAK:
             self.inline_rows = 0  # too slow to hold the event loop for
+            log.warning(
+                "the %s model's booster takes over %g ms a predict: scoring in the worker "
+                "thread from now on", self.arm, INLINE_MAX_S * 1000,
+            )  # fmt: skip
         return scores
 
     def _predict(self, rows: list[Sequence[Any]]) -> list[float]:
