@@ -116,6 +116,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--max-batch", type=int, default=d.max_batch, help="rows per predict call (%(default)s)")
     add(
+        "--inline-rows",
+        type=int,
+        default=d.inline_rows,
+        help="batches up to this size of an XGBoost/LightGBM model are scored on the event "
+        "loop, no thread hop; 0: always in the worker thread (default: %(default)s)",
+    )
+    add(
         "--label-window-hours",
         type=float,
         default=d.label_window_s / 3600,
@@ -194,6 +201,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         initial_mode=args.mode,
         candidate_timeout_s=args.candidate_timeout_ms / 1000.0,
         max_batch=args.max_batch,
+        inline_rows=args.inline_rows,
         label_window_s=args.label_window_hours * 3600.0,
         hash_salt=args.hash_salt,
         label_horizon_s=args.label_horizon,

@@ -38,6 +38,9 @@ class ServeConfig:
     # A candidate slower than this falls back to the baseline for that request.
     candidate_timeout_s: float = 0.25
     max_batch: int = 256
+    # Batches of at most this many rows of a model with a native booster are scored on the event
+    # loop, no thread hop (kpigate/serve/scoring.py); 0 sends every batch to the worker thread.
+    inline_rows: int = 4
     # Labels for predictions older than this are refused as "late": their windows are closed.
     label_window_s: float = 7 * 24 * 3600.0
     # The label horizon (seconds): a prediction matures this long after it was served and is

@@ -168,7 +168,10 @@ class RouterCore:
 
     def _batcher(self, model: ScoringModel, arm: str, schema: InstanceSchema) -> Batcher:
         observe = self.metrics.child(self.metrics.batch_rows, arm).observe
-        return Batcher(model, arm, schema, self.config.max_batch, on_batch=observe)
+        return Batcher(
+            model, arm, schema, self.config.max_batch, on_batch=observe,
+            inline_rows=self.config.inline_rows,
+        )  # fmt: skip
 
     def _load(self, arm: str) -> ScoringModel:
         alias = self.config.baseline_alias if arm == "baseline" else self.config.candidate_alias

@@ -29,10 +29,10 @@ from kpigate.serve.schema import InstanceSchema
 
 log = logging.getLogger(__name__)
 
-# Batches of at most this many rows are scored inline when the model has a booster. A booster
-# whose inline predicts take longer than INLINE_MAX_S SLOW_STREAK times in a row (a big model,
-# not a preempted call on a busy machine) sends every batch to the thread again.
-INLINE_ROWS = 4
+# Batches of at most `inline_rows` rows (ServeConfig.inline_rows) are scored inline when the
+# model has a booster. A booster whose inline predicts take longer than INLINE_MAX_S SLOW_STREAK
+# times in a row (a big model, not a preempted call on a busy machine) sends every batch to the
+# thread again.
 INLINE_MAX_S = 0.002
 SLOW_STREAK = 8
 
@@ -52,7 +52,7 @@ class Batcher:
         schema: InstanceSchema,
         max_batch: int = 256,
         on_batch: Callable[[int], None] | None = None,
-        inline_rows: int = INLINE_ROWS,
+        inline_rows: int = 4,
     ) -> None:
         self.model = model
         self.schema = schema
