@@ -250,3 +250,28 @@ def test_the_default_segments_are_the_fraud_demos() -> None:
     band = schema.segments[2]
     for amount in (0.0, 49.99, 50.0, 499.0, 500.0, 1e6):
         assert band.value(amount) == amount_band(amount)
+
+
+def test_serve_flags_set_the_entity_key_segments_and_vocabularies(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import argparse
+
+    from kpigate.serve.cli import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--entity-key", "customer_id", "--segment", "plan",
+                              "--segment", "tenure_band=tenure_months:12,36",
+                              "--vocabulary", "plan=basic,plus"])  # fmt: skip
+    config = config_from_args(args)
+    assert config.entity_key == "customer_id"
+    assert config.segments == ("plan", "tenure_band=tenure_months:12,36")
+    assert config.vocabularies == {"plan": ("basic", "plus")}
+    assert config_from_args(parser.parse_args([])).segments == ServeConfig().segments
+    assert config_from_args(parser.parse_args(["--no-segments"])).segments == ()
+    for bad in (["--segment", "band=amount:high,low"], ["--vocabulary", "plan"]):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(bad)
+        assert exit_.value.code == 2
+    assert "--vocabulary" in capsys.readouterr().err
