@@ -175,7 +175,7 @@ def _traffic(s: Setting, windows: int) -> Callable[[int], tuple[sim.Observe, str
             return sim.rates(*sim.binomial_arms(rng, windows, s.total, 0.0, s.sd)), "recall"
         if s.scenario == "users":
             people = sim.users(rng, s.users, s.total, salt="bench")
-            return sim.rates(*sim.user_arms(rng, people, windows)), "recall"
+            return sim.user_arms(rng, people, windows), "recall"
         if s.scenario == "latency":
             arms = sim.latency_arms(rng, windows, LATENCY_REQUESTS, s.p95, s.p95 + s.delta_ms)
             return sim.histograms("latency_p95", *arms), "latency_p95"

@@ -19,6 +19,7 @@ from kpigate.engine.evidence import (
     Comparison,
     NotComparable,
     Observation,
+    Rate,
     compare,
     value_of,
 )
@@ -46,6 +47,17 @@ def _margin(kpi: Kpi, state: KpiState) -> float | None:
 
 def _add(total: ArmData | None, more: ArmData) -> ArmData:
     return more if total is None else total + more  # type: ignore[operator]
+
+
+def design_effect_of(state: KpiState, baseline: ArmData | None) -> float:
+    """The design effect a look scales its KPI's evidence by, chosen before the look's candidate
+    data are seen: the larger of the baseline's current one and the candidate's as of its
+    previous window, floored at 1 (never below the binomial model). At the first look only the
+    baseline's is known. A variance that grew when the candidate's current data looked worse
+    would weigh its bad windows less; this one cannot.
+    """
+    current = baseline.deff if isinstance(baseline, Rate) else None
+    return max(1.0, current or 0.0, state.candidate_deff or 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +107,11 @@ def update(
     variance = comparison.variance
     if kpi.scope is Scope.ROLLOUT:
         variance += state.spread.tau2()
+    # Users recur and are what is randomised: the rollout-to-date design effect scales every
+    # window's variance alike (evidence.Rate.deff), so it divides the running sums at the look
+    # (classify()) rather than weighing this window against the earlier ones.
+    deff = design_effect_of(state, obs.baseline)
+    candidate_deff = obs.candidate.deff if isinstance(obs.candidate, Rate) else None
     improvement = hyp.sign * comparison.difference
     history = state.history
     if obs.baseline is not None and len(history) < 64:
@@ -110,8 +127,10 @@ def update(
         ),
         looks=state.looks + 1,
         spread=state.spread.add(comparison.difference, comparison.variance),
+        deff=deff,
+        candidate_deff=state.candidate_deff if candidate_deff is None else candidate_deff,
     )
-    return updated, replace(comparison, variance=variance)
+    return updated, replace(comparison, variance=variance * deff)
 
 
 def _limits(hyp: Hypothesis, policy: Policy, state: KpiState, value: float) -> ControlLimits | None:
@@ -186,7 +205,7 @@ def classify(
     rho, theta, delta_r = scales.rho, scales.theta, scales.delta_r
     evidence: dict[str, float]
     if kpi.scope is Scope.ROLLOUT:
-        info, weighted = state.info, state.weighted
+        info, weighted = state.info / state.deff, state.weighted / state.deff
         upper = seq.upper_bound(weighted, info, rho, hyp.log_harm_threshold)
         lower = seq.lower_bound(weighted, info, theta, hyp.log_noninferiority_threshold)
         estimate = weighted / info

@@ -200,6 +200,10 @@ class KpiState:
     ewma: float | None = None
     looks: int = 0  # windows that added evidence
     spread: Spread = Spread()
+    # Rate KPIs whose source gives design effects (evidence.Rate.deff): the one the evidence
+    # is scaled by at the latest look, and the candidate's latest (for the next look).
+    deff: float = 1.0
+    candidate_deff: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
