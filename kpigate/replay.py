@@ -14,7 +14,8 @@ cohort, named by "cohort": {"window": 3, "stage": 5, "matured_at": 1764590400.0}
 window, its stage or null if it straddles two, Unix seconds); a line without a cohort carries
 only immediate KPIs and may say what it waits for: "pending": {"window": 4, "matures_at": ...}.
 Each arm of a KPI is one of (by KPI type; null means no data from that arm):
-  rate      {"successes": S, "trials": N}
+  rate      {"successes": S, "trials": N}, optionally "deff": D (>= 0, the arm's design
+            effect over the rollout so far with the user as the unit; docs/engine.md)
   quantile  {"buckets": {"0.05": 10, "0.1": 40, "+Inf": 50}}   cumulative counts per bound
   auc       {"positives": {<buckets>}, "negatives": {<buckets>}}  score histograms per class
   gap       {"a": {"successes": S, "trials": N}, "b": {...}}      rate in two segments
@@ -92,13 +93,16 @@ def _number(value: Any, where: str) -> float:
 
 
 def _rate(data: Any, where: str) -> Rate:
-    if not isinstance(data, dict) or set(data) != {"successes", "trials"}:
-        raise LineError(f'{where} must be {{"successes": S, "trials": N}}')
+    if not isinstance(data, dict) or not (
+        {"successes", "trials"} <= set(data) <= {"successes", "trials", "deff"}
+    ):
+        raise LineError(f'{where} must be {{"successes": S, "trials": N}} (optionally "deff")')
     successes = _number(data["successes"], f"{where}.successes")
     trials = _number(data["trials"], f"{where}.trials")
     if successes > trials:
         raise LineError(f"{where}: successes ({successes:g}) exceed trials ({trials:g})")
-    return Rate(successes, trials)
+    deff = data.get("deff")
+    return Rate(successes, trials, None if deff is None else _number(deff, f"{where}.deff"))
 
 
 def _buckets(data: Any, where: str) -> Histogram:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from kpigate.policy import Labels, Policy
+from kpigate.policy import KpiType, Labels, Policy
 from kpigate.sources import catalogue
 from kpigate.sources.base import Collected, SourceError
 from kpigate.sources.cohorts import (
@@ -83,6 +83,60 @@ def cohort_part(
     return collected.counts, {"cohort": found.cohort_json()}, collected.note
 
 
+@runtime_checkable
+class DesignEffectReader(Protocol):
+    def design_effects(
+        self, since: float, window: ServedWindow, cohort: NextCohort | None
+    ) -> Mapping[tuple[str, str], float]:
+        """(arm, metric) -> the arm's design effect over the rollout up to this window."""
+
+
+def add_design_effects(
+    policy: Policy,
+    reader: object,
+    record: dict[str, Any],
+    history: Sequence[Mapping[str, Any]],
+) -> str:
+    """Give each rate arm of the record its design effect ("deff", evidence.Rate), when the
+    source can tell one (it sees users: the prediction log's entity_key). Rates in one segment
+    and gaps have none: they stay binomial, as do the KPIs of every other source. Returns a
+    note when the source could not tell them."""
+    served = (record.get("served_from"), record.get("served_to"))
+    if (
+        not isinstance(reader, DesignEffectReader)
+        or not record["kpis"]
+        or not all(isinstance(t, int | float) for t in served)
+    ):
+        return ""
+    windows = [*served_windows(history), _served(record)]
+    cohort = None
+    if policy.labels is not None and "cohort" in record:
+        judged = judged_cohorts(history)
+        cohort = next_cohort(windows, judged, policy.labels.horizon, now=windows[-1].served_to)
+    try:
+        deffs = reader.design_effects(windows[0].served_from, windows[-1], cohort)
+    except SourceError as exc:
+        return f"design effects unknown (binomial variance): {exc}"
+    for kpi in policy.kpis:
+        if kpi.type is not KpiType.RATE or kpi.segments or kpi.segment != "all":
+            continue
+        arms = record["kpis"].get(kpi.name) or {}
+        for arm, data in arms.items():
+            deff = deffs.get((arm, catalogue.metric_of(kpi)))
+            if isinstance(data, dict) and deff is not None:
+                data["deff"] = deff
+    return ""
+
+
+def _served(record: Mapping[str, Any]) -> ServedWindow:
+    return ServedWindow(
+        int(record["window"]),
+        float(record["stage"]),
+        float(record["served_from"]),
+        float(record["served_to"]),
+    )
+
+
 def build_record(
     policy: Policy,
     reader: object,
@@ -105,6 +159,8 @@ def build_record(
         if note:
             notes.append(note)
     record["kpis"] = window_kpis(policy, collected.counts, matured)
+    if note := add_design_effects(policy, reader, record, history):
+        notes.append(note)
     if collected.stale:
         record["stale"] = True
     if notes:
