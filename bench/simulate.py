@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from kpigate.engine import (
-    ClusterMoments,
     Decision,
     GatePlan,
     Histogram,
@@ -28,7 +27,6 @@ from kpigate.engine import (
     SegmentRates,
     Verdict,
     Window,
-    design_effect,
     judge,
 )
 from kpigate.policy import Kpi, Policy, Stage
@@ -233,6 +231,10 @@ def user_arms(
     per user y_i and n_i, through the one definition, evidence.design_effect. observe() must
     be called window after window, at the stage the walk is at (as sim.walk does).
     """
+    # Imported here: the power settings run this module against an older engine (engine_at),
+    # which has no design effects.
+    from kpigate.engine import ClusterMoments, design_effect
+
     cutoffs = np.rint(stage_weights() * BUCKETS / 100.0)
     # group g: on the candidate from stage g on (group 4: never, it is the holdback)
     group = np.searchsorted(cutoffs, people.buckets, side="right")
