@@ -408,6 +408,12 @@ def _location(loc: Iterable[int | str], data: Any) -> str:
     return "".join(parts) or "(top level)"
 
 
+def _items_failed(loc: tuple[Any, ...], errors: list[Any]) -> bool:
+    """Whether some error lies inside the list at `loc` (its items were reported)."""
+    n = len(loc)
+    return any(len(e["loc"]) > n and tuple(e["loc"][:n]) == tuple(loc) for e in errors)
+
+
 def policy_from_dict(data: Any, source: str = "<policy>") -> Policy:
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: a policy is a mapping of fields, got {type(data).__name__}")
@@ -415,7 +421,10 @@ def policy_from_dict(data: Any, source: str = "<policy>") -> Policy:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
         problems = []
-        for err in exc.errors():
+        errors = exc.errors()
+        for err in errors:
+            if err["type"] == "too_short" and _items_failed(err["loc"], errors):
+                continue  # pydantic counts only the items that validated: the items said why
             message = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = "unknown field (check the spelling)"
