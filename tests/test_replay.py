@@ -126,8 +126,14 @@ def test_other_kpi_types_with_a_policy(tmp_path: Path, capsys: pytest.CaptureFix
         ("{not json", "line 2: not JSON"),
         ('["a"]', "line 2: each window record must be a JSON object"),
         ('{"window": 2, "kpis": {}}', "line 2: window 2: stage: missing field"),
-        ('{"window": "2", "stage": 5, "kpis": {}}', "line 2: window: Input should be a valid integer"),
-        ('{"window": 2, "stage": 500, "kpis": {}}', "line 2: window 2: stage: is a traffic percentage"),
+        (
+            '{"window": "2", "stage": 5, "kpis": {}}',
+            "line 2: window: Input should be a valid integer",
+        ),
+        (
+            '{"window": 2, "stage": 500, "kpis": {}}',
+            "line 2: window 2: stage: is a traffic percentage",
+        ),
         ('{"window": 2, "stage": 5, "kpis": {}, "kpi": 1}', "line 2: window 2: kpi: unknown field"),
         ('{"window": 2, "stage": 5}', "line 2: window 2: kpis: missing field"),
         (
