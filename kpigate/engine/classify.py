@@ -24,7 +24,7 @@ from kpigate.engine.evidence import (
     compare,
     value_of,
 )
-from kpigate.engine.forecast_eta import certify_eta, format_duration
+from kpigate.engine.forecast_eta import certify_eta
 from kpigate.engine.plan import (
     Cause,
     Hypothesis,
@@ -278,7 +278,8 @@ def classify(
         )
         common["needs_samples"] = eta.samples if not math.isnan(eta.samples) else None
         common["eta_seconds"] = eta.seconds if math.isfinite(eta.seconds) else None
-        reason += f"; {_needs(eta.samples, eta.seconds, kpi.needs_labels)}"
+        kind = "labeled candidate samples" if kpi.needs_labels else "candidate samples"
+        reason += f"; {eta.describe(kind)}"
     return KpiReport(
         verdict=Verdict.INCONCLUSIVE,
         triggers="none",
@@ -290,18 +291,6 @@ def classify(
 def _num(value: float) -> str:
     """A bound for a reason: 4 significant digits, and 0 never printed as -0."""
     return f"{value:.4g}" if value != 0 else "0"
-
-
-def _needs(samples: float, seconds: float, labeled: bool) -> str:
-    kind = "labeled candidate samples" if labeled else "candidate samples"
-    if math.isnan(samples):
-        return f"no {kind} yet to say how many more it needs"
-    if math.isinf(samples):
-        return "cannot be certified while the estimate stays where it is"
-    if samples <= 0:
-        return "certified at the next look"  # the bound is within rounding of the margin
-    when = f" (~{format_duration(seconds)} at the current rate)" if math.isfinite(seconds) else ""
-    return f"needs ~{math.ceil(samples):,} more {kind}{when}"
 
 
 def _sigma_verdict(

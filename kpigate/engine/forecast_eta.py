@@ -20,15 +20,20 @@ class Eta:
     samples: float  # more labeled samples (candidate arm); inf: never; nan: no data to say
     seconds: float  # at the current rate; inf when never or the rate is unknown
 
-    def describe(self) -> str:
+    def describe(self, kind: str = "labeled samples") -> str:
+        """The text of a HOLD reason, counting `kind` (e.g. "labeled candidate samples")."""
         if math.isnan(self.samples):
-            return "no labeled samples yet to say how many more it needs"
+            return f"no {kind} yet to say how many more it needs"
         if not math.isfinite(self.samples):
-            return "cannot be certified at the current estimate"
+            return "cannot be certified while the estimate stays where it is"
         if self.samples <= 0:
             return "certifiable now"
-        when = f" (about {format_duration(self.seconds)})" if math.isfinite(self.seconds) else ""
-        return f"needs about {math.ceil(self.samples):,} more labeled samples{when}"
+        when = (
+            f" (~{format_duration(self.seconds)} at the current rate)"
+            if math.isfinite(self.seconds)
+            else ""
+        )
+        return f"needs ~{math.ceil(self.samples):,} more {kind}{when}"
 
 
 def info_to_certify(estimate: float, margin: float, theta: float, log_threshold: float) -> float:
