@@ -113,6 +113,8 @@ class RateArm(_Strict):
         return self
 
     def to_engine(self) -> Rate:
+        # The engine's Rate has no design effect on this branch yet; where it does (issue 10's
+        # variance work), this is the one place that hands `deff` on.
         return Rate(float(self.successes), float(self.trials))
 
 

@@ -264,12 +264,13 @@ def classify(
         )
     reason = f"not yet shown non-inferior (bound {lower:.4g}, margin {_num(-delta)})"
     if kpi.scope is Scope.ROLLOUT:
-        # The information one more candidate sample adds, and the samples a look brings now.
-        per_sample = state.info / samples[0] if samples[0] > 0 else 0.0
+        # The evidence as the bounds above read it (`info`, `weighted`): the information one
+        # more candidate sample adds so far, and the candidate samples a look brings now.
+        per_sample = info / samples[0] if samples[0] > 0 else 0.0
         rate = window_scope_samples[0] / interval if interval else 0.0
         eta = certify_eta(
-            state.info,
-            state.weighted,
+            info,
+            weighted,
             delta,
             theta,
             hyp.log_noninferiority_threshold,
