@@ -14,8 +14,12 @@ from kpigate.policy import KpiType, load_policy
 from kpigate.store.file import FileStore
 
 REPO = Path(__file__).resolve().parent.parent
+# Every JSON Lines file the repository ships (not the virtualenv's, not caches).
 EVIDENCE_FILES = sorted(
-    p for p in REPO.glob("**/*.jsonl") if ".venv" not in p.parts and ".git" not in p.parts
+    path
+    for top in REPO.iterdir()
+    if top.is_dir() and not top.name.startswith(".")
+    for path in top.glob("**/*.jsonl")
 )
 
 # What soak-and-collect wrote before the schema existed: floats from the router's counters, a
