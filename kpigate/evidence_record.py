@@ -184,6 +184,12 @@ _FORMS: dict[str, tuple[frozenset[str], str]] = {
     "scores": (frozenset({"positives", "negatives"}), '{"positives": {...}, "negatives": {...}}'),
     "segments": (frozenset({"a", "b"}), '{"a": {...}, "b": {...}}'),
 }
+_FORM_OF_MODEL: dict[type[BaseModel], str] = {
+    RateArm: "rate",
+    HistogramArm: "histogram",
+    ScoresArm: "scores",
+    SegmentsArm: "segments",
+}
 _FORM_OF_TYPE = {
     KpiType.RATE: "rate",
     KpiType.QUANTILE: "histogram",
@@ -196,9 +202,7 @@ _FORM_OF_TYPE = {
 def _form(data: Any) -> str | None:
     """Which arm form a JSON object is, by its keys (None: none of them)."""
     if isinstance(data, BaseModel):
-        return {RateArm: "rate", HistogramArm: "histogram", ScoresArm: "scores"}.get(
-            type(data), "segments"
-        )
+        return _FORM_OF_MODEL.get(type(data))
     if not isinstance(data, dict):
         return None
     keys = set(data)
