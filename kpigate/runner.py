@@ -51,6 +51,7 @@ from kpigate.backends.base import BackendError, TrafficBackend
 from kpigate.control import ControlError, Order, clear_order, read_order
 from kpigate.engine import Cause, Decision, GateDecision
 from kpigate.errors import KpigateError
+from kpigate.evidence_record import WindowRecord
 from kpigate.journal import Journal
 from kpigate.policy import Policy, PolicyError, load_policy
 from kpigate.registry.base import CHAMPION, Registry, RegistryError, RegistryUnavailable
@@ -130,7 +131,7 @@ class LocalRunner:
     approve_last_stage: Callable[[], bool] | None = None  # None: no manual approval
     sleep: Callable[[float], None] = time.sleep
     on_decision: Callable[[GateDecision], None] = lambda decision: None
-    on_window: Callable[[dict[str, Any]], None] | None = None
+    on_window: Callable[[WindowRecord], None] | None = None
     on_message: Callable[[str], None] = lambda message: None
     journal: Journal | None = None  # audit trail and notifications
     trace: list[str] = field(default_factory=list)
@@ -146,8 +147,8 @@ class LocalRunner:
         """Stages whose gate already decided PROMOTE, according to the evidence."""
         records = self.store.read()
         done: set[float] = set()
-        for stage in {float(r["stage"]) for r in records}:
-            upto = [r for r in records if float(r["stage"]) <= stage]
+        for stage in {float(r.stage) for r in records}:
+            upto = [r for r in records if r.stage <= stage]
             if judge_evidence(self.policy, upto, stage).decision is Decision.PROMOTE:
                 done.add(stage)
         return done
@@ -178,13 +179,13 @@ class LocalRunner:
             records = self.store.read()
             decision = judge_evidence(self.policy, records, traffic)
             if self.journal is not None:
-                self.journal.decision(decision, records[-1] if records else None)
+                self.journal.decision(decision, records[-1].as_json() if records else None)
             self.on_decision(decision)
             if decision.decision is not Decision.HOLD:
                 return decision
             if decision.suspend:
                 return decision
-            looks = sum(1 for r in records if float(r["stage"]) == traffic) + 1
+            looks = sum(1 for r in records if r.stage == traffic) + 1
 
     def _order(self) -> Order | None:
         if self.control_dir is None:

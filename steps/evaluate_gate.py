@@ -18,11 +18,11 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from kpigate.engine import Decision, GateDecision
+from kpigate.evidence_record import WindowRecord
 from kpigate.policy import Policy
-from kpigate.replay import LineError, Replayer, decision_record, replay_lines
+from kpigate.replay import LineError, Replayer, decision_record, replay_records
 from kpigate.steps.common import (
     DONE,
     StepError,
@@ -35,12 +35,11 @@ from kpigate.steps.spec import StepInputs, add_flags, field, parse
 from kpigate.store import open_store
 
 
-def judge_evidence(policy: Policy, records: list[dict[str, Any]], stage: float) -> GateDecision:
+def judge_evidence(policy: Policy, records: Sequence[WindowRecord], stage: float) -> GateDecision:
     """The latest decision over all windows; HOLD when this stage has no window yet."""
     replayer = Replayer(policy)
     decision: GateDecision | None = None
-    lines = (json.dumps(r) for r in records)
-    for _, _, latest in replay_lines(lines, replayer):
+    for _, _, latest in replay_records(records, replayer):
         decision = latest
     if decision is None or decision.stage != stage:
         if decision is not None and decision.final:
@@ -103,7 +102,7 @@ def run(namespace: argparse.Namespace) -> int:
         decision = judge_evidence(policy, records, args.stage)
     except LineError as exc:
         raise StepError(f"evidence {args.evidence} is corrupt: {exc}") from None
-    stage_windows = sum(1 for r in records if float(r.get("stage", -1)) == args.stage)
+    stage_windows = sum(1 for r in records if r.stage == args.stage)
     write_outputs(
         args.out_dir,
         decision=decision.decision.value,
@@ -126,7 +125,7 @@ def record(
     args: EvaluateGateInputs,
     policy: Policy,
     decision: GateDecision,
-    records: list[dict[str, Any]],
+    records: Sequence[WindowRecord],
 ) -> None:
     """The decision, now, into the rollout's trail beside the evidence, and notified; a retry
     finds it there and records nothing twice. A registry that fails here fails the step by its
@@ -147,8 +146,8 @@ def record(
         notifier = dispatcher_from_env(trail=trail, actor=actor)
         journal = Journal(trail, notifier, policy, policy_hash(args.policy), args.model_name,
                           rollout, actor, candidate_version=args.model_version)  # fmt: skip
-        window = next((r for r in reversed(records) if r.get("window") == decision.window), None)
-        journal.decision(decision, window)
+        window = next((r for r in reversed(records) if r.window == decision.window), None)
+        journal.decision(decision, None if window is None else window.as_json())
         journal.flush()
 
 

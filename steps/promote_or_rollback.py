@@ -80,7 +80,7 @@ def last_reason(evidence_uri: str, tracking_uri: str | None) -> str:
         records = open_store(evidence_uri, tracking_uri).read()
     except StoreError:
         return "rolled back (evidence unreadable)"
-    return f"rolled back after window {records[-1]['window']}" if records else "rolled back"
+    return f"rolled back after window {records[-1].window}" if records else "rolled back"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,7 +159,7 @@ def record(args: argparse.Namespace, registry: Registry, outcome: Outcome) -> No
             done = judged(trail)
             replayed = 0
             for end in range(1, len(records) + 1):
-                decision = judge_evidence(policy, records[:end], float(records[end - 1]["stage"]))
+                decision = judge_evidence(policy, records[:end], float(records[end - 1].stage))
                 if key(decision) in done:
                     continue
                 done.add(key(decision))
@@ -172,7 +172,7 @@ def record(args: argparse.Namespace, registry: Registry, outcome: Outcome) -> No
                     None,
                     args.model_version,
                     actor,
-                    window=records[end - 1],
+                    window=records[end - 1].as_json(),
                 )
                 trail.append({**event, "replayed": True})  # fmt: skip
                 replayed += 1

@@ -2,7 +2,8 @@
 
 For every interval the step reads how much the router's counters grew (from the router's
 /metrics or from Prometheus), turns them into the policy's KPIs (kpigate/sources/catalogue.py)
-and appends one window, in the `kpigate replay` format, to the rollout's evidence store.
+and appends one window record (kpigate/evidence_record.py, the `kpigate replay` format) to the
+rollout's evidence store.
 A source that is down or lagging gives a window marked stale: the gate holds on it.
 
 Idempotent: `--looks N` means "this stage has at least N windows"; a retried or rerun step
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from kpigate.evidence_record import WindowRecord
 from kpigate.policy import Policy
 from kpigate.sources import catalogue, promql
 from kpigate.sources.base import Collected, MetricsSource, SourceError
@@ -59,8 +61,8 @@ def window_record(
     index: int,
     stage: float,
     served_from: float | None = None,
-    history: Sequence[dict[str, Any]] = (),
-) -> dict[str, Any]:
+    history: Sequence[WindowRecord] = (),
+) -> WindowRecord:
     """One window from the source; never raises on a source failure: it marks the window.
 
     The record keeps its serving interval (Unix seconds); with a policy `labels` section its
@@ -91,20 +93,20 @@ def soak(
     interval_s: float,
     rollout: str,
     sleep: Callable[[float], None] = time.sleep,
-    on_window: Callable[[dict[str, Any]], None] | None = None,
+    on_window: Callable[[WindowRecord], None] | None = None,
 ) -> int:
     """Collect until the stage has `looks` windows; returns how many were added."""
     records = list(store.read())
-    have = sum(1 for r in records if float(r.get("stage", -1)) == stage)
+    have = sum(1 for r in records if r.stage == stage)
     missing = max(0, looks - have)
-    next_index = (int(records[-1]["window"]) + 1) if records else 1
+    next_index = (records[-1].window + 1) if records else 1
     served_from = time.time()
     if missing:
         source.mark()
     for n in range(missing):
         sleep(interval_s)
         record = window_record(policy, source, rollout, next_index + n, stage, served_from, records)
-        served_from = record["served_to"]
+        served_from = time.time() if record.served_to is None else float(record.served_to)
         store.append(record)
         records.append(record)
         if on_window is not None:
@@ -168,9 +170,9 @@ def run(args: argparse.Namespace) -> int:
         registry = MlflowRegistry(args.tracking_uri)
         refuse_if_rolled_back(registry, args.model_name, args.model_version, args.rollout)
 
-    def progress(record: dict[str, Any]) -> None:
-        state = "stale: " + record.get("note", "") if record.get("stale") else "ok"
-        say(f"window {record['window']} at {args.stage:g}%: {state}")
+    def progress(record: WindowRecord) -> None:
+        state = "stale: " + record.note if record.stale else "ok"
+        say(f"window {record.window} at {args.stage:g}%: {state}")
 
     say(f"soaking at {args.stage:g}%: up to {looks} windows of {interval:g}s ({source.name})")
     added = soak(policy, store, source, args.stage, looks, interval, rollout, on_window=progress)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from kpigate.evidence_record import WindowRecord
 from kpigate.policy import Kpi, Labels, Policy, Stage
 from kpigate.serve.predlog import Tables
 from kpigate.sources.base import Collected
@@ -186,12 +187,12 @@ class _Matured:
 def test_a_record_holds_label_kpis_of_its_matured_cohort_only() -> None:
     policy = _labels_policy()
     reader = _Matured()
-    history: list[dict[str, object]] = []
+    records: list[WindowRecord] = []
     for i in range(1, 6):
         base = {"rollout": "r", "window": i, "stage": 5.0, "served_from": 60.0 * (i - 1),
                 "served_to": 60.0 * i}  # fmt: skip
-        record = build_record(policy, reader, Collected(WindowCounts()), history, base)
-        history.append(record)
+        records.append(build_record(policy, reader, Collected(WindowCounts()), records, base))
+    history = [r.as_json() for r in records]
     assert "recall" not in history[0]["kpis"] and "error_rate" in history[0]["kpis"]
     assert history[0]["pending"] == {"window": 1, "matures_at": 180.0}
     assert "waiting for labels: the cohort of window 1" in str(history[0]["note"])
@@ -199,7 +200,7 @@ def test_a_record_holds_label_kpis_of_its_matured_cohort_only() -> None:
     assert history[2]["cohort"] == {"window": 1, "stage": 5.0, "matured_at": 180.0}
     assert history[2]["kpis"]["recall"]["candidate"] == {"successes": 4, "trials": 4}
     assert reader.asked == [1, 2, 3]
-    assert judged_cohorts(history) == {1, 2, 3}
+    assert judged_cohorts(records) == {1, 2, 3}
 
 
 def test_db_url_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:

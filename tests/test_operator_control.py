@@ -165,7 +165,7 @@ def test_promote_passes_the_stage_and_promote_full_makes_the_candidate_champion(
         kinds = [r["action"] for r in read_records(trail.path) if r["type"] == "action"]
         assert kinds == ["start", "deploy", "operator-promote", "deploy", "operator-promote-full",
                          "promote"]  # fmt: skip
-        stages = {float(r["stage"]) for r in FileStore(tmp_path / "evidence.jsonl").read()}
+        stages = {float(r.stage) for r in FileStore(tmp_path / "evidence.jsonl").read()}
         assert stages == {50.0, 100.0}
     finally:
         registry.set_alias(name, CHAMPION, "1")

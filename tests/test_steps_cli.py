@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from kpigate.audit import verify
+from kpigate.evidence_record import parse_record
 from kpigate.registry.mlflow import MlflowRegistry
 from tests.serve_fixtures import ADMIN_TOKEN
 
@@ -139,7 +140,7 @@ def test_each_decision_reaches_the_audit_trail_when_it_is_made(
     uri = f"mlflow://models/steps-trail/{version}/wf-trail1"
     store = open_store(uri, mlflow_server)
     lines = (EXAMPLES / "fraud-rollout.jsonl").read_text().splitlines()
-    windows = [json.loads(line) for line in lines if '"rollout":"bad"' in line]
+    windows = [parse_record(line) for line in lines if '"rollout":"bad"' in line]
     policy = str(EXAMPLES / "policy.yaml")
     gate = ["--policy", policy, "--evidence", uri, "--tracking-uri", mlflow_server,
             "--model-name", "steps-trail", "--model-version", version,
@@ -148,8 +149,8 @@ def test_each_decision_reaches_the_audit_trail_when_it_is_made(
     for window in windows:
         store.append(window)
         started.append(datetime.now(UTC).isoformat(timespec="milliseconds"))
-        assert evaluate_gate.main([*gate, "--stage", str(window["stage"])]) == 0
-    assert evaluate_gate.main([*gate, "--stage", str(windows[-1]["stage"])]) == 0  # a retry
+        assert evaluate_gate.main([*gate, "--stage", str(window.stage)]) == 0
+    assert evaluate_gate.main([*gate, "--stage", str(windows[-1].stage)]) == 0  # a retry
     assert "already in the audit trail" in capsys.readouterr().out
 
     router = start_router()
@@ -173,7 +174,7 @@ def test_each_decision_reaches_the_audit_trail_when_it_is_made(
     assert not any(d.get("replayed") for d in decisions)
     # each decision was stamped during its own evaluate-gate call, in order
     for decision in decisions:
-        index = next(i for i, w in enumerate(windows) if w["window"] == decision["window"])
+        index = next(i for i, w in enumerate(windows) if w.window == decision["window"])
         assert decision["time"].rstrip("Z") >= started[index][:23]
     times = [r["time"] for r in records]
     assert times == sorted(times)
