@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "demo": ("kpigate.demo", "run the fraud case study end to end on the embedded default"),
     "serve": ("kpigate.serve.cli", "serve champion and candidate behind the canary/shadow router"),
+    "collect": (
+        "kpigate.collector.cli",
+        "collect KServe / Seldon payload logs and labels into the prediction log",
+    ),
     "traffic": ("kpigate.traffic", "replay generated transactions and delayed labels at a router"),
     "render-workflow": ("kpigate.workflows.render", "render the Argo workflow from a policy"),
     "submit": ("kpigate.workflows.submit", "start a rollout on Argo Workflows"),
