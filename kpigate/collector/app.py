@@ -186,8 +186,7 @@ def create_app(config: CollectorConfig) -> Starlette:
             m.count_decision(r["arm"], r["model_version"], r["decision"], False)
             if backend.EXACT_TIMES:
                 m.observe_served(r["arm"], r["model_version"], r["latency_ms"] / 1000.0)
-        await run_in_threadpool(store.landed, request.pair_id, len(rows), now)
-        parked = await run_in_threadpool(store.take_parked, ids)
+        parked = await run_in_threadpool(store.landed, request.pair_id, len(rows), ids, now)
         if parked:
             count_labels(await run_in_threadpool(desk.joiner.join, parked, time.time()))
         return len(new)

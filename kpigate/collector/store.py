@@ -132,14 +132,27 @@ class PairStore:
             )
             return {r for (r,) in conn.execute(query)}
 
-    def landed(self, pair_id: str, rows: int, now: float) -> None:
-        t = self.tables.pairs
+    def landed(self, pair_id: str, rows: int, request_ids: list[str], now: float) -> list[Any]:
+        """Mark the pair landed (its halves cleared); remove and return the labels parked for
+        its predictions, in the same transaction."""
+        t, lab = self.tables.pairs, self.tables.labels
+        parked: list[dict[str, Any]] = []
         with self.write_lock, self.engine.begin() as conn:
             conn.execute(
                 update(t)
                 .where(t.c.pair_id == pair_id)
                 .values(landed_at=now, rows=rows, request=None, response=None)
             )
+            for start in range(0, len(request_ids), 500):
+                chunk = request_ids[start : start + 500]
+                found = conn.execute(select(lab).where(lab.c.request_id.in_(chunk))).all()
+                parked += [
+                    {"request_id": r.request_id, "label": r.label, "labeled_at": r.labeled_at}
+                    for r in found
+                ]
+                if found:
+                    conn.execute(delete(lab).where(lab.c.request_id.in_(chunk)))
+        return parked
 
     def waiting(self) -> tuple[int, int]:
         """(pairs with one half only, parked labels), for the gauges."""
@@ -177,22 +190,6 @@ class PairStore:
                     )
                 )  # fmt: skip
         return again
-
-    def take_parked(self, request_ids: list[str]) -> list[dict[str, Any]]:
-        """Remove and return the parked labels of these request ids."""
-        lab = self.tables.labels
-        out: list[dict[str, Any]] = []
-        with self.write_lock, self.engine.begin() as conn:
-            for start in range(0, len(request_ids), 500):
-                chunk = request_ids[start : start + 500]
-                found = conn.execute(select(lab).where(lab.c.request_id.in_(chunk))).all()
-                out += [
-                    {"request_id": r.request_id, "label": r.label, "labeled_at": r.labeled_at}
-                    for r in found
-                ]
-                if found:
-                    conn.execute(delete(lab).where(lab.c.request_id.in_(chunk)))
-        return out
 
     def expire_parked(self, before: float) -> int:
         lab = self.tables.labels
