@@ -8,6 +8,8 @@ executor/logger/worker.go (ce-requestid joins the pair, each event has its own c
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -181,6 +183,8 @@ def test_hostile_events_get_a_clear_4xx_and_leave_nothing(
             assert (answer.status_code, message in answer.json()["error"]) == (status, True), (
                 headers.get("ce-id"), answer.text,
             )  # fmt: skip
+        huge = kserve_event("response", rid, {"predictions": [10**400]})
+        assert post(client, huge).status_code == 422
         response = kserve_event("response", rid, {"predictions": [1.5]})
         refused = post(client, response)
         assert refused.status_code == 422 and "probability" in refused.json()["error"]
@@ -191,11 +195,44 @@ def test_hostile_events_get_a_clear_4xx_and_leave_nothing(
         assert (
             post(client, kserve_event("response", rid, {"predictions": [0.2]})).status_code == 200
         )
-        for bad in ({"labels": 3}, [{"request_id": rid, "label": 2}], [{"request_id": 7}]):
+        for bad in ({"labels": 3}, [{"request_id": rid, "label": 2}], [{"request_id": 7}], [7]):
             answer = client.post("/feedback", json=bad)
             assert answer.status_code in (200, 422) and answer.status_code < 500
         assert client.post("/feedback", content=b"{").status_code == 400
         text = client.get("/metrics").text
     assert len(_rows(collector.config)) == 1
-    assert metric_value(text, "kpigate_collector_events_total", result="invalid") == len(cases) + 2
+    assert metric_value(text, "kpigate_collector_events_total", result="invalid") == len(cases) + 3
     assert metric_value(text, "kpigate_predlog_rows_dropped_total") == 0
+
+
+def test_a_pair_stored_but_not_logged_is_logged_by_the_next_collector(
+    start_collector: Callable[..., CollectorServer], tmp_path: Path
+) -> None:
+    """A collector that stored both halves and died (or found the log down) before logging
+    them: KServe's worker does not resend, so the next collector lands the pair itself."""
+    from kpigate.collector.events import LoggedEvent
+    from kpigate.collector.store import CollectorTables, PairStore
+
+    url = f"sqlite:///{tmp_path / 'collector.db'}"
+    engine = make_engine(url)
+    Tables().create(engine)
+    tables = CollectorTables()
+    tables.create(engine)
+    store = PairStore(engine, tables, Tables().predictions, threading.Lock())
+    rid = str(uuid.uuid4())
+    attributes = {"endpoint": "canary", "id": rid}
+    for kind, body in (("request", _v1(1)), ("response", {"predictions": [0.7]})):
+        store.store(LoggedEvent("kserve", kind, rid, attributes, time.time(), body), time.time())  # type: ignore[arg-type]
+    engine.dispose()
+    collector = start_collector("kserve", db_url=url, reland_interval_s=0.05)
+    deadline = time.monotonic() + 20
+    while not (rows := _rows(collector.config)):
+        assert time.monotonic() < deadline, "the stored pair was never logged"
+        time.sleep(0.05)
+    assert [(r["request_id"], r["arm"], r["score"]) for r in rows] == [
+        (log_id(rid), "candidate", 0.7)
+    ]
+    with collector.client() as client:
+        assert post(client, kserve_event("response", rid, {"predictions": [0.7]})).json() == {
+            "result": "duplicate"
+        }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -53,6 +54,8 @@ from kpigate.serve.predlog import (
     make_engine,
     redacted,
 )
+
+log = logging.getLogger(__name__)
 
 EVENT_RESULTS = ("stored", "logged", "duplicate", "invalid", "skipped", "unavailable")
 
@@ -191,6 +194,23 @@ def create_app(config: CollectorConfig) -> Starlette:
             count_labels(await run_in_threadpool(desk.joiner.join, parked, time.time()))
         return len(new)
 
+    async def reland() -> None:
+        """Land the pairs whose landing failed (the log was down): the loggers do not retry."""
+        while True:
+            await asyncio.sleep(config.reland_interval_s)
+            try:
+                async with pairing:
+                    for request, response in await run_in_threadpool(
+                        store.unlanded, config.backend
+                    ):
+                        try:
+                            await land(request, response)
+                        except (EventError, RowRefused) as exc:
+                            log.error("stored pair %s cannot be logged: %s", request.pair_id, exc)
+                            await run_in_threadpool(store.forget, request.pair_id, "response")
+            except Exception as exc:
+                log.warning("landing stored pairs failed, will retry: %s", redacted(exc))
+
     async def event_endpoint(request: Request) -> Response:
         kind = "request"
         try:
@@ -217,14 +237,16 @@ def create_app(config: CollectorConfig) -> Starlette:
                     metrics.event(kind, result)
                     return JSONResponse({"result": result})
                 written = await land(stored.request, stored.response)
-            except EventError as exc:
+            except (EventError, RowRefused) as exc:
+                # This half does not fit the stored one: refused, and forgotten.
+                await run_in_threadpool(store.forget, event.pair_id, event.kind)
                 metrics.event(kind, "invalid")
-                return JSONResponse({"error": exc.message}, status_code=exc.status)
-            except RowRefused:
-                metrics.event(kind, "invalid")
-                return JSONResponse(
-                    {"error": "the prediction log refused this prediction's row"}, status_code=422
+                message = (
+                    exc.message
+                    if isinstance(exc, EventError)
+                    else "the prediction log refused this prediction's row"
                 )
+                return JSONResponse({"error": message}, status_code=422)
             except (LogUnavailable, Exception) as exc:
                 metrics.event(kind, "unavailable")
                 if isinstance(exc, LogUnavailable):
@@ -298,9 +320,11 @@ def create_app(config: CollectorConfig) -> Starlette:
         await run_in_threadpool(tables.create, predlog.engine)
         if maturity is not None:
             await run_in_threadpool(maturity.start)
+        relander = asyncio.create_task(reland())
         try:
             yield
         finally:
+            relander.cancel()
             if maturity is not None:
                 await run_in_threadpool(maturity.stop)
             await run_in_threadpool(predlog.close)

@@ -57,6 +57,8 @@ class CollectorConfig:
     label_window_s: float = 7 * 24 * 3600.0
     label_horizon_s: float | None = None
     maturity_interval_s: float = 1.0
+    # How often pairs whose landing failed (the log was down) are landed again.
+    reland_interval_s: float = 5.0
     db_connect_timeout_s: float = 3.0
     db_statement_timeout_s: float = 5.0
     # An event's ce-time this far ahead of the collector's clock is refused.

@@ -37,6 +37,13 @@ def _category(instance: dict[str, Any], name: str, index: int) -> str:
     raise EventError(422, f"instance {index}: '{name}' must be one of {list(vocab)} (or its code)")
 
 
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def keyed(instance: dict[str, Any], index: int, fallback_key: str) -> Keyed:
     """The entity key (`card_id`, else `fallback_key`: the prediction's own id) and segments."""
     key = instance.get(ENTITY_KEY)
@@ -52,7 +59,7 @@ def keyed(instance: dict[str, Any], index: int, fallback_key: str) -> Keyed:
                 f"instance {index}: '{ENTITY_KEY}' must be 1 to {ENTITY_KEY_MAX} printable chars",
             )
     amount = instance.get("amount")
-    if isinstance(amount, bool) or not isinstance(amount, int | float) or not math.isfinite(amount):
+    if isinstance(amount, bool) or not isinstance(amount, int | float) or not _finite(amount):
         raise EventError(422, f"instance {index}: 'amount' must be a finite number")
     return Keyed(
         entity_key=entity,

@@ -58,7 +58,8 @@ class LabelDesk:
             waiting: list[dict[str, Any]] = []
             for problem in report.problems:
                 original = chunk[problem["index"]]
-                problem["request_id"] = shown(original.get("request_id"))
+                rid = original.get("request_id") if isinstance(original, dict) else None
+                problem["request_id"] = shown(rid)
                 if problem["result"] == "unknown":
                     item = mapped[problem["index"]]
                     park.append({

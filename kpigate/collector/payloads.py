@@ -94,7 +94,10 @@ def _score(value: Any, where: str) -> float:
         value = value[0]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _refuse(f"{where}: a score must be a number or a [p0, p1] pair")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
     if not math.isfinite(number) or not 0.0 <= number <= 1.0:
         raise _refuse(f"{where}: a score must be a probability in [0, 1]")
     return number

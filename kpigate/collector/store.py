@@ -123,6 +123,37 @@ class PairStore:
         request, response = (event, partner) if event.kind == "request" else (partner, event)
         return Stored(duplicate, request, response)
 
+    def forget(self, pair_id: str, kind: str) -> None:
+        """Drop a half that does not fit its pair (refused with 422), so the right one can
+        still complete it."""
+        t = self.tables.pairs
+        with self.write_lock, self.engine.begin() as conn:
+            conn.execute(
+                update(t)
+                .where(t.c.pair_id == pair_id, t.c.landed_at.is_(None))
+                .values(**{kind: None})
+            )
+
+    def unlanded(self, backend: str, limit: int = 100) -> list[tuple[LoggedEvent, LoggedEvent]]:
+        """Pairs with both halves stored but not landed: their landing failed (the prediction
+        log was unavailable) and nobody is bound to send them again."""
+        t = self.tables.pairs
+        query = (
+            select(t)
+            .where(t.c.landed_at.is_(None), t.c.request.is_not(None), t.c.response.is_not(None))
+            .order_by(t.c.received_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            (
+                _event(r.request, backend, "request", r.pair_id),
+                _event(r.response, backend, "response", r.pair_id),
+            )
+            for r in rows
+        ]
+
     def logged(self, request_ids: list[str]) -> set[str]:
         """Which of these request ids the prediction log already holds (served rows)."""
         p = self.predictions
