@@ -78,10 +78,9 @@ def test_a_response_before_its_request_duplicates_and_early_labels_each_count_on
         assert post(client, response).json() == {"result": "duplicate"}
         # A batch of three on the canary: instance i is labelled as `<ce-id>:<i>`.
         batch = _v1(3, seed=1)
-        canary = {"endpoint": "canary"}
-        assert post(client, kserve_event("request", second, batch, **canary)).status_code == 200
-        answer = post(client, kserve_event("response", second, {"predictions": [[0.8, 0.2]] * 3},
-                                           **canary))  # fmt: skip
+        scored = {"predictions": [[0.8, 0.2]] * 3}
+        assert post(client, kserve_event("request", second, batch, "canary")).status_code == 200
+        answer = post(client, kserve_event("response", second, scored, "canary"))
         assert answer.json() == {"result": "logged", "predictions": 3}
         labels = [{"request_id": f"{second}:{i}", "label": 0} for i in range(3)]
         labels.append({"request_id": first, "label": 1})  # joined already, when it landed
