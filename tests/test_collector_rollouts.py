@@ -31,7 +31,7 @@ from tests.collector_helpers import (
 )
 from tests.serve_fixtures import Database, metric_value, transactions
 
-HORIZON = 2.0
+HORIZON = 4.0  # a label joins within it of its event on a busy machine
 BATCH = 15
 
 
@@ -142,12 +142,13 @@ def _rollout(
                 report = client.post("/feedback", json=labels).json()
                 assert report["joined"] == len(labels), report
     deadline = time.monotonic() + 30
-    while True:
-        text = collector.client().get("/metrics").text
-        if metric_value(text, "kpigate_matured_predictions_total", segment="all") >= len(txs):
-            break
-        assert time.monotonic() < deadline, "the predictions never matured"
-        time.sleep(0.1)
+    with collector.client() as client:
+        while True:
+            text = client.get("/metrics").text
+            if metric_value(text, "kpigate_matured_predictions_total", segment="all") >= len(txs):
+                break
+            assert time.monotonic() < deadline, "the predictions never matured"
+            time.sleep(0.1)
     record = build_record(policy, source, source.collect(), history, {
         **base, "window": 2, "time": "w2", "served_from": HORIZON, "served_to": 2 * HORIZON})  # fmt: skip
     history.append(record)

@@ -81,6 +81,10 @@ class CollectorMetrics:
             "kpigate_collector_parked_labels",
             "Labels received before their prediction was logged, waiting for it.", registry=r,
         )  # fmt: skip
+        # The router's routing gauges would claim a weight and a state the collector has no
+        # view of: left out. (Labelled series without children export nothing.)
+        for gauge in (self.router.weight, self.router.state_version):
+            r.unregister(gauge)
         self.backend = backend
         for kind in ("request", "response"):
             for result in EVENT_RESULTS:
@@ -114,6 +118,8 @@ def create_app(config: CollectorConfig) -> Starlette:
             predlog.engine, predlog.tables, config.label_horizon_s, m.count_matured,
             interval_s=config.maturity_interval_s,
         )  # fmt: skip
+    for rule in config.arms:
+        m.model_info.labels(rule.arm, rule.version).set(1)
     probe = DatabaseProbe(predlog.engine, config.db_statement_timeout_s)
     # Pairing, landing and parking run one at a time, so a label is either joined by
     # /feedback or parked before its prediction lands and joined then: never lost.
@@ -328,6 +334,7 @@ def create_app(config: CollectorConfig) -> Starlette:
             if maturity is not None:
                 await run_in_threadpool(maturity.stop)
             await run_in_threadpool(predlog.close)
+            predlog.engine.dispose()
 
     routes = [
         Route("/", event_endpoint, methods=["POST"]),
