@@ -47,6 +47,8 @@ examples:
   kpigate replay --policy policy.yaml w.jsonl  judge them with your policy
   kpigate demo                                 the case study on local components
   kpigate serve --model-name fraud             the router (champion vs candidate)
+  kpigate collect --backend kserve --baseline-version 2 --candidate-version 3
+                                               KServe/Seldon payload logs -> label KPIs
   kpigate rollout --policy p.yaml --model-name fraud   a rollout on this machine
   kpigate render-workflow                      the Argo WorkflowTemplate into manifests/
 
