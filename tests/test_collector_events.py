@@ -235,3 +235,16 @@ def test_a_pair_stored_but_not_logged_is_logged_by_the_next_collector(
         assert post(client, kserve_event("response", rid, {"predictions": [0.7]})).json() == {
             "result": "duplicate"
         }
+
+
+def test_label_ids_and_logged_ids_agree_and_fit_the_log_column() -> None:
+    rid = uuid.uuid4()
+    # A UUID in any of its spellings is one prediction; a batch's instance adds its index.
+    assert log_id(str(rid)) == log_id(str(rid).upper()) == log_id(rid.hex) == rid.hex
+    # `<uuid>:<i>` is longer than the column: hashed, from the UUID's canonical form.
+    assert log_id(f"{rid}:2") == log_id(f"{str(rid).upper()}:2") != log_id(f"{rid}:3")
+    assert log_id("tx-000123") == "tx-000123"
+    long = "order-" + "9" * 50
+    assert len(log_id(long)) == 32 and log_id(long) == log_id(long)
+    assert log_id(long) != log_id(long + "0")
+    assert all(len(log_id(f"{rid}:{i}")) <= 32 for i in (0, 999))
