@@ -31,7 +31,11 @@ from tests.collector_helpers import (
 )
 from tests.serve_fixtures import Database, metric_value, transactions
 
-HORIZON = 4.0  # a label joins within it of its event on a busy machine
+HORIZON = 3.0
+# Events are stamped this far ahead (their loggers' clocks lead a little), so that a busy
+# machine has LEAD + HORIZON, not HORIZON alone, to join each label before its prediction
+# matures; labels carry the same stamp as labeled_at.
+LEAD = 3.0
 BATCH = 15
 
 
@@ -73,7 +77,7 @@ def _score(arm: str, fraud: bool, candidate_misses: bool) -> float:
 
 
 def _kserve_pair(
-    pair: str, arm: str, txs: list[dict[str, Any]], scores: list[float]
+    pair: str, arm: str, txs: list[dict[str, Any]], scores: list[float], at: float
 ) -> list[tuple[dict[str, str], bytes]]:
     endpoint = "default" if arm == "baseline" else "canary"
     if arm == "baseline":  # V1 on the default predictor
@@ -85,20 +89,20 @@ def _kserve_pair(
         response = {"model_name": "fraud", "outputs": [
             {"name": "predict", "shape": [len(txs)], "datatype": "FP64", "data": scores}]}  # fmt: skip
     return [
-        kserve_event("request", pair, request, endpoint),
-        kserve_event("response", pair, response, endpoint),
+        kserve_event("request", pair, request, endpoint, at),
+        kserve_event("response", pair, response, endpoint, at + 0.004),
     ]
 
 
 def _seldon_pair(
-    pair: str, arm: str, txs: list[dict[str, Any]], scores: list[float]
+    pair: str, arm: str, txs: list[dict[str, Any]], scores: list[float], at: float
 ) -> list[tuple[dict[str, str], bytes]]:
     names = list(txs[0])
     request = {"data": {"names": names, "ndarray": [[t[n] for n in names] for t in txs]}}
     response = {"data": {"names": ["t:0", "t:1"], "ndarray": [[1 - s, s] for s in scores]}}
     return [
-        seldon_event("request", pair, request, arm),
-        seldon_event("response", pair, response, arm),
+        seldon_event("request", pair, request, arm, at),
+        seldon_event("response", pair, response, arm, at + 0.004),
     ]
 
 
@@ -127,9 +131,16 @@ def _rollout(
             pair = str(uuid.uuid4()) if kserve else f"puid-{b:05d}"
             frauds = [(b + j) % 3 == 0 for j in range(len(chunk))]  # a third are fraud
             scores = [_score(arm, f, candidate_misses) for f in frauds]
-            request, response = (_kserve_pair if kserve else _seldon_pair)(pair, arm, chunk, scores)
+            at = time.time() + LEAD
+            build = _kserve_pair if kserve else _seldon_pair
+            request, response = build(pair, arm, chunk, scores, at)
             # Fraud is labelled (a chargeback); silence means legitimate (unlabeled: negative).
-            labels = [{"request_id": f"{pair}:{j}", "label": 1} for j, f in enumerate(frauds) if f]
+            labels = [
+                # labeled_at a little after the stamp: ce-time keeps microseconds only
+                {"request_id": f"{pair}:{j}", "label": 1, "labeled_at": at + 0.001}
+                for j, f in enumerate(frauds)
+                if f
+            ]
             labelled += len(labels)
             early = i % 4 == 0  # the label arrives before the logger's events: parked
             if early:
