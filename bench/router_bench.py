@@ -437,12 +437,16 @@ def report(
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- load average: {load}; one-minute load at the start of each run: "
         f"{rr.load_range(bench.runs)}",
+        *[note for note in [rr.load_note(bench.runs, os.cpu_count() or 1)] if note],
         *versions_lines(bench),
         score_line(bench),
         "",
         "## Servers",
         "",
         *SERVER_NOTES,
+        "- KServe V1 replaces the naive endpoint earlier versions of this page compared "
+        "against (sklearn `predict_proba` inline on the event loop) as the reference: it scores "
+        "with the same booster call as the router.",
         "",
         "## Ratios",
         "",

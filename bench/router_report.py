@@ -27,6 +27,10 @@ PEERS = (KSERVE, MLSERVER, CEILING)
 Metric = Callable[[Measurement], float]
 
 
+def connections(clients: int) -> str:
+    return "1 client" if clients == 1 else f"{clients} clients"
+
+
 def throughput(m: Measurement) -> float:
     return m.rps
 
@@ -125,18 +129,18 @@ def ratio_check(
     absent = _absent(runs, missing, pair)
     found = spread(pair_ratios(runs, pair[0], pair[1], clients, metric))
     if absent or found is None:
-        return Check(target, absent or f"no pair at {clients} clients", False)
+        return Check(target, absent or f"no pair at {connections(clients)}", False)
     sense, limit = bound
     met = found.median >= limit if sense == ">=" else found.median <= limit
     return Check(target, found.text(unit="x"), met)
 
 
 def p99_check(runs: list[Run], missing: dict[str, str], clients: int, limit_ms: float) -> Check:
-    target = f"{clients} clients: kpigate p99 <= {limit_ms:g} ms"
+    target = f"{connections(clients)}: kpigate p99 <= {limit_ms:g} ms"
     absent = _absent(runs, missing, (KPIGATE,))
     found = spread(p99(m) for m in measurements(runs, KPIGATE, clients).values())
     if absent or found is None:
-        return Check(target, absent or f"not measured at {clients} clients", False)
+        return Check(target, absent or f"not measured at {connections(clients)}", False)
     text = found.text(1, " ms").replace("pairs", "runs").replace("pair", "run")
     return Check(target, text, found.median <= limit_ms)
 
@@ -196,7 +200,7 @@ def checks(runs: list[Run], missing: dict[str, str]) -> list[Check]:
             ratio_check(
                 runs,
                 missing,
-                f"{clients} clients: throughput >= 3x MLServer",
+                f"{connections(clients)}: throughput >= 3x MLServer",
                 (KPIGATE, MLSERVER),
                 clients,
                 throughput,
@@ -208,7 +212,7 @@ def checks(runs: list[Run], missing: dict[str, str]) -> list[Check]:
             ratio_check(
                 runs,
                 missing,
-                f"{clients} clients: 50% canary throughput >= 0.9x weight 0",
+                f"{connections(clients)}: 50% canary throughput >= 0.9x weight 0",
                 (CANARY, KPIGATE),
                 clients,
                 throughput,
@@ -245,7 +249,7 @@ RATIO_ROWS = (
 def ratio_table(runs: list[Run], missing: dict[str, str]) -> list[str]:
     lines = [
         "| ratio, median (min–max) over the pairs | "
-        + " | ".join(f"{c} client{'s' if c > 1 else ''}" for c in CLIENTS)
+        + " | ".join(connections(c) for c in CLIENTS)
         + " |",
         "|---|" + "---:|" * len(CLIENTS),
     ]
@@ -318,3 +322,16 @@ def target_table(results: list[Check]) -> list[str]:
 def load_range(runs: list[Run]) -> str:
     loads = [r.load1 for r in runs]
     return f"{min(loads):.2f}–{max(loads):.2f}" if loads else "-"
+
+
+def load_note(runs: list[Run], cores: int) -> str | None:
+    """A warning when other work competed for the cores during the run."""
+    peak = max((r.load1 for r in runs), default=0.0)
+    if peak <= cores:
+        return None
+    return (
+        f"- **the machine was busy**: the one-minute load reached {peak:.1f} on {cores} cores "
+        "during the run (other jobs), so every server got a fraction of the machine and the "
+        "numbers measure contention as much as the servers; rerun on a quiet machine "
+        "(`make bench-router`) before quoting them."
+    )
