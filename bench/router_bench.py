@@ -390,10 +390,15 @@ def versions_lines(bench: Bench) -> list[str]:
 def score_line(bench: Bench) -> str:
     if not bench.scores:
         return "- P(fraud) of the warm-up request: no server answered"
-    values = sorted(bench.scores.values())
+    # A canary may send the warm-up card to the LightGBM candidate: only weight 0 must agree.
+    like = {name: score for name, score in bench.scores.items() if "canary" not in name}
+    values = sorted(like.values()) or [0.0]
     agree = "agree" if values[-1] - values[0] < 1e-6 else "DIFFER"
     shown = ", ".join(f"{name} {score:.6f}" for name, score in bench.scores.items())
-    return f"- P(fraud) of the warm-up request, as each server answered it ({agree}): {shown}"
+    return (
+        f"- P(fraud) of the warm-up request as each server answered it (the XGBoost-100 "
+        f"servers {agree}): {shown}"
+    )
 
 
 SERVER_NOTES = (
