@@ -415,7 +415,10 @@ SERVER_NOTES = (
     "logging off).",
     "- `mlserver`: `mlserver start` with its xgboost runtime (`mlserver_xgboost.XGBoostModel`), "
     "`parallel_workers: 1`, debug (and so the access log) off, V2 protocol asking for "
-    "`predict_proba`.",
+    "`predict_proba`. uvloop is pinned to 0.21.0: 0.22 and later break MLServer 1.7.1's "
+    "inference worker (`RuntimeError: There is no current event loop in thread 'MainThread'` "
+    "in mlserver/parallel/worker.py). mlserver-xgboost requires `xgboost`, the CUDA build; it "
+    "is installed without dependencies beside xgboost-cpu, which provides the same module.",
     "- `http-ceiling`: a Starlette endpoint that reads the body and returns a constant "
     "(bench/peers/ceiling.py), uvicorn with uvloop and httptools like `kpigate serve`: no server "
     "doing work on these requests can beat it.",
