@@ -128,7 +128,10 @@ def suspends(decision: GateDecision, stage_windows: int, grant_from: int, grant:
 
 
 def run(namespace: argparse.Namespace) -> int:
+    from kpigate.audit import audit_key_from_env
+
     args: EvaluateGateInputs = parse(EvaluateGateInputs, namespace)
+    audit_key_from_env()  # a key too short or unreadable: exit 2 now, not after the decision
     policy = read_policy(args.policy)
     records = open_store(args.evidence, args.tracking_uri).read()
     try:
