@@ -42,21 +42,21 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from kpigate.audit import AuditError
 from kpigate.backends.base import BackendError, TrafficBackend
 from kpigate.control import ControlError, Order, clear_order, read_order
-from kpigate.engine import Cause, Decision, GateDecision
+from kpigate.engine import Decision, GateDecision
 from kpigate.errors import KpigateError
 from kpigate.journal import Journal
 from kpigate.policy import Policy, PolicyError, load_policy
 from kpigate.registry.base import CHAMPION, Registry, RegistryError, RegistryUnavailable
 from kpigate.sources.base import MetricsSource
 from kpigate.steps.deploy_stage import deploy
-from kpigate.steps.evaluate_gate import judge_evidence
+from kpigate.steps.evaluate_gate import judge_evidence, operator_decision
 from kpigate.steps.inputs import (
     Interval,
     ModelName,
@@ -241,11 +241,16 @@ class LocalRunner:
                 self._promote_full = order.command == "promote-full"
                 decision = Decision.PROMOTE
                 reason = f"{'promoted to champion' if self._promote_full else 'stage passed'} {by}"
-            ordered = GateDecision(
-                window=0, stage=traffic, decision=decision, reasons=(reason,), kpis={}, look=0,
-                holds=0, final=decision is Decision.ROLLBACK or self._promote_full,
-                cause=Cause.OPERATOR,
+            # The operator's decision, on the evidence so far, into the trail with cause
+            # `operator` (as operator-decision records it on Argo): the report then says an
+            # operator decided, not the gate.
+            records = self.store.read()
+            ordered = replace(
+                operator_decision(judge_evidence(self.policy, records, traffic), decision.value),
+                reasons=(reason,), final=decision is Decision.ROLLBACK or self._promote_full,
             )  # fmt: skip
+            if self.journal is not None:
+                self.journal.decision(ordered, records[-1] if records else None)
             self.on_decision(ordered)
             return ordered
         return None

@@ -98,16 +98,20 @@ class EvaluateGateInputs(StepInputs):
     tracking_uri: TrackingUri
 
 
-def operator_decision(judged: GateDecision, action: str) -> GateDecision:
-    """The operator's promote or rollback at a suspend, as the stage's decision: the gate's
-    evidence (its KPIs, its window) kept, the cause `operator`, so the trail, the report and the
-    notifications never present it as the gate's."""
+AT_A_SUSPEND = "by an operator at the suspend"
+
+
+def operator_decision(judged: GateDecision, action: str, by: str = AT_A_SUSPEND) -> GateDecision:
+    """An operator's promote or rollback as the stage's decision: the gate's evidence (its
+    KPIs, its window) kept, the cause `operator`, so the trail, the report and the
+    notifications never present it as the gate's. Also the local runner's `kpigate abort` and
+    `promote` (kpigate/runner.py), with who and why as `by`."""
     chosen = Decision(action)
     what = "stage passed" if chosen is Decision.PROMOTE else "rolled back"
     return replace(
         judged,
         decision=chosen,
-        reasons=(f"{what} by an operator at the suspend", *judged.reasons),
+        reasons=(f"{what} {by}", *judged.reasons),
         suspend=False,
         final=chosen is Decision.ROLLBACK or judged.stage >= 100,
         cause=Cause.OPERATOR,
