@@ -217,3 +217,26 @@ def test_shadow_mode_judges_the_candidate_on_copies_while_the_baseline_answers_e
     records = FileStore(tmp_path / "evidence.jsonl").read()
     assert all(r.kpis["recall"].candidate for r in records[1:])  # judged on the copies
     MlflowRegistry(tracking_uri).set_alias(name, CHAMPION, "1")
+
+
+def test_the_runner_s_flags_are_the_steps_own_where_they_mean_the_same() -> None:
+    """`kpigate rollout` spells no flag a second time: each flag it shares with a step comes
+    from the same definition (steps/inputs.py), with the same type and help; its own flags are
+    only where the local runner keeps its state (a local evidence file, locks, the trail)."""
+    from kpigate.runner import RolloutInputs
+    from kpigate.steps.deploy_stage import DeployStageInputs
+    from kpigate.steps.registry_approval import RegistryApprovalInputs
+    from kpigate.steps.soak_and_collect import SoakAndCollectInputs
+
+    steps = (RegistryApprovalInputs, DeployStageInputs, SoakAndCollectInputs)
+    own = {"evidence", "state_dir", "audit"}
+    for name, info in RolloutInputs.model_fields.items():
+        if name in own:
+            continue
+        same = [
+            s.__name__ for s in steps
+            if name in s.model_fields
+            and (s.model_fields[name].annotation, s.model_fields[name].description)
+            == (info.annotation, info.description)
+        ]  # fmt: skip
+        assert same, f"--{name} is defined in kpigate/runner.py, not taken from a step"

@@ -166,6 +166,10 @@ CASES: list[tuple[str, str, Case, int]] = [
      w.mlflow(api=403, code="PERMISSION_DENIED")], REFUSED),
     ("evaluate-gate", "a bad policy", lambda w: ["--policy", str(w.tmp / "missing.yaml"),
      "--stage", "5", "--evidence", w.evidence()], BAD_INPUT),
+    # the Secret kpigate-audit-key holds a key too short to be secret
+    ("evaluate-gate", "an audit key too short", lambda w: ["--policy", POLICY, "--stage", "5",
+     "--evidence", w.evidence()] if w.env.update(KPIGATE_AUDIT_KEY="short") is None else [],
+     BAD_INPUT),
     # promote-or-rollback
     ("promote-or-rollback", "Kubernetes API 500", lambda w: ["--action", "rollback", *KSERVE,
      "--model-version", "3"] if w.kubernetes(500, "etcd timeout") is None else [], RETRY),
