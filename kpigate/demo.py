@@ -2,14 +2,15 @@
 
 What runs: an MLflow server (SQLite) holding the registry; the XGBoost baseline registered as
 `champion`; the router (`kpigate serve`) serving it; the relay, registered as an MLflow webhook;
-traffic with delayed labels. Then, per scenario, a candidate is trained and registered as
-`candidate`: MLflow calls the relay, the relay starts the local runner, and the runner moves the
-candidate through 5 -> 25 -> 50 -> 100% on the router's own metrics, printing each decision.
+traffic with labels later than a window. Then, per scenario, a candidate is trained and
+registered as `candidate`: MLflow calls the relay, the relay starts the local runner, and the
+runner moves the candidate through 5 -> 25 -> 50 -> 100% on the router's prediction log,
+printing each decision.
 
   good  a LightGBM candidate tuned for recall; a latency spike injected at 50% holds the
         rollout until it clears; it reaches 100% and becomes champion
-  bad   a candidate with lower recall, rolled back at the first look the evidence allows,
-        while the baseline keeps serving
+  bad   a candidate about 5 points lower in recall, rolled back at the first look the evidence
+        allows, while the baseline keeps serving
 
 Time is compressed and sized to the machine: before each rollout the demo measures the request
 rate the router actually answers here, then sets each evaluation window's length so that it holds
