@@ -376,6 +376,20 @@ class Policy(_Strict):
                     )
         return self
 
+    def uneven_horizon_stages(self) -> list[Stage]:
+        """Stages whose interval does not divide labels.horizon. The routers count a prediction
+        one horizon after it was served, so a window's matured counters (router /metrics,
+        Prometheus) are exactly one cohort only when the horizon is whole windows; the predlog
+        source reads each cohort exactly whatever the horizon."""
+        if self.labels is None:
+            return []
+        out = []
+        for stage in self.stages:
+            ratio = self.labels.horizon / stage.interval
+            if abs(ratio - round(ratio)) > 1e-6:
+                out.append(stage)
+        return out
+
     def stage_for(self, traffic: float) -> Stage | None:
         return next((s for s in self.stages if s.traffic == traffic), None)
 
