@@ -197,13 +197,15 @@ def test_a_record_from_the_prediction_log_carries_deff_on_its_rate_arms(
     first = {"rollout": "r", "window": 1, "stage": 5.0, "served_from": 0.0, "served_to": 100.0}
     history = [build_record(policy, source, Collected(source.window(0.0, 100.0)), [], first)]
     base = {**first, "window": 2, "served_from": 100.0, "served_to": 200.0}
-    record = build_record(policy, source, Collected(source.window(100.0, 200.0)), history, base)
+    record = build_record(
+        policy, source, Collected(source.window(100.0, 200.0)), history, base
+    ).as_json()
     rollout_to_date = source.design_effects(0.0, ServedWindow(2, 5.0, 100.0, 200.0), None)
     for arm in ("baseline", "candidate"):
         data = record["kpis"]["recall"][arm]
         assert data["deff"] == rollout_to_date[(arm, "recall")]  # since the first window
         assert "deff" not in record["kpis"]["recall_eu"][arm]  # one segment: binomial
-    assert history[0]["kpis"]["recall"]["candidate"]["deff"] != data["deff"]
+    assert history[0].as_json()["kpis"]["recall"]["candidate"]["deff"] != data["deff"]
     window = to_window(parse_line(json.dumps(record)), compile_plan(policy))
     candidate = window.kpis["recall"].candidate
     assert isinstance(candidate, Rate) and candidate.deff == data["deff"]

@@ -3,7 +3,9 @@
 Rollout-scope KPIs accumulate window-stratified sums and are judged by the anytime-valid tests of
 sequential.py; window-scope KPIs are judged on the latest window alone; `method: sigma` judges by
 the control limits instead. Missing, stale or uncomparable data give an inconclusive verdict
-with the reason, never a pass or a fail.
+with the reason, never a pass or a fail. A KPI still short of non-inferiority says how many more
+samples it needs and about how long that takes at the current rate (forecast_eta.certify_eta),
+in its reason and as data (`needs_samples`, `eta_seconds`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,16 @@ from kpigate.engine.evidence import (
     compare,
     value_of,
 )
-from kpigate.engine.plan import Cause, Hypothesis, KpiReport, KpiState, Verdict, scales_of
+from kpigate.engine.forecast_eta import certify_eta
+from kpigate.engine.plan import (
+    Cause,
+    Hypothesis,
+    KpiReport,
+    KpiState,
+    Scales,
+    Verdict,
+    scales_of,
+)
 from kpigate.policy import Kpi, Method, Policy, Scope
 
 _DISPLAY_EWMA_LAMBDA = 0.3
@@ -33,16 +44,14 @@ _MAX_LOG_E = 690.0  # e-values are reported up to ~1e300
 _MIN_VARIANCE, _MAX_VARIANCE = 1e-200, 1e200
 
 
-def _margin(kpi: Kpi, state: KpiState) -> float | None:
-    if kpi.margin_type == "absolute":
-        return kpi.margin
-    reference = kpi.baseline_mean
-    if reference is None and state.baseline is not None:
-        try:
-            reference = value_of(state.baseline, kpi.quantile, kpi.threshold)
-        except NotComparable:
-            return None
-    return None if reference is None else kpi.margin * abs(reference)
+def _reference(kpi: Kpi, state: KpiState) -> float | None:
+    """The baseline value a relative margin scales with: the policy's, else the evidence's."""
+    if kpi.baseline_mean is not None or state.baseline is None:
+        return kpi.baseline_mean
+    try:
+        return value_of(state.baseline, kpi.quantile, kpi.threshold)
+    except NotComparable:
+        return None
 
 
 def _add(total: ArmData | None, more: ArmData) -> ArmData:
@@ -66,6 +75,34 @@ class Unused:
 
     reason: str
     cause: Cause = Cause.NO_DATA
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """A KPI's margin in its own units and the test scales that follow from it."""
+
+    margin: float
+    scales: Scales
+
+
+def sizes_of(kpi: Kpi, policy: Policy, reference: float | None) -> Sizes | Unused:
+    """The margin (absolute, or relative to the baseline value `reference`) and the scales of
+    the harm and non-inferiority tests; Unused says why there are none. The gate and the
+    forecast (forecast_sim.kpi_models) both size their tests here."""
+    if kpi.margin_type == "absolute":
+        margin = kpi.margin
+    elif reference is None:
+        return Unused("relative margin has no baseline value yet")
+    else:
+        margin = kpi.margin * abs(reference)
+    scales = scales_of(kpi, policy, margin)
+    if scales is None:
+        # A relative margin of a baseline at exactly 0 leaves no harm scale to test with.
+        return Unused(
+            f"the relative margin is 0 because the baseline's value is 0; give `detect` or an "
+            f"absolute margin for {kpi.name}"
+        )
+    return Sizes(margin, scales)
 
 
 def update(
@@ -152,7 +189,10 @@ def classify(
     state: KpiState,
     comparison: Comparison,
     window_scope_samples: tuple[float, float],
+    interval: float | None = None,
 ) -> KpiReport:
+    """The KPI's verdict after this window; `interval` (seconds between looks at this stage)
+    turns the samples a hold still needs into an expected time."""
     kpi = hyp.kpi
     category = kpi.category.value
     samples = (
@@ -171,26 +211,16 @@ def classify(
         "samples": samples,
         "control": limits,
     }
-    delta = _margin(kpi, state)
-    if delta is None:
+    sizes = sizes_of(kpi, policy, _reference(kpi, state))
+    if isinstance(sizes, Unused):
         return KpiReport(
             verdict=Verdict.INCONCLUSIVE,
             triggers="none",
-            reason="relative margin has no baseline value yet",
-            cause=Cause.NO_DATA,
+            reason=sizes.reason,
+            cause=sizes.cause,
             **common,
         )
-    scales = scales_of(kpi, policy, delta)
-    if scales is None:
-        # A relative margin of a baseline at exactly 0 leaves no harm scale to test with.
-        return KpiReport(
-            verdict=Verdict.INCONCLUSIVE,
-            triggers="none",
-            reason=f"the relative margin is 0 because the baseline's value is 0; give "
-            f"`detect` or an absolute margin for {kpi.name}",
-            cause=Cause.NO_DATA,
-            **common,
-        )
+    delta, scales = sizes.margin, sizes.scales
     common["margin"] = delta
     if min(samples) < kpi.min_samples:
         arm = "candidate" if samples[0] < samples[1] else "baseline"
@@ -239,7 +269,7 @@ def classify(
         return KpiReport(
             verdict=Verdict.FAIL,
             triggers=kpi.action.value,
-            reason=f"candidate worse {worse}: improvement bound {upper:.4g} < {-delta_r:.4g}",
+            reason=f"candidate worse {worse}: improvement bound {upper:.4g} < {_num(-delta_r)}",
             cause=Cause.HARM,
             **common,
         )
@@ -247,16 +277,40 @@ def classify(
         return KpiReport(
             verdict=Verdict.PASS,
             triggers="none",
-            reason=f"non-inferior: improvement bound {lower:.4g} > -{delta:.4g}",
+            reason=f"non-inferior: improvement bound {lower:.4g} > {_num(-delta)}",
             cause=Cause.CERTIFIED,
             **common,
         )
+    reason = f"not yet shown non-inferior (bound {lower:.4g}, margin {_num(-delta)})"
+    if kpi.scope is Scope.ROLLOUT:
+        # The evidence as the bounds above read it (`info`, `weighted`): the information one
+        # more candidate sample adds so far, and the candidate samples a look brings now.
+        per_sample = info / samples[0] if samples[0] > 0 else 0.0
+        rate = window_scope_samples[0] / interval if interval else 0.0
+        eta = certify_eta(
+            info,
+            weighted,
+            delta,
+            theta,
+            hyp.log_noninferiority_threshold,
+            per_sample,
+            rate,
+        )
+        common["needs_samples"] = eta.samples if not math.isnan(eta.samples) else None
+        common["eta_seconds"] = eta.seconds if math.isfinite(eta.seconds) else None
+        kind = "labeled candidate samples" if kpi.needs_labels else "candidate samples"
+        reason += f"; {eta.describe(kind)}"
     return KpiReport(
         verdict=Verdict.INCONCLUSIVE,
         triggers="none",
-        reason=f"not yet shown non-inferior (bound {lower:.4g}, margin -{delta:.4g})",
+        reason=reason,
         **common,
     )
+
+
+def _num(value: float) -> str:
+    """A bound for a reason: 4 significant digits, and 0 never printed as -0."""
+    return f"{value:.4g}" if value != 0 else "0"
 
 
 def _sigma_verdict(

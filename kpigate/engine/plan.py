@@ -222,6 +222,10 @@ class KpiReport:
     samples: tuple[float, float] = (0.0, 0.0)
     evidence: Mapping[str, float] = field(default_factory=dict)
     control: ControlLimits | None = None
+    # A KPI short of non-inferiority: candidate samples it still needs if its estimate held
+    # (inf: never at that estimate), and about how long they take at the current rate.
+    needs_samples: float | None = None
+    eta_seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -240,6 +244,10 @@ class KpiReport:
         }
         if self.control is not None:
             out["control"] = {k: _round(getattr(self.control, k)) for k in _CONTROL_FIELDS}
+        if self.needs_samples is not None:
+            finite = math.isfinite(self.needs_samples)
+            out["needs_samples"] = math.ceil(self.needs_samples) if finite else None
+            out["eta_seconds"] = None if self.eta_seconds is None else round(self.eta_seconds)
         return out
 
 

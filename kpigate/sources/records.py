@@ -4,7 +4,9 @@ Without a policy `labels` section every KPI is read from the window's own counts
 With one, the label KPIs (Kpi.needs_labels) come from the oldest cohort that has matured and was
 not judged yet (kpigate/sources/cohorts.py), or are left out while it matures: the record then
 says which cohort it waits for ("pending") and the gate holds on it. soak-and-collect and
-`kpigate windows` both build their records here, so a live rollout and its backtest agree.
+`kpigate windows` both build their records here, so a live rollout and its backtest agree. The
+record is a WindowRecord (kpigate/evidence_record.py): counts a source cannot vouch for (NaN,
+negative, more successes than trials) make the window stale, so the gate holds on it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from kpigate.evidence_record import RecordError, WindowRecord, record_of
 from kpigate.policy import KpiType, Labels, Policy
 from kpigate.sources import catalogue
 from kpigate.sources.base import Collected, SourceError
@@ -54,7 +57,7 @@ def _clock(at: float) -> str:
 def cohort_part(
     labels: Labels,
     reader: object,
-    history: Sequence[Mapping[str, Any]],
+    history: Sequence[WindowRecord],
     window: ServedWindow,
 ) -> tuple[WindowCounts | None, dict[str, Any], str]:
     """(matured counts or None, the record's cohort/pending fields, a note) at the end of
@@ -95,7 +98,7 @@ def add_design_effects(
     policy: Policy,
     reader: object,
     record: dict[str, Any],
-    history: Sequence[Mapping[str, Any]],
+    history: Sequence[WindowRecord],
 ) -> str:
     """Give each rate arm of the record its design effect ("deff", evidence.Rate), when the
     source can tell one (it sees users: the prediction log's entity_key). Rates in one segment
@@ -141,13 +144,28 @@ def build_record(
     policy: Policy,
     reader: object,
     collected: Collected | SourceError,
-    history: Sequence[Mapping[str, Any]],
+    history: Sequence[WindowRecord],
+    base: dict[str, Any],
+) -> WindowRecord:
+    """Complete `base` (rollout, window, stage, time, served_from, served_to) into a record."""
+    if isinstance(collected, SourceError):
+        return record_of({**base, "kpis": {}, "stale": True, "note": f"missing: {collected}"})
+    record = _record(policy, reader, collected, history, base)
+    try:
+        return record_of(record)
+    except RecordError as exc:
+        note = f"invalid counts from the source: {exc}"
+        return record_of({**base, "kpis": {}, "stale": True, "note": note})
+
+
+def _record(
+    policy: Policy,
+    reader: object,
+    collected: Collected,
+    history: Sequence[WindowRecord],
     base: dict[str, Any],
 ) -> dict[str, Any]:
-    """Complete `base` (rollout, window, stage, time, served_from, served_to) into a record."""
     record = dict(base)
-    if isinstance(collected, SourceError):
-        return {**record, "kpis": {}, "stale": True, "note": f"missing: {collected}"}
     notes = [collected.note] if collected.note else []
     matured: WindowCounts | None = None
     if policy.labels is not None:
