@@ -61,8 +61,11 @@ bench-cohorts: $(STAMP)
 bench-replay: $(STAMP)
 	$(BIN)/python bench/replay_speed.py --write docs/replay-speed.md $(BENCH_ARGS)
 
+# Builds the peers' environments under .bench-venvs/ on first use (KServe, MLServer, the HTTP
+# ceiling; from the package index), then measures them and kpigate interleaved (~20 min).
+# BENCH_ARGS=--quick for a short try.
 bench-router: $(STAMP)
-	$(BIN)/python bench/router_bench.py $(BENCH_ARGS)
+	$(BIN)/python bench/router_bench.py --write docs/bench-router.md $(BENCH_ARGS)
 
 bench-soak: $(STAMP)
 	$(BIN)/python bench/soak.py --write docs/reliability.md $(BENCH_ARGS)

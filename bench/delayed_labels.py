@@ -25,7 +25,6 @@ Exits 1 when a target of issue 9 does not hold.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -40,8 +39,9 @@ import numpy as np
 from simulate import write_section  # bench/simulate.py, shared by the benchmarks
 
 from kpigate.engine import Decision
+from kpigate.evidence_record import WindowRecord
 from kpigate.policy import Direction, Kpi, Labels, Policy, Stage, TimeoutAction
-from kpigate.replay import Replayer, parse_line
+from kpigate.replay import Replayer
 from kpigate.sources.base import Collected
 from kpigate.sources.cohorts import NextCohort
 from kpigate.sources.counts import WindowCounts
@@ -226,7 +226,7 @@ def run_setting(setting: Setting) -> Outcome:
             traffic.serve(w, 0.0)
         reader = _Cohorts(traffic)
         replayer = Replayer(policy)
-        history: list[dict[str, Any]] = []
+        history: list[WindowRecord] = []
         stage_index, judged = 0, 0
         for window in range(1, MAX_WINDOWS + 1):
             stage = STAGES[stage_index]
@@ -236,8 +236,8 @@ def run_setting(setting: Setting) -> Outcome:
             counts = WindowCounts() if cohorts else traffic.arrived(window)
             record = build_record(policy, reader, Collected(counts), history, base)
             history.append(record)
-            judged += "cohort" in record
-            decision = replayer.feed(parse_line(json.dumps(record)))
+            judged += record.cohort is not None
+            decision = replayer.feed(record)
             if decision.decision is Decision.ROLLBACK:
                 rolled += 1
                 cohorts_until += judged

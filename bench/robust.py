@@ -5,7 +5,8 @@ x 6 looks, and the stage advances only on PROMOTE: a HOLD keeps the stage, up to
 max_holds (6), then the timeout action (suspend). Scenarios:
   noise     each arm's per-window recall moves by its own N(0, sd), sd 0 / 0.01 / 0.02
   users     sticky users (the router's hash), lognormal activity (a fifth make 80% of
-            transactions), a Beta propensity per user, the same users every window
+            transactions), a Beta propensity per user, the same users every window; each arm
+            carries its rollout-to-date design effect (deff), as the predlog source reports
   latency   lognormal latency on Prometheus' default buckets, true p95 20..900 ms, latency_p95
             as a rollout-scope rollback KPI and as the shipped window-scope hold KPI
   fairness  a recall gap between two segments (direction lower, margin 0.02)
@@ -175,7 +176,7 @@ def _traffic(s: Setting, windows: int) -> Callable[[int], tuple[sim.Observe, str
             return sim.rates(*sim.binomial_arms(rng, windows, s.total, 0.0, s.sd)), "recall"
         if s.scenario == "users":
             people = sim.users(rng, s.users, s.total, salt="bench")
-            return sim.rates(*sim.user_arms(rng, people, windows)), "recall"
+            return sim.user_arms(rng, people, windows), "recall"
         if s.scenario == "latency":
             arms = sim.latency_arms(rng, windows, LATENCY_REQUESTS, s.p95, s.p95 + s.delta_ms)
             return sim.histograms("latency_p95", *arms), "latency_p95"
@@ -311,7 +312,9 @@ def intro(reference: str) -> list[str]:
         "- **users**: the router's sticky hash (`kpigate.serve.routing.bucket`) per user, "
         "lognormal activity (sigma 1.7: a fifth of the users make 80% of the transactions), "
         "a Beta propensity per user (mean 0.876, sd 0.099), the same users every window; the "
-        "KPI counts transactions.",
+        "KPI counts transactions. Each arm's rate carries its design effect over the rollout "
+        "so far (`deff`: per-user sums through `evidence.design_effect`, as the prediction "
+        "log's SQL reports it).",
         "- **latency**: lognormal (sigma 0.5) on Prometheus' default buckets, "
         f"{LATENCY_REQUESTS} requests per window; `rollback` is latency_p95 (q 0.95, lower, "
         "margin 10 ms) with action rollback, scope rollout; `hold` the shipped KPI (action "

@@ -219,36 +219,63 @@ def user_buckets(count: int, salt: str) -> np.ndarray:
 
 def user_arms(
     rng: np.random.Generator, people: Users, windows: int, effect: float = 0.0
-) -> tuple[np.ndarray, ...]:
-    """x_c, n_c, x_b, n_b [window, stage] counting transactions of users who recur every window.
+) -> Observe:
+    """observe() for recall counting transactions of users who recur every window.
 
     A user is on the candidate at a stage when the router's bucket of their key is below the
     stage's cutoff, so raising the weight only adds users (routing.bucket's promise). A user
-    makes Poisson(rate) transactions a window, each a success with their propensity: their
-    successes and failures are then independent Poissons (thinning), and the sums over a group
-    of users Poissons of the summed means (superposition). So drawing per group of users with
-    the same arms is exact, and the users' own propensities persist from window to window.
+    makes Poisson(rate) transactions a window, each a success with their propensity (drawn
+    as independent Poisson successes and failures: thinning), so the users' own propensities
+    persist from window to window. Each arm's rate carries the design effect the prediction
+    log's SQL reports (kpigate.sources.predlog): over the arm's rows of the rollout so far,
+    per user y_i and n_i, through the one definition, evidence.design_effect. observe() must
+    be called window after window, at the stage the walk is at (as sim.walk does).
     """
+    # Imported here: the power settings run this module against an older engine (engine_at),
+    # which has no design effects.
+    from kpigate.engine import ClusterMoments, design_effect
+
     cutoffs = np.rint(stage_weights() * BUCKETS / 100.0)
     # group g: on the candidate from stage g on (group 4: never, it is the holdback)
     group = np.searchsorted(cutoffs, people.buckets, side="right")
-    groups = len(STAGES) + 1
+    moved = np.clip(people.propensity + effect, 0.0, 1.0)
+    # per arm (0 baseline, 1 candidate) and user: successes and trials of the rollout so far
+    y_sum = np.zeros((2, group.size))
+    n_sum = np.zeros((2, group.size))
 
-    def per_group(propensity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        success = np.bincount(group, people.rate * propensity, groups)
-        failure = np.bincount(group, people.rate * (1.0 - propensity), groups)
-        x = rng.poisson(np.broadcast_to(success, (windows, groups)))
-        return x, x + rng.poisson(np.broadcast_to(failure, (windows, groups)))
+    def rate(arm: int) -> Rate:
+        y, n = y_sum[arm], n_sum[arm]
+        m = ClusterMoments(
+            float(y.sum()),
+            float(n.sum()),
+            # not y @ y: BLAS threads spin on a busy machine (20 ms a call here, 50 us this way)
+            float((y * y).sum()),
+            float((y * n).sum()),
+            float((n * n).sum()),
+            float(np.count_nonzero(n)),
+        )
+        return Rate(m.successes, m.trials, design_effect(m))
 
-    x_base, n_base = per_group(people.propensity)
-    x_cand, n_cand = (
-        per_group(np.clip(people.propensity + effect, 0.0, 1.0)) if effect else (x_base, n_base)
-    )
-    # the candidate at stage s: groups 0..s; the baseline: groups s+1..4
-    x_c, n_c = np.cumsum(x_cand, axis=1)[:, :-1], np.cumsum(n_cand, axis=1)[:, :-1]
-    x_b = np.cumsum(x_base[:, ::-1], axis=1)[:, ::-1][:, 1:]
-    n_b = np.cumsum(n_base[:, ::-1], axis=1)[:, ::-1][:, 1:]
-    return x_c, n_c, x_b, n_b
+    def window_rate(y: np.ndarray, n: np.ndarray, on: np.ndarray) -> tuple[float, float]:
+        return float(y[on].sum()), float(n[on].sum())
+
+    def observe(t: int, s: int) -> Kpis:
+        on = group <= s  # the candidate at stage s: groups 0..s
+        propensity = np.where(on, moved, people.propensity)
+        y = rng.poisson(people.rate * propensity).astype(np.float64)
+        n = y + rng.poisson(people.rate * (1.0 - propensity))
+        for arm, members in ((0, ~on), (1, on)):
+            y_sum[arm] += np.where(members, y, 0.0)
+            n_sum[arm] += np.where(members, n, 0.0)
+        cand, base = window_rate(y, n, on), window_rate(y, n, ~on)
+        return {
+            "recall": Observation(
+                baseline=Rate(*base, rate(0).deff),
+                candidate=Rate(*cand, rate(1).deff),
+            )
+        }
+
+    return observe
 
 
 def lognormal_mu(p95: float, sigma: float) -> float:

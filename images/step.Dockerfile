@@ -1,5 +1,6 @@
 # The pipeline's step image: Python slim plus kpigate's core (no training libraries, no MLflow
-# server: mlflow-skinny is enough for the registry and run artifacts).
+# server: mlflow-skinny is enough for the registry and run artifacts) and the predlog extra
+# (SQLAlchemy and psycopg: soak-and-collect --source predlog reads the prediction log).
 # Build from the repository root:  docker build -f images/step.Dockerfile -t kpigate-step:0.1.0 .
 # The WorkflowTemplate runs each step as  python -m kpigate.steps.<module> ...
 FROM python:3.11-slim
@@ -15,7 +16,7 @@ COPY pyproject.toml README.md ./
 COPY kpigate ./kpigate
 COPY steps ./steps
 COPY workflows ./workflows
-RUN pip install . && rm -rf /src
+RUN pip install ".[predlog]" && rm -rf /src
 
 WORKDIR /app
 USER 65532:65532

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kpigate.errors import KpigateError
 from kpigate.secrets import SecretError, read_secret
 
 GENESIS = "0" * 64  # `prev` of the first record
@@ -24,8 +25,9 @@ KEY_ENV = "KPIGATE_AUDIT_KEY"  # or KPIGATE_AUDIT_KEY_FILE
 MIN_KEY_BYTES = 16  # shorter keys can be guessed offline from any one record
 
 
-class AuditError(Exception):
-    """The trail cannot be appended to or read; the message says which file and why."""
+class AuditError(KpigateError):
+    """The trail cannot be appended to or read, or its key is unusable; the message says which
+    file and why. Bad input (exit 2) for a step: a retry cannot fix a key or a file."""
 
 
 def jsonable(value: Any) -> Any:

@@ -157,7 +157,7 @@ def _verify(args: argparse.Namespace) -> int:
                 f"kpigate audit: cannot read the evidence {args.evidence}: {exc}", file=sys.stderr
             )
             return 2
-        found = verify_evidence(read_records(trail), windows)
+        found = verify_evidence(read_records(trail), [w.as_json() for w in windows])
         result.problems.extend(found)
         result.ok = result.ok and not found
     for warning in result.warnings:

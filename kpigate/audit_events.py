@@ -4,7 +4,6 @@ actions done to the world, and notifications sent."""
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import socket
 from collections.abc import Mapping
@@ -60,11 +59,12 @@ def _kpi_rules(policy: Policy) -> dict[str, dict[str, Any]]:
 def _window_values(policy: Policy, window: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """Per KPI, each arm's value in this window alone (the figures plot them)."""
     from kpigate.engine import compile_plan
-    from kpigate.replay import LineError, parse_line, to_window
+    from kpigate.evidence_record import RecordError, record_of
+    from kpigate.replay import LineError, to_window
 
     try:
-        parsed = to_window(parse_line(json.dumps(window)), compile_plan(policy))
-    except (LineError, ValueError, TypeError):
+        parsed = to_window(record_of(window), compile_plan(policy))
+    except (LineError, RecordError):
         return {}
     readings = {key: kpi for kpi in policy.kpis for key in kpi.hypotheses()}
     values: dict[str, dict[str, float]] = {}

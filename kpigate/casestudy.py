@@ -37,10 +37,11 @@ class RouterProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
         self.log_path = workdir / "router.log"
+        self.db_url = f"sqlite:///{workdir / 'predictions.db'}"  # the prediction log
         command = [
             sys.executable, "-m", "kpigate.cli", "serve",
             "--model-name", model_name, "--tracking-uri", tracking_uri,
-            "--db-url", f"sqlite:///{workdir / 'predictions.db'}",
+            "--db-url", self.db_url,
             "--port", str(self.port), "--log-level", "warning",
         ]  # fmt: skip
         env = {**os.environ, "KPIGATE_ADMIN_TOKEN": token, "MLFLOW_TRACKING_URI": tracking_uri}
@@ -114,13 +115,28 @@ class TrafficProcess:
     """`kpigate traffic` as a child process (its own interpreter, so it does not compete with the
     runner for the GIL) until close(), which stops it with SIGTERM and reads its summary."""
 
-    def __init__(self, workdir: Path, url: str, rate: float, fraud_share: float) -> None:
-        self.summary_path = workdir / "traffic-summary.json"
-        self.log_path = workdir / "traffic.log"
+    def __init__(
+        self,
+        workdir: Path,
+        url: str,
+        rate: float,
+        fraud_share: float,
+        delays: tuple[float, float],
+        part: int = 1,
+    ) -> None:
+        """`delays`: seconds until a fraud label is sent (uniform, 0.5x to 1.5x) and until a
+        legitimate one is (fixed). `part` numbers the replayers of one demo (restarted when
+        the windows, and so the delays, change), each with its own log and summary."""
+        self.delays = delays
+        self.summary_path = workdir / f"traffic-summary-{part}.json"
+        self.log_path = workdir / f"traffic-{part}.log"
+        fraud_s, legit_s = delays
         command = [
             sys.executable, "-m", "kpigate.cli", "traffic", "--url", url,
             "--count", "100000000", "--rate", f"{rate:g}", "--concurrency", "32",
-            "--fraud-delay", "0.5", "--maturity", "0.8", "--seed", "11", "--drift", "0.5",
+            "--fraud-delay", f"{fraud_s:g}", "--fraud-delay-dist", "uniform",
+            "--maturity", f"{legit_s:g}", "--legit-delay-dist", "fixed",
+            "--seed", str(10 + part), "--drift", "0.5",
             "--fraud-share", f"{fraud_share:g}", "--quiet", "--no-wait",
             "--json", str(self.summary_path),
         ]  # fmt: skip
@@ -156,6 +172,22 @@ def served_count(router_url: str) -> float:
     )
 
 
+def wait_for_traffic(
+    router_url: str,
+    timeout_s: float = 90.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Return once the router answers a request it had not answered at the call (a replayer
+    just started takes seconds to send on a busy machine); RuntimeError after `timeout_s`."""
+    deadline = clock() + timeout_s
+    before = served_count(router_url)
+    while served_count(router_url) <= before:
+        if clock() > deadline:
+            raise RuntimeError(f"no traffic reached the router in {timeout_s:.0f}s")
+        sleep(0.5)
+
+
 def measure_rate(
     router_url: str,
     seconds: float = 8.0,
@@ -165,11 +197,7 @@ def measure_rate(
 ) -> float:
     """Requests per second the router actually answers: counted over `seconds` once traffic
     flows (the replayer needs a few seconds to start on a busy machine)."""
-    deadline = clock() + warmup_timeout_s
-    while served_count(router_url) <= 0:
-        if clock() > deadline:
-            raise RuntimeError(f"no traffic reached the router in {warmup_timeout_s:.0f}s")
-        sleep(0.5)
+    wait_for_traffic(router_url, warmup_timeout_s, clock, sleep)
     sleep(1.0)  # past the first burst of connections
     start_count, start = served_count(router_url), clock()
     sleep(seconds)

@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "demo": ("kpigate.demo", "run the fraud case study end to end on the embedded default"),
     "serve": ("kpigate.serve.cli", "serve champion and candidate behind the canary/shadow router"),
+    "collect": (
+        "kpigate.collector.cli",
+        "collect KServe / Seldon payload logs and labels into the prediction log",
+    ),
     "traffic": ("kpigate.traffic", "replay generated transactions and delayed labels at a router"),
     "render-workflow": ("kpigate.workflows.render", "render the Argo workflow from a policy"),
     "submit": ("kpigate.workflows.submit", "start a rollout on Argo Workflows"),
@@ -43,6 +47,8 @@ examples:
   kpigate replay --policy policy.yaml w.jsonl  judge them with your policy
   kpigate demo                                 the case study on local components
   kpigate serve --model-name fraud             the router (champion vs candidate)
+  kpigate collect --backend kserve --baseline-version 2 --candidate-version 3
+                                               KServe/Seldon payload logs -> label KPIs
   kpigate rollout --policy p.yaml --model-name fraud   a rollout on this machine
   kpigate render-workflow                      the Argo WorkflowTemplate into manifests/
 

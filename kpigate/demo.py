@@ -2,21 +2,29 @@
 
 What runs: an MLflow server (SQLite) holding the registry; the XGBoost baseline registered as
 `champion`; the router (`kpigate serve`) serving it; the relay, registered as an MLflow webhook;
-traffic with delayed labels. Then, per scenario, a candidate is trained and registered as
-`candidate`: MLflow calls the relay, the relay starts the local runner, and the runner moves the
-candidate through 5 -> 25 -> 50 -> 100% on the router's own metrics, printing each decision.
+traffic with labels later than a window. Then, per scenario, a candidate is trained and
+registered as `candidate`: MLflow calls the relay, the relay starts the local runner, and the
+runner moves the candidate through 5 -> 25 -> 50 -> 100% on the router's prediction log,
+printing each decision.
 
   good  a LightGBM candidate tuned for recall; a latency spike injected at 50% holds the
         rollout until it clears; it reaches 100% and becomes champion
-  bad   a candidate with lower recall, rolled back at the first look the evidence allows,
-        while the baseline keeps serving
+  bad   a candidate about 5 points lower in recall, rolled back at the first look the evidence
+        allows, while the baseline keeps serving
 
 Time is compressed and sized to the machine: before each rollout the demo measures the request
 rate the router actually answers here, then sets each evaluation window's length so that it holds
 about 400 labelled frauds across both arms (2 s at 400 requests/s, 16 s at 50/s), and says how
-long the rollouts will take; --interval fixes it instead. The traffic is enriched in fraud
-(--fraud-share) so that labels arrive in seconds; KPIs still come only through the router, the
-feedback path and its /metrics. --recorded replays the bundled recorded rollouts instead (no
+long the rollouts will take; --interval fixes it instead. Every duration of the demo policy is
+scaled to that window length (its file is written for nominal 10 s windows).
+
+Labels come later than a window, as in production but in seconds: a fraud label about one window
+after its prediction (uniform, 0.5 to 1.5 windows), a legitimate one 2.5 windows after; the
+policy's label horizon is three windows, so label KPIs compare the cohort of predictions served
+in one window, both arms at the same label age, three windows after it was served. The traffic
+is enriched in fraud (--fraud-share) so that each cohort holds enough labelled frauds. KPIs come
+only through the router: its prediction log (SQLite) and the labels posted to /feedback, read
+with SQL (the predlog source). --recorded replays the bundled recorded rollouts instead (no
 servers); with --workdir it writes their audit trail and reports there.
 
 It prints the addresses to look at while it runs: the router, the MLflow UI, the command that
@@ -44,11 +52,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from kpigate.cause import HARM, LABELS, cause_of
 from kpigate.engine import Cause, Decision, GateDecision, KpiReport, Verdict
-from kpigate.policy import Policy, PolicyError, load_policy
+from kpigate.policy import Policy, PolicyError, load_policy, policy_from_dict
 
 _MARK = {Decision.PROMOTE: "PROMOTE", Decision.HOLD: "hold", Decision.ROLLBACK: "ROLLBACK"}
 MODEL = "fraud-detector"
@@ -95,6 +103,51 @@ def size_windows(rate: float, fraud_share: float, policy: Policy) -> Sizing:
     fewest = sum(stage.looks for stage in policy.stages)
     most = fewest + len(policy.stages) * policy.max_holds
     return Sizing(rate, round(interval, 1), (fewest, most), slow=interval > SLOW_INTERVAL_S)
+
+
+# --- label delays longer than a window ----------------------------------------------------------
+
+# Seconds from a prediction to its label, in windows: fraud (a chargeback) uniform from 0.5 to
+# 1.5 windows, legitimate (the maturity window passes) exactly 2.5. The demo policy's
+# labels.horizon (three windows) covers both, so no label of the demo arrives late.
+FRAUD_DELAY_WINDOWS = 1.0
+LEGIT_DELAY_WINDOWS = 2.5
+
+
+def scaled_policy(policy: Policy, interval_s: float) -> Policy:
+    """The policy with every duration scaled so that its windows last `interval_s`: soaks,
+    the label horizon and max_staleness keep their length in windows, and the result is
+    validated again (each stage's first cohort must still mature before it must decide)."""
+    intervals = {stage.interval for stage in policy.stages}
+    if len(intervals) != 1:
+        raise PolicyError(f"the demo policy's stages must share one interval, not {intervals}")
+    factor = interval_s / intervals.pop()
+    data = policy.model_dump(mode="json")
+    for stage in data["stages"]:
+        stage["soak"] *= factor
+        stage["interval"] *= factor
+    data["max_staleness"] *= factor
+    if data.get("labels") is not None:
+        data["labels"]["horizon"] *= factor
+    return policy_from_dict(data, f"{policy.name} scaled to {interval_s:g} s windows")
+
+
+def label_delays(policy: Policy) -> tuple[float, float]:
+    """Seconds until the traffic posts a fraud label (the mean) and a legitimate one, for the
+    windows of `policy` (a scaled demo policy)."""
+    interval = policy.stages[0].interval
+    return FRAUD_DELAY_WINDOWS * interval, LEGIT_DELAY_WINDOWS * interval
+
+
+def write_policy(policy: Policy, path: Path) -> Path:
+    """The policy a rollout runs, as a file: `kpigate status --policy` and the audit digest."""
+    import yaml
+
+    path.write_text(
+        f"# {policy.name}, as `kpigate demo` ran it (durations in seconds)\n"
+        + yaml.safe_dump(policy.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+    )
+    return path
 
 
 def describe(sizing: Sizing, asked: float) -> str:
@@ -261,6 +314,7 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
         Stack,
         TrafficProcess,
         measure_rate,
+        wait_for_traffic,
     )
     from kpigate.fraud.data import generate
     from kpigate.fraud.models import (
@@ -280,7 +334,7 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
     from kpigate.relay.cli import register_webhook
     from kpigate.report import write_report
     from kpigate.runner import LocalRunner
-    from kpigate.sources.router import RouterScrapeSource
+    from kpigate.sources.predlog import PredlogReader, PredlogSource
     from kpigate.store.file import FileStore
 
     say = Narrator(out)
@@ -295,8 +349,10 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
     trails: dict[str, list[GateDecision]] = {}
     outcomes: dict[str, str] = {}
     reports: dict[str, Path] = {}
-    policy_file = str(resources.files("kpigate") / "examples" / "demo-policy.yaml")
-    interval: float = args.interval or MIN_INTERVAL_S  # sized once traffic flows
+    # Sized once traffic flows, per rollout; the policy a rollout runs is scaled to it.
+    interval: float = args.interval or MIN_INTERVAL_S
+    rollout_policy = scaled_policy(policy, interval)
+    policy_path = Path(str(resources.files("kpigate") / "examples" / "demo-policy.yaml"))
     try:
         say(f"working in {workdir}")
         say("starting an MLflow server (SQLite backend)...")
@@ -327,6 +383,7 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
         def make_runner(model_name: str, version: str) -> LocalRunner:
             label = label_of(version)
             trail = trails.setdefault(label, [])
+            policy = rollout_policy
 
             def on_decision(decision: GateDecision) -> None:
                 trail.append(decision)
@@ -348,17 +405,21 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
                         kind="router", router_url=router.url, admin_token=token, timeout_s=60.0
                     )
                 ),
-                source=RouterScrapeSource(router.url),
+                # Immediate KPIs per serving window and label KPIs per matured cohort, both
+                # with SQL on the router's prediction log.
+                source=PredlogSource(
+                    PredlogReader.from_url(router.db_url, candidate_version=version),
+                    policy.labels,
+                ),
                 store=FileStore(workdir / f"evidence-{label}-v{version}.jsonl"),
                 model_name=model_name,
                 rollout_id=f"{label}-v{version}",
-                interval_s=interval,
                 on_decision=on_decision,
                 journal=Journal(
                     trail=audit,
                     notifier=dispatcher,
                     policy=policy,
-                    policy_digest=policy_hash(policy_file),
+                    policy_digest=policy_hash(policy_path),
                     model_name=model_name,
                     rollout_id=f"{label}-v{version}",
                     actor=default_actor(),
@@ -370,9 +431,21 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
         stack.add(relay.close)
         register_webhook(uri, relay.url + WEBHOOK_PATH, secret)
         say(f"relay at {relay.url} registered as the MLflow webhook (alias and tag events)")
-        traffic = TrafficProcess(workdir, router.url, args.rate, args.fraud_share)
-        stack.add(traffic.close)
-        say(f"traffic: {args.rate:g} transactions/s asked for, drifted, labels 0.5-0.8 s later")
+        summaries: list[dict[str, Any]] = []
+        replayers: list[TrafficProcess] = []
+
+        def start_traffic(delays: tuple[float, float]) -> None:
+            """(Re)start the replayer with these label delays; the old one's summary is kept."""
+            if replayers:
+                summaries.append(replayers.pop().close())
+            replayers.append(TrafficProcess(workdir, router.url, args.rate, args.fraud_share,
+                                            delays, part=len(summaries) + 1))  # fmt: skip
+
+        stack.add(lambda: [r.close() for r in replayers])
+        start_traffic(label_delays(rollout_policy))
+        say(f"traffic: {args.rate:g} transactions/s asked for, drifted, labels posted later "
+            f"than a window: fraud about {FRAUD_DELAY_WINDOWS:g}, legitimate "
+            f"{LEGIT_DELAY_WINDOWS:g} windows after the prediction")  # fmt: skip
 
         for scenario in scenarios:
             say(f"--- scenario '{scenario}': training the candidate")
@@ -388,6 +461,16 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
             else:
                 say(f"the router answers {sizing.rate:.0f} requests/s here; windows of "
                     f"{interval:g} s as asked (--interval)")  # fmt: skip
+            rollout_policy = scaled_policy(policy, interval)
+            assert rollout_policy.labels is not None
+            delays = label_delays(rollout_policy)
+            if delays != replayers[-1].delays:
+                start_traffic(delays)
+                wait_for_traffic(router.url)
+            say(f"labels: fraud {delays[0]:g} s (0.5x to 1.5x), legitimate {delays[1]:g} s after "
+                f"the prediction; a cohort matures {rollout_policy.labels.horizon:g} s after "
+                "its window (labels.horizon)")  # fmt: skip
+            policy_path = write_policy(rollout_policy, workdir / f"policy-{scenario}.yaml")
             # A rollout's most looks (every stage soaked and held to max_holds), plus set-up.
             timeout_s = sizing.looks[1] * interval * 1.5 + 180
             version = str(int(max(MlflowRegistry(uri).get_aliases(MODEL).values(), key=int)) + 1)
@@ -398,7 +481,7 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
             say(f"registered version {ref.version} as '{CANDIDATE}': MLflow calls the relay")
             rollout_id = f"{scenario}-v{ref.version}"
             evidence = workdir / f"evidence-{rollout_id}.jsonl"
-            say(f"follow it: kpigate status --policy {policy_file} --evidence {evidence} --watch")
+            say(f"follow it: kpigate status --policy {policy_path} --evidence {evidence} --watch")
             outcome = trigger.wait(MODEL, ref.version, timeout_s=timeout_s)
             outcomes[scenario] = f"{outcome.action}: {outcome.reason}"
             say(f"{scenario}: {result_text(trails.get(scenario, []))} ({outcome.reason})")
@@ -407,10 +490,14 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
             attach_to_registry(MlflowRegistry(uri), MODEL, ref.version, audit.path, rollout_id)
             serving = router.admin("GET", "/admin/state")["baseline"].get("version")
             say(f"the router's baseline is now version {serving} ('{CHAMPION}')")
-        summary = traffic.close()
-        say(f"traffic: {summary['ok']} answered ({summary['throughput_rps']:.0f}/s), "
-            f"{sum(summary['failed'].values())} failed, {summary['fallbacks']} candidate "
-            f"fallbacks, {summary['feedback'].get('joined', 0)} labels joined")  # fmt: skip
+        summaries.append(replayers.pop().close())
+        answered = sum(part["ok"] for part in summaries)
+        elapsed = sum(part["elapsed_s"] for part in summaries)
+        failed = sum(sum(part["failed"].values()) for part in summaries)
+        say(f"traffic: {answered} answered ({answered / max(elapsed, 1e-9):.0f}/s), "
+            f"{failed} failed, {sum(part['fallbacks'] for part in summaries)} candidate "
+            f"fallbacks, {sum(part['feedback'].get('joined', 0) for part in summaries)} labels "
+            "joined")  # fmt: skip
         print("\ndecision trail:", file=out)
         for scenario in scenarios:
             print_trail(scenario, trails.get(scenario, []), out)

@@ -376,6 +376,20 @@ class Policy(_Strict):
                     )
         return self
 
+    def uneven_horizon_stages(self) -> list[Stage]:
+        """Stages whose interval does not divide labels.horizon. The routers count a prediction
+        one horizon after it was served, so a window's matured counters (router /metrics,
+        Prometheus) are exactly one cohort only when the horizon is whole windows; the predlog
+        source reads each cohort exactly whatever the horizon."""
+        if self.labels is None:
+            return []
+        out = []
+        for stage in self.stages:
+            ratio = self.labels.horizon / stage.interval
+            if abs(ratio - round(ratio)) > 1e-6:
+                out.append(stage)
+        return out
+
     def stage_for(self, traffic: float) -> Stage | None:
         return next((s for s in self.stages if s.traffic == traffic), None)
 
@@ -408,6 +422,12 @@ def _location(loc: Iterable[int | str], data: Any) -> str:
     return "".join(parts) or "(top level)"
 
 
+def _items_failed(loc: tuple[Any, ...], errors: list[Any]) -> bool:
+    """Whether some error lies inside the list at `loc` (its items were reported)."""
+    n = len(loc)
+    return any(len(e["loc"]) > n and tuple(e["loc"][:n]) == tuple(loc) for e in errors)
+
+
 def policy_from_dict(data: Any, source: str = "<policy>") -> Policy:
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: a policy is a mapping of fields, got {type(data).__name__}")
@@ -415,7 +435,10 @@ def policy_from_dict(data: Any, source: str = "<policy>") -> Policy:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
         problems = []
-        for err in exc.errors():
+        errors = exc.errors()
+        for err in errors:
+            if err["type"] == "too_short" and _items_failed(err["loc"], errors):
+                continue  # pydantic counts only the items that validated: the items said why
             message = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = "unknown field (check the spelling)"

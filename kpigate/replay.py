@@ -13,8 +13,10 @@ With delayed labels (a policy `labels` section) the label KPIs of a line belong 
 cohort, named by "cohort": {"window": 3, "stage": 5, "matured_at": 1764590400.0} (the serving
 window, its stage or null if it straddles two, Unix seconds); a line without a cohort carries
 only immediate KPIs and may say what it waits for: "pending": {"window": 4, "matures_at": ...}.
-Each arm of a KPI is one of (by KPI type; null means no data from that arm):
-  rate      {"successes": S, "trials": N}
+The schema is kpigate/evidence_record.py (WindowRecord; docs/prediction-log.md). Each arm of a
+KPI is one of (by KPI type; null means no data from that arm):
+  rate      {"successes": S, "trials": N}, optionally "deff": D (>= 0, the arm's design
+            effect over the rollout so far with the user as the unit; docs/engine.md)
   quantile  {"buckets": {"0.05": 10, "0.1": 40, "+Inf": 50}}   cumulative counts per bound
   auc       {"positives": {<buckets>}, "negatives": {<buckets>}}  score histograms per class
   gap       {"a": {"successes": S, "trials": N}, "b": {...}}      rate in two segments
@@ -34,222 +36,46 @@ or a bad policy.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, TextIO
 
 from kpigate.engine import (
-    ArmData,
-    Cohort,
     GateDecision,
     GatePlan,
-    Histogram,
-    Observation,
-    Pending,
-    Rate,
     RolloutState,
-    ScoreHistograms,
-    SegmentRates,
     UnknownStage,
     Window,
     compile_plan,
     judge,
 )
-from kpigate.policy import (
-    KpiType,
-    Method,
-    Policy,
-    PolicyError,
-    default_policy,
-    load_policy,
-)
-
-_TOP_LEVEL = {
-    *("rollout", "window", "stage", "kpis", "stale", "note", "time", "cohort", "pending"),
-    *("served_from", "served_to"),
-}
+from kpigate.evidence_record import RecordError, WindowRecord, parse_record
+from kpigate.policy import Method, Policy, PolicyError, default_policy, load_policy
 
 
 class LineError(ValueError):
     """A malformed input line; the message says what is wrong."""
 
 
-# --- parsing -----------------------------------------------------------------------------------
+# --- parsing: the window record's schema (kpigate/evidence_record.py) --------------------------
 
 
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise LineError(f"{where} must be a finite number, got {json.dumps(value)}")
-    if value < 0:
-        raise LineError(f"{where} must not be negative, got {value}")
-    return float(value)
-
-
-def _rate(data: Any, where: str) -> Rate:
-    if not isinstance(data, dict) or set(data) != {"successes", "trials"}:
-        raise LineError(f'{where} must be {{"successes": S, "trials": N}}')
-    successes = _number(data["successes"], f"{where}.successes")
-    trials = _number(data["trials"], f"{where}.trials")
-    if successes > trials:
-        raise LineError(f"{where}: successes ({successes:g}) exceed trials ({trials:g})")
-    return Rate(successes, trials)
-
-
-def _buckets(data: Any, where: str) -> Histogram:
-    if not isinstance(data, dict) or not data:
-        raise LineError(f"{where} must map bucket upper bounds to cumulative counts")
-    pairs = []
-    for bound_text, count in data.items():
-        try:
-            bound = float(bound_text)
-        except ValueError:
-            raise LineError(f"{where}: bucket bound {bound_text!r} is not a number") from None
-        pairs.append((bound, _number(count, f"{where}[{bound_text}]")))
-    pairs.sort()
-    if not math.isinf(pairs[-1][0]):
-        raise LineError(f'{where} needs a "+Inf" bucket holding the total count')
-    counts = [c for _, c in pairs]
-    if any(b < a for a, b in itertools.pairwise(counts)):
-        raise LineError(f"{where}: counts must be cumulative (non-decreasing with the bound)")
-    return Histogram(tuple(b for b, _ in pairs), tuple(counts))
-
-
-def _arm(kpi_type: KpiType, data: Any, where: str) -> ArmData | None:
-    if data is None:
-        return None
-    if kpi_type is KpiType.RATE:
-        return _rate(data, where)
-    if not isinstance(data, dict):
-        raise LineError(f"{where} must be an object")
-    if kpi_type in (KpiType.QUANTILE, KpiType.EXCEEDANCE):
-        if set(data) != {"buckets"}:
-            raise LineError(f'{where} of a quantile KPI must be {{"buckets": {{...}}}}')
-        return _buckets(data["buckets"], f"{where}.buckets")
-    if kpi_type is KpiType.AUC:
-        if set(data) != {"positives", "negatives"}:
-            raise LineError(f'{where} of an auc KPI needs "positives" and "negatives"')
-        positives = _buckets(data["positives"], f"{where}.positives")
-        negatives = _buckets(data["negatives"], f"{where}.negatives")
-        if positives.bounds != negatives.bounds:
-            raise LineError(f"{where}: positives and negatives need the same buckets")
-        return ScoreHistograms(positives, negatives)
-    if set(data) != {"a", "b"}:
-        raise LineError(f'{where} of a gap KPI needs segments "a" and "b"')
-    return SegmentRates(_rate(data["a"], f"{where}.a"), _rate(data["b"], f"{where}.b"))
-
-
-def _window_index(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
-        raise LineError(f"{where} must be a window number (an integer >= 0)")
-    return value
-
-
-def _cohort(data: Any) -> Cohort | None:
-    if data is None:
-        return None
-    if not isinstance(data, dict) or set(data) != {"window", "stage", "matured_at"}:
-        raise LineError('"cohort" must be {"window": W, "stage": S or null, "matured_at": T}')
-    stage = None if data["stage"] is None else _number(data["stage"], '"cohort.stage"')
-    if stage is not None and not 0 < stage <= 100:
-        raise LineError(f'"cohort.stage" is a traffic percentage in (0, 100], got {stage:g}')
-    return Cohort(
-        _window_index(data["window"], '"cohort.window"'),
-        stage,
-        _number(data["matured_at"], '"cohort.matured_at"'),
-    )
-
-
-def _pending(data: Any) -> Pending | None:
-    if data is None:
-        return None
-    if not isinstance(data, dict) or set(data) != {"window", "matures_at"}:
-        raise LineError('"pending" must be {"window": W, "matures_at": T}')
-    return Pending(
-        _window_index(data["window"], '"pending.window"'),
-        _number(data["matures_at"], '"pending.matures_at"'),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class RawWindow:
-    rollout: str
-    index: int
-    stage: float
-    kpis: Mapping[str, Any]
-    stale: bool
-    note: str
-    cohort: Cohort | None = None
-    pending: Pending | None = None
-
-
-def parse_line(text: str) -> RawWindow:
+def parse_line(text: str) -> WindowRecord:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise LineError(f"not JSON: {exc.msg} at column {exc.colno}") from None
-    if not isinstance(data, dict):
-        raise LineError("each line must be a JSON object")
-    unknown = set(data) - _TOP_LEVEL
-    if unknown:
-        raise LineError(f"unknown field(s) {sorted(unknown)}; expected {sorted(_TOP_LEVEL)}")
-    for required in ("window", "stage", "kpis"):
-        if required not in data:
-            raise LineError(f'missing field "{required}"')
-    index = data["window"]
-    if isinstance(index, bool) or not isinstance(index, int):
-        raise LineError(f'"window" must be an integer, got {json.dumps(index)}')
-    stage = _number(data["stage"], '"stage"')
-    if not 0 < stage <= 100:
-        raise LineError(f'"stage" is a traffic percentage in (0, 100], got {stage:g}')
-    kpis = data["kpis"]
-    if not isinstance(kpis, dict):
-        raise LineError('"kpis" must be an object of KPI name -> {baseline, candidate}')
-    for name, arms in kpis.items():
-        if not isinstance(arms, dict) or not set(arms) <= {"baseline", "candidate"}:
-            raise LineError(f'kpis.{name} must be {{"baseline": ..., "candidate": ...}}')
-    stale = data.get("stale", False)
-    if not isinstance(stale, bool):
-        raise LineError('"stale" must be true or false')
-    served = [_number(data[k], f'"{k}"') for k in ("served_from", "served_to") if k in data]
-    if len(served) == 2 and served[1] < served[0]:
-        raise LineError('"served_to" is before "served_from"')
-    rollout = data.get("rollout", "")
-    if not isinstance(rollout, str | int):
-        raise LineError('"rollout" must be a string')
-    return RawWindow(
-        str(rollout),
-        index,
-        stage,
-        kpis,
-        stale,
-        str(data.get("note", "")),
-        _cohort(data.get("cohort")),
-        _pending(data.get("pending")),
-    )
+        return parse_record(text)
+    except RecordError as exc:
+        raise LineError(str(exc)) from None
 
 
-def to_window(raw: RawWindow, plan: GatePlan) -> Window:
-    types = plan.kpi_types
-    unknown = [name for name in raw.kpis if name not in types]
-    if unknown:
-        raise LineError(
-            f"KPI(s) {unknown} not in the policy (known: {sorted(types)}); "
-            "declare them in the policy, or keep every window's KPIs the same as the first"
-        )
-    observations = {
-        name: Observation(
-            baseline=_arm(types[name], arms.get("baseline"), f"kpis.{name}.baseline"),
-            candidate=_arm(types[name], arms.get("candidate"), f"kpis.{name}.candidate"),
-        )
-        for name, arms in raw.kpis.items()
-    }
-    return Window(raw.index, raw.stage, observations, raw.stale, raw.note, raw.cohort, raw.pending)
+def to_window(record: WindowRecord, plan: GatePlan) -> Window:
+    try:
+        return record.to_window(plan.kpi_types)
+    except RecordError as exc:
+        raise LineError(str(exc)) from None
 
 
 # --- replay --------------------------------------------------------------------------------------
@@ -290,10 +116,10 @@ class Replayer:
             )
         return compile_plan(policy.model_copy(update=update) if update else policy)
 
-    def _plan_for(self, raw: RawWindow) -> GatePlan:
+    def _plan_for(self, record: WindowRecord) -> GatePlan:
         if self._fixed_plan is not None:
             return self._fixed_plan
-        names = tuple(raw.kpis)
+        names = tuple(record.kpis)
         plan = self._plans.get(names)
         if plan is None:
             if not names:
@@ -302,23 +128,24 @@ class Replayer:
             self._plans[names] = plan
         return plan
 
-    def feed(self, raw: RawWindow) -> GateDecision:
-        rollout = self.rollouts.get(raw.rollout)
+    def feed(self, record: WindowRecord) -> GateDecision:
+        name = record.rollout_id
+        rollout = self.rollouts.get(name)
         if rollout is None:
-            plan = self._plan_for(raw)
-            rollout = _Rollout(plan, RolloutState(), raw.index - 1)
-            self.rollouts[raw.rollout] = rollout
-        elif raw.index <= rollout.last_window:
+            plan = self._plan_for(record)
+            rollout = _Rollout(plan, RolloutState(), record.window - 1)
+            self.rollouts[name] = rollout
+        elif record.window <= rollout.last_window:
             raise LineError(
-                f"window {raw.index} of rollout {raw.rollout!r} comes after window "
+                f"window {record.window} of rollout {name!r} comes after window "
                 f"{rollout.last_window}: windows must be in increasing order"
             )
-        window = to_window(raw, rollout.plan)
+        window = to_window(record, rollout.plan)
         try:
             rollout.state, decision = judge(rollout.plan, rollout.state, window)
         except UnknownStage as exc:
             raise LineError(f"{exc}; replay it with the policy it was collected under") from None
-        rollout.last_window = raw.index
+        rollout.last_window = record.window
         return decision
 
 
@@ -336,10 +163,21 @@ def replay_lines(
         if not text.strip():
             continue
         try:
-            raw = parse_line(text)
-            yield number, raw.rollout, replayer.feed(raw)
+            record = parse_line(text)
+            yield number, record.rollout_id, replayer.feed(record)
         except LineError as exc:
             raise LineError(f"line {number}: {exc}") from None
+
+
+def replay_records(
+    records: Iterable[WindowRecord], replayer: Replayer
+) -> Iterator[tuple[int, str, GateDecision]]:
+    """As replay_lines, for records already read (from an evidence store)."""
+    for number, record in enumerate(records, start=1):
+        try:
+            yield number, record.rollout_id, replayer.feed(record)
+        except LineError as exc:
+            raise LineError(f"record {number}: {exc}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -259,7 +259,10 @@ def render_report(
     )
     actions = [r for r in mine if r.get("type") == "action"]
     notes = [r for r in mine if r.get("type") == "notification"]
-    known = list((decisions[-1].get("kpis") or {}).keys())
+    # An operator's decision before a stage's first window carries no KPIs: show the last
+    # evidence judged.
+    judged = next((d for d in reversed(decisions) if d.get("kpis")), decisions[-1])
+    known = list((judged.get("kpis") or {}).keys())
     if kpi not in known:
         if not known:
             raise ReportError(f"rollout {rollout!r} has no KPI evidence to plot")
@@ -267,7 +270,7 @@ def render_report(
     parts = [
         _header(decisions, actions, rollout, verification),
         _stages(decisions),
-        _kpis(decisions[-1]),
+        _kpis(judged),
         f"<h2>{_e(kpi)} across stages</h2><figure>{progression_svg(decisions, kpi)}</figure>",
         f"<h2>{_e(kpi)} control chart</h2><figure>{control_chart_svg(decisions, kpi)}</figure>",
         _events(decisions, notes, actions),

@@ -42,24 +42,40 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from kpigate.audit import AuditError
 from kpigate.backends.base import BackendError, TrafficBackend
 from kpigate.control import ControlError, Order, clear_order, read_order
-from kpigate.engine import Cause, Decision, GateDecision
+from kpigate.engine import Decision, GateDecision
 from kpigate.errors import KpigateError
+from kpigate.evidence_record import WindowRecord
 from kpigate.journal import Journal
 from kpigate.policy import Policy, PolicyError, load_policy
 from kpigate.registry.base import CHAMPION, Registry, RegistryError, RegistryUnavailable
 from kpigate.sources.base import MetricsSource
 from kpigate.steps.deploy_stage import deploy
-from kpigate.steps.evaluate_gate import judge_evidence
+from kpigate.steps.evaluate_gate import judge_evidence, operator_decision
+from kpigate.steps.inputs import (
+    Interval,
+    ModelName,
+    ModelRef,
+    PolicyFile,
+    PrometheusMatchers,
+    PrometheusMode,
+    PrometheusUrl,
+    RouterUrl,
+    Source,
+    TrackingUri,
+    TrafficMode,
+)
 from kpigate.steps.promote_or_rollback import Outcome, promote, rollback
 from kpigate.steps.registry_approval import approve
 from kpigate.steps.soak_and_collect import soak
+from kpigate.steps.spec import StepInputs, add_flags, parse
+from kpigate.steps.spec import field as step_input
 from kpigate.store import EvidenceStore
 
 T = TypeVar("T")
@@ -130,7 +146,7 @@ class LocalRunner:
     approve_last_stage: Callable[[], bool] | None = None  # None: no manual approval
     sleep: Callable[[float], None] = time.sleep
     on_decision: Callable[[GateDecision], None] = lambda decision: None
-    on_window: Callable[[dict[str, Any]], None] | None = None
+    on_window: Callable[[WindowRecord], None] | None = None
     on_message: Callable[[str], None] = lambda message: None
     journal: Journal | None = None  # audit trail and notifications
     trace: list[str] = field(default_factory=list)
@@ -146,8 +162,8 @@ class LocalRunner:
         """Stages whose gate already decided PROMOTE, according to the evidence."""
         records = self.store.read()
         done: set[float] = set()
-        for stage in {float(r["stage"]) for r in records}:
-            upto = [r for r in records if float(r["stage"]) <= stage]
+        for stage in {float(r.stage) for r in records}:
+            upto = [r for r in records if r.stage <= stage]
             if judge_evidence(self.policy, upto, stage).decision is Decision.PROMOTE:
                 done.add(stage)
         return done
@@ -178,13 +194,13 @@ class LocalRunner:
             records = self.store.read()
             decision = judge_evidence(self.policy, records, traffic)
             if self.journal is not None:
-                self.journal.decision(decision, records[-1] if records else None)
+                self.journal.decision(decision, records[-1].as_json() if records else None)
             self.on_decision(decision)
             if decision.decision is not Decision.HOLD:
                 return decision
             if decision.suspend:
                 return decision
-            looks = sum(1 for r in records if float(r["stage"]) == traffic) + 1
+            looks = sum(1 for r in records if r.stage == traffic) + 1
 
     def _order(self) -> Order | None:
         if self.control_dir is None:
@@ -226,11 +242,16 @@ class LocalRunner:
                 self._promote_full = order.command == "promote-full"
                 decision = Decision.PROMOTE
                 reason = f"{'promoted to champion' if self._promote_full else 'stage passed'} {by}"
-            ordered = GateDecision(
-                window=0, stage=traffic, decision=decision, reasons=(reason,), kpis={}, look=0,
-                holds=0, final=decision is Decision.ROLLBACK or self._promote_full,
-                cause=Cause.OPERATOR,
+            # The operator's decision, on the evidence so far, into the trail with cause
+            # `operator` (as operator-decision records it on Argo): the report then says an
+            # operator decided, not the gate.
+            records = self.store.read()
+            ordered = replace(
+                operator_decision(judge_evidence(self.policy, records, traffic), decision.value),
+                reasons=(reason,), final=decision is Decision.ROLLBACK or self._promote_full,
             )  # fmt: skip
+            if self.journal is not None:
+                self.journal.decision(ordered, records[-1].as_json() if records else None)
             self.on_decision(ordered)
             return ordered
         return None
@@ -316,36 +337,37 @@ class LocalRunner:
         return outcome
 
 
+class RolloutInputs(StepInputs):
+    """`kpigate rollout`'s flags: the steps' own where they mean the same (steps/inputs.py)."""
+
+    policy: PolicyFile
+    model_name: ModelName
+    model_version: ModelRef
+    tracking_uri: TrackingUri
+    router_url: RouterUrl
+    source: Source
+    prometheus_url: PrometheusUrl
+    prometheus_matchers: PrometheusMatchers
+    prometheus_mode: PrometheusMode
+    mode: TrafficMode
+    interval: Interval
+    evidence: str = step_input(
+        "", help="evidence file (default: <state-dir>/<model>-<version>.jsonl)"
+    )
+    state_dir: str = step_input(".kpigate", help="locks, control files and the default evidence")
+    audit: str = step_input("", help="audit trail (default: <state-dir>/audit.jsonl)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", required=True, help="rollout policy YAML")
-    parser.add_argument("--model-name", required=True, help="registered model name")
-    parser.add_argument("--model-version", default="", help="number or alias (default: candidate)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
-    parser.add_argument("--router-url", default="http://127.0.0.1:8080", help="kpigate router")
-    parser.add_argument(
-        "--source",
-        choices=["router", "prometheus", "predlog"],
-        default="router",
-        help="predlog: SQL on the prediction log at KPIGATE_DB_URL or KPIGATE_DB_URL_FILE",
-    )
-    parser.add_argument("--prometheus-url", default="")
-    parser.add_argument("--mode", choices=["canary", "shadow"], default="canary")
-    parser.add_argument(
-        "--interval",
-        type=float,
-        default=None,
-        help="seconds per evaluation window (default: the policy's)",
-    )
-    parser.add_argument(
-        "--evidence", default="", help="evidence file (default: .kpigate/<model>-<version>.jsonl)"
-    )
-    parser.add_argument("--state-dir", default=".kpigate", help="locks and default evidence")
-    parser.add_argument(
-        "--audit", default="", help="audit trail (default: <state-dir>/audit.jsonl)"
-    )
+    add_flags(parser, RolloutInputs)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(namespace: argparse.Namespace) -> int:
+    try:
+        args: RolloutInputs = parse(RolloutInputs, namespace)
+    except KpigateError as exc:
+        print(f"kpigate rollout: {exc}", file=sys.stderr)
+        return 2
     # MLflow's client retries an unreachable server for minutes; kpigate retries with its own
     # backoff and a clear message instead (with_retries).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -384,9 +406,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _rollout(
-    args: argparse.Namespace, policy: Policy, state_dir: Path, backend: TrafficBackend
-) -> int:
+def _rollout(args: RolloutInputs, policy: Policy, state_dir: Path, backend: TrafficBackend) -> int:
     from kpigate.audit import (
         AuditTrail,
         RegistryAnchor,
@@ -410,6 +430,8 @@ def _rollout(
                 kind=args.source,
                 router_url=args.router_url,
                 prometheus_url=args.prometheus_url,
+                prometheus_matchers=args.prometheus_matchers,
+                prometheus_mode=args.prometheus_mode,
                 max_staleness_s=policy.max_staleness,
                 policy=policy,
                 context=QueryContext(args.model_name, "", champion, version),
@@ -448,7 +470,7 @@ def _rollout(
         model_name=args.model_name,
         rollout_id=f"{args.model_name}-{version}",
         mode=args.mode,
-        interval_s=args.interval,
+        interval_s=args.interval or None,
         on_decision=show,
         on_message=lambda message: print(message, flush=True),
         journal=journal,

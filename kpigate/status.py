@@ -75,15 +75,15 @@ def read_status(
         records = open_store(evidence, tracking_uri).read()
     except StoreError as exc:
         raise StatusError(str(exc)) from None
-    ids = list(dict.fromkeys(str(r.get("rollout", "")) for r in records))
+    ids = list(dict.fromkeys(r.rollout_id for r in records))
     if rollout is not None:
-        records = [r for r in records if str(r.get("rollout", "")) == rollout]
+        records = [r for r in records if r.rollout_id == rollout]
     elif len(ids) > 1:
         raise StatusError(f"{evidence} holds rollouts {', '.join(ids)}: pick one with --rollout")
     if not records:
         raise StatusError(f"{evidence}: no windows of evidence yet" + (
             f" for rollout {rollout!r}" if rollout else ""))  # fmt: skip
-    stage = float(records[-1].get("stage", 0))
+    stage = float(records[-1].stage)
     try:
         decision = judge_evidence(policy, records, stage)
     except LineError as exc:
@@ -94,7 +94,7 @@ def read_status(
         decision=decision,
         windows=len(records),
         max_holds=policy.max_holds,
-        pending=records[-1].get("pending"),
+        pending=None if records[-1].pending is None else records[-1].pending.as_json(),
     )
 
 

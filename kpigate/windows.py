@@ -31,8 +31,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
+from kpigate.evidence_record import RecordError, WindowRecord, parse_record
 from kpigate.policy import Policy, PolicyError, load_policy
 from kpigate.sources.base import Collected, SourceError
 from kpigate.sources.cohorts import ServedWindow, served_windows
@@ -108,13 +109,13 @@ def evidence_windows(path: str) -> tuple[list[ServedWindow], str]:
     except OSError as exc:
         raise BadInput(f"--evidence {path}: {exc.strerror}") from None
     try:
-        records = [json.loads(line) for line in lines if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"--evidence {path}: not JSON Lines ({exc.msg})") from None
-    windows = served_windows(r for r in records if isinstance(r, dict))
+        records = [parse_record(line) for line in lines if line.strip()]
+    except RecordError as exc:
+        raise BadInput(f"--evidence {path}: {exc}") from None
+    windows = served_windows(records)
     if not windows:
         raise BadInput(f"--evidence {path}: no window records with served_from and served_to")
-    rollout = next((str(r["rollout"]) for r in records if r.get("rollout")), "")
+    rollout = next((r.rollout_id for r in records if r.rollout), "")
     return windows, rollout
 
 
@@ -124,9 +125,9 @@ def backtest(
     windows: Sequence[ServedWindow],
     rollout: str,
     as_of: float,
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[WindowRecord]:
     """The records of every window that had ended by `as_of`, in order."""
-    history: list[dict[str, Any]] = []
+    history: list[WindowRecord] = []
     for window in windows:
         if window.served_to > as_of:
             break
@@ -214,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     count = 0
     try:
         for record in backtest(policy, source, windows, rollout, as_of):
-            sink.write(json.dumps(record) + "\n")
+            sink.write(json.dumps(record.as_json()) + "\n")
             count += 1
     except SourceError as exc:
         print(f"kpigate windows: {exc}", file=sys.stderr)

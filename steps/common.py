@@ -106,9 +106,3 @@ def refuse_if_rolled_back(registry: Registry, name: str, version: str, rollout_i
             "or `kpigate submit`",
             kind=Kind.REFUSED,
         )
-
-
-def add_out_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--out-dir", default="", help="write output parameters here, one file each (Argo)"
-    )

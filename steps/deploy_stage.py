@@ -14,17 +14,25 @@ import sys
 from collections.abc import Sequence
 
 from kpigate.backends.base import TrafficBackend
-from kpigate.backends.cli import add_backend_arguments, settings_from_args
+from kpigate.backends.cli import BackendInputs, settings_from_args
 from kpigate.backends.factory import make_backend
 from kpigate.steps.common import (
     DONE,
     StepError,
-    add_out_dir,
     refuse_if_rolled_back,
     say,
     step_main,
     write_outputs,
 )
+from kpigate.steps.inputs import (
+    CandidateVersion,
+    ModelName,
+    OutDir,
+    RolloutId,
+    TrackingUri,
+    TrafficMode,
+)
+from kpigate.steps.spec import add_flags, field, parse
 
 
 def deploy(backend: TrafficBackend, weight: float, mode: str) -> float:
@@ -34,27 +42,25 @@ def deploy(backend: TrafficBackend, weight: float, mode: str) -> float:
     return backend.get_weight()
 
 
+class DeployStageInputs(BackendInputs):
+    weight: float = field(help="candidate share, percent", argo="{{inputs.parameters.weight}}")
+    mode: TrafficMode
+    # The backend's resource when --resource is empty (kserve, seldon, istio).
+    model_name: ModelName = ""
+    model_version: CandidateVersion  # the output `deployed`, what the exit handler rolls back
+    rollout_id: RolloutId  # refuse (exit 3) to deploy a rollout that was rolled back
+    tracking_uri: TrackingUri
+    out_dir: OutDir
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weight", type=float, required=True, help="candidate share, percent")
-    parser.add_argument(
-        "--mode",
-        choices=["canary", "shadow"],
-        default="canary",
-        help="canary: the candidate answers its share; shadow: it scores a copy",
-    )
-    parser.add_argument("--model-name", default="", help="default resource name for Kubernetes")
-    parser.add_argument("--model-version", default="", help="the version (output: deployed)")
-    parser.add_argument(
-        "--rollout-id", default="", help="refuse to deploy if this rollout was rolled back"
-    )
-    parser.add_argument("--tracking-uri", default=None, help="MLflow (with --rollout-id)")
-    add_backend_arguments(parser)
-    add_out_dir(parser)
+    add_flags(parser, DeployStageInputs)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(namespace: argparse.Namespace) -> int:
+    args: DeployStageInputs = parse(DeployStageInputs, namespace)
     if not 0 <= args.weight <= 100:
-        raise StepError(f"--weight must be in [0, 100], got {args.weight}")
+        raise StepError(f"--weight must be in [0, 100], got {args.weight:g}")
     backend = make_backend(settings_from_args(args, default_resource=args.model_name))
     if args.rollout_id and args.model_version:
         from kpigate.registry.mlflow import MlflowRegistry

@@ -4,8 +4,10 @@ Replays the rollout's evidence (every window of every stage) through the decisio
 same code as `kpigate replay`, and writes the latest decision with its explanation. The step
 is a pure function of the evidence, so a retry or rerun gives the same answer.
 
-Outputs (files under --out-dir): decision (promote|hold|rollback), suspend (true|false),
-looks (the windows this stage needs for one more look, for the HOLD loop). The explanation (every
+Outputs (files under --out-dir): decision (promote|hold|rollback), cause (the decision's cause:
+harm, soaking, timeout, operator, ...), suspend (true|false), looks (the windows this stage needs
+for one more look, for the HOLD loop). With --operator promote|rollback (after a suspend), the
+decision is the operator's, recorded with cause `operator`. The explanation (every
 KPI's verdict and bounds) is printed as one JSON line in the log.
 With --model-name, the decision is also notified (a hold on a failing KPI as a warning, a stage
 passed as info, a rollback as critical; routine soaking looks send nothing), through Slack,
@@ -18,11 +20,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
+from typing import Literal
 
-from kpigate.engine import Decision, GateDecision
+from kpigate.engine import Cause, Decision, GateDecision
+from kpigate.evidence_record import WindowRecord
 from kpigate.policy import Policy
-from kpigate.replay import LineError, Replayer, decision_record, replay_lines
+from kpigate.replay import LineError, Replayer, decision_record, replay_records
 from kpigate.steps.common import (
     DONE,
     StepError,
@@ -31,16 +35,25 @@ from kpigate.steps.common import (
     step_main,
     write_outputs,
 )
+from kpigate.steps.inputs import (
+    BaselineVersion,
+    CandidateVersion,
+    EvidenceUri,
+    ModelName,
+    OutDir,
+    PolicyFile,
+    RolloutId,
+    TrackingUri,
+)
 from kpigate.steps.spec import StepInputs, add_flags, field, parse
 from kpigate.store import open_store
 
 
-def judge_evidence(policy: Policy, records: list[dict[str, Any]], stage: float) -> GateDecision:
+def judge_evidence(policy: Policy, records: Sequence[WindowRecord], stage: float) -> GateDecision:
     """The latest decision over all windows; HOLD when this stage has no window yet."""
     replayer = Replayer(policy)
     decision: GateDecision | None = None
-    lines = (json.dumps(r) for r in records)
-    for _, _, latest in replay_lines(lines, replayer):
+    for _, _, latest in replay_records(records, replayer):
         decision = latest
     if decision is None or decision.stage != stage:
         if decision is not None and decision.final:
@@ -58,17 +71,14 @@ def judge_evidence(policy: Policy, records: list[dict[str, Any]], stage: float) 
 
 
 class EvaluateGateInputs(StepInputs):
-    policy: str = field(help="rollout policy YAML", argo="$POLICY")
-    evidence: str = field(help="evidence store: mlflow://... or path", argo="$EVIDENCE")
+    policy: PolicyFile
+    evidence: EvidenceUri
     stage: float = field(help="traffic percent of the stage", argo="{{inputs.parameters.stage}}")
-    out_dir: str = field("", help="write output parameters here, one file each", argo="$OUT_DIR")
-    model_name: str = field(
-        "", help="notify decisions about this model", argo="{{workflow.parameters.model-name}}"
-    )
-    model_version: str = field("", help="the candidate version", argo="$VERSION")
-    rollout_id: str = field(
-        "", help="rollout id (e.g. the workflow name)", argo="{{workflow.name}}"
-    )
+    out_dir: OutDir
+    model_name: ModelName = ""  # notify decisions about this model, and record them
+    model_version: CandidateVersion
+    baseline_version: BaselineVersion
+    rollout_id: RolloutId
     grant_from: int = field(
         0,
         help="looks when an operator granted more (Argo)",
@@ -79,7 +89,33 @@ class EvaluateGateInputs(StepInputs):
         help="looks granted: no suspend until they are taken",
         argo="{{inputs.parameters.grant}}",
     )
-    tracking_uri: str | None = field(None, help="MLflow (for mlflow:// evidence)")
+    # Passed only by the template `operator-decision`, after a suspend (wait-for-operator).
+    operator: Literal["", "promote", "rollback"] = field(
+        "",
+        help="an operator's choice at a suspend: recorded as the stage's decision with cause "
+        "operator, instead of the gate's",
+    )
+    tracking_uri: TrackingUri
+
+
+AT_A_SUSPEND = "by an operator at the suspend"
+
+
+def operator_decision(judged: GateDecision, action: str, by: str = AT_A_SUSPEND) -> GateDecision:
+    """An operator's promote or rollback as the stage's decision: the gate's evidence (its
+    KPIs, its window) kept, the cause `operator`, so the trail, the report and the
+    notifications never present it as the gate's. Also the local runner's `kpigate abort` and
+    `promote` (kpigate/runner.py), with who and why as `by`."""
+    chosen = Decision(action)
+    what = "stage passed" if chosen is Decision.PROMOTE else "rolled back"
+    return replace(
+        judged,
+        decision=chosen,
+        reasons=(f"{what} {by}", *judged.reasons),
+        suspend=False,
+        final=chosen is Decision.ROLLBACK or judged.stage >= 100,
+        cause=Cause.OPERATOR,
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,17 +132,23 @@ def suspends(decision: GateDecision, stage_windows: int, grant_from: int, grant:
 
 
 def run(namespace: argparse.Namespace) -> int:
+    from kpigate.audit import audit_key_from_env
+
     args: EvaluateGateInputs = parse(EvaluateGateInputs, namespace)
+    audit_key_from_env()  # a key too short or unreadable: exit 2 now, not after the decision
     policy = read_policy(args.policy)
     records = open_store(args.evidence, args.tracking_uri).read()
     try:
         decision = judge_evidence(policy, records, args.stage)
     except LineError as exc:
         raise StepError(f"evidence {args.evidence} is corrupt: {exc}") from None
-    stage_windows = sum(1 for r in records if float(r.get("stage", -1)) == args.stage)
+    if args.operator:
+        decision = operator_decision(decision, args.operator)
+    stage_windows = sum(1 for r in records if r.stage == args.stage)
     write_outputs(
         args.out_dir,
         decision=decision.decision.value,
+        cause=decision.cause.value,
         suspend=str(suspends(decision, stage_windows, args.grant_from, args.grant)).lower(),
         looks=stage_windows + 1,
     )
@@ -126,7 +168,7 @@ def record(
     args: EvaluateGateInputs,
     policy: Policy,
     decision: GateDecision,
-    records: list[dict[str, Any]],
+    records: Sequence[WindowRecord],
 ) -> None:
     """The decision, now, into the rollout's trail beside the evidence, and notified; a retry
     finds it there and records nothing twice. A registry that fails here fails the step by its
@@ -146,9 +188,10 @@ def record(
         actor = default_actor()
         notifier = dispatcher_from_env(trail=trail, actor=actor)
         journal = Journal(trail, notifier, policy, policy_hash(args.policy), args.model_name,
-                          rollout, actor, candidate_version=args.model_version)  # fmt: skip
-        window = next((r for r in reversed(records) if r.get("window") == decision.window), None)
-        journal.decision(decision, window)
+                          rollout, actor, baseline_version=args.baseline_version or None,
+                          candidate_version=args.model_version)  # fmt: skip
+        window = next((r for r in reversed(records) if r.window == decision.window), None)
+        journal.decision(decision, None if window is None else window.as_json())
         journal.flush()
 
 

@@ -20,12 +20,23 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from kpigate.backends.base import TrafficBackend
-from kpigate.backends.cli import add_backend_arguments, settings_from_args
+from kpigate.backends.cli import BackendInputs, settings_from_args
 from kpigate.backends.factory import make_backend
 from kpigate.registry.base import CHAMPION, Registry
 from kpigate.steps.common import DONE, ROLLED_BACK_BY_TAG, StepError, say, step_main
+from kpigate.steps.inputs import (
+    BaselineVersion,
+    CandidateVersion,
+    EvidenceUri,
+    ModelName,
+    PolicyFile,
+    RolloutId,
+    TrackingUri,
+)
+from kpigate.steps.spec import add_flags, field, parse
 from kpigate.store import StoreError, open_store
 
 OUTCOME_TAG = "kpigate.rollout"
@@ -80,24 +91,31 @@ def last_reason(evidence_uri: str, tracking_uri: str | None) -> str:
         records = open_store(evidence_uri, tracking_uri).read()
     except StoreError:
         return "rolled back (evidence unreadable)"
-    return f"rolled back after window {records[-1]['window']}" if records else "rolled back"
+    return f"rolled back after window {records[-1].window}" if records else "rolled back"
+
+
+class PromoteOrRollbackInputs(BackendInputs):
+    action: Literal["promote", "rollback"] = field(
+        help="promote: all traffic and the champion alias; rollback: weight 0, detach, tags",
+        argo="{{inputs.parameters.action}}",
+    )
+    model_name: ModelName
+    model_version: CandidateVersion
+    evidence: EvidenceUri = ""
+    reason: str = field("", help="why (default: from the evidence)")
+    policy: PolicyFile = ""  # to record the rollout in its audit trail
+    rollout_id: RolloutId
+    baseline_version: BaselineVersion
+    tracking_uri: TrackingUri
+    # Passed only by the exit handler.
+    if_deployed: bool = field(
+        False,
+        help="roll back only when --model-version names a deployed version (the exit handler)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--action", choices=["promote", "rollback"], required=True)
-    parser.add_argument("--model-name", required=True)
-    parser.add_argument("--model-version", default="", help="version number (not an alias)")
-    parser.add_argument("--evidence", default="", help="evidence store of the rollout")
-    parser.add_argument("--reason", default="", help="why (default: from the evidence)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
-    parser.add_argument("--policy", default="", help="policy (to rebuild the audit trail)")
-    parser.add_argument("--rollout-id", default="", help="rollout id (e.g. the workflow name)")
-    parser.add_argument(
-        "--if-deployed",
-        action="store_true",
-        help="roll back only when --model-version names a deployed version (the exit handler)",
-    )
-    add_backend_arguments(parser)
+    add_flags(parser, PromoteOrRollbackInputs)
 
 
 def nothing_deployed(version: str) -> bool:
@@ -106,7 +124,8 @@ def nothing_deployed(version: str) -> bool:
     return not version.strip() or version.lstrip().startswith("{{")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(namespace: argparse.Namespace) -> int:
+    args: PromoteOrRollbackInputs = parse(PromoteOrRollbackInputs, namespace)
     if args.if_deployed and nothing_deployed(args.model_version):
         say("nothing was deployed by this rollout: nothing to roll back")
         return DONE
@@ -132,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     return DONE
 
 
-def record(args: argparse.Namespace, registry: Registry, outcome: Outcome) -> None:
+def record(args: PromoteOrRollbackInputs, registry: Registry, outcome: Outcome) -> None:
     """Audit trail and notification; a failure here is reported, never undoes the action.
 
     With MLflow evidence the trail is the one evaluate-gate appended to as it decided
@@ -159,7 +178,7 @@ def record(args: argparse.Namespace, registry: Registry, outcome: Outcome) -> No
             done = judged(trail)
             replayed = 0
             for end in range(1, len(records) + 1):
-                decision = judge_evidence(policy, records[:end], float(records[end - 1]["stage"]))
+                decision = judge_evidence(policy, records[:end], float(records[end - 1].stage))
                 if key(decision) in done:
                     continue
                 done.add(key(decision))
@@ -169,15 +188,16 @@ def record(args: argparse.Namespace, registry: Registry, outcome: Outcome) -> No
                     policy,
                     digest,
                     args.model_name,
-                    None,
+                    args.baseline_version or None,
                     args.model_version,
                     actor,
-                    window=records[end - 1],
+                    window=records[end - 1].as_json(),
                 )
                 trail.append({**event, "replayed": True})  # fmt: skip
                 replayed += 1
             notifier = dispatcher_from_env(trail=trail, actor=actor)
             journal = Journal(trail, None, policy, digest, args.model_name, rollout_id, actor,
+                              baseline_version=args.baseline_version or None,
                               candidate_version=args.model_version)  # fmt: skip
             journal.action(outcome.action, detail={"reason": outcome.reason})
             severity = Severity.CRITICAL if outcome.action == "rollback" else Severity.INFO

@@ -5,7 +5,9 @@ Checks, against the registry: the version resolves (number or alias); it is appr
 signature equals the champion's (the router feeds both the same features); its offline metrics
 meet the policy's `registry.min_offline` / `registry.max_offline`.
 
-Outputs (files under --out-dir): version, approved (true|false), reason. A rejection is an
+Outputs (files under --out-dir): version, approved (true|false), reason, baseline-version (the
+champion's version when the rollout starts, empty for a model's first version; a global output
+of the workflow, for PromQL's {{ baseline_version }} and the audit trail). A rejection is an
 answer, not a failure: the step exits 0 with approved=false and the workflow ends with the
 reason. A registry that cannot be reached or answers 5xx exits 1 (retried); one that refuses the
 credentials exits 3 (kpigate/errors.py).
@@ -20,7 +22,9 @@ from dataclasses import dataclass
 
 from kpigate.policy import RegistryRules
 from kpigate.registry.base import CHAMPION, ModelNotFound, Registry
-from kpigate.steps.common import DONE, add_out_dir, read_policy, say, step_main, write_outputs
+from kpigate.steps.common import DONE, read_policy, say, step_main, write_outputs
+from kpigate.steps.inputs import ModelName, ModelRef, OutDir, PolicyFile, TrackingUri
+from kpigate.steps.spec import StepInputs, add_flags, parse
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,23 @@ class Approval:
     version: str
     approved: bool
     reason: str
+    baseline: str = ""  # the champion's version, "" when the model has none
+
+
+class RegistryApprovalInputs(StepInputs):
+    model_name: ModelName
+    model_version: ModelRef
+    policy: PolicyFile
+    tracking_uri: TrackingUri
+    out_dir: OutDir
+
+
+def baseline_version(registry: Registry, name: str) -> str:
+    """The champion's version, the rollout's baseline; "" for a model's first version."""
+    try:
+        return registry.resolve(name, CHAMPION).version
+    except ModelNotFound:
+        return ""
 
 
 def approve(registry: Registry, name: str, ref: str, rules: RegistryRules) -> Approval:
@@ -69,7 +90,7 @@ def approve(registry: Registry, name: str, ref: str, rules: RegistryRules) -> Ap
             return Approval(version, False, f"offline metric '{metric}' was not logged")
         if metrics[metric] > ceiling:
             return Approval(version, False, f"offline {metric} {metrics[metric]:.4g} > {ceiling:g}")
-    return Approval(version, True, f"version {version} approved")
+    return Approval(version, True, f"version {version} approved", baseline_version(registry, name))
 
 
 def _columns(schema: list[dict[str, object]]) -> set[tuple[str, str]]:
@@ -77,25 +98,22 @@ def _columns(schema: list[dict[str, object]]) -> set[tuple[str, str]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-name", required=True, help="registered model name")
-    parser.add_argument(
-        "--model-version", default="", help="version number or alias (default: candidate)"
-    )
-    parser.add_argument("--policy", required=True, help="rollout policy YAML")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
-    add_out_dir(parser)
+    add_flags(parser, RegistryApprovalInputs)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(namespace: argparse.Namespace) -> int:
     from kpigate.registry.mlflow import MlflowRegistry
 
+    args: RegistryApprovalInputs = parse(RegistryApprovalInputs, namespace)
     rules = read_policy(args.policy).registry
-    result = approve(MlflowRegistry(args.tracking_uri), args.model_name, args.model_version, rules)
+    registry = MlflowRegistry(args.tracking_uri)
+    result = approve(registry, args.model_name, args.model_version, rules)
     write_outputs(
         args.out_dir,
         version=result.version,
         approved=str(result.approved).lower(),
         reason=result.reason,
+        baseline_version=result.baseline,
     )
     say(("APPROVED: " if result.approved else "REJECTED: ") + result.reason)
     return DONE

@@ -2,10 +2,13 @@
 
 For every interval the step reads how much the router's counters grew (from the router's
 /metrics or from Prometheus), turns them into the policy's KPIs (kpigate/sources/catalogue.py)
-and appends one window, in the `kpigate replay` format, to the rollout's evidence store.
+and appends one window record (kpigate/evidence_record.py, the `kpigate replay` format) to the
+rollout's evidence store.
 A source that is down or lagging gives a window marked stale: the gate holds on it.
 
-Idempotent: `--looks N` means "this stage has at least N windows"; a retried or rerun step
+On Argo every value a KPI's PromQL may name is passed (the model, the rollout's namespace, the
+baseline's and the candidate's versions), so a policy with PromQL KPIs runs there as it runs
+locally. Idempotent: `--looks N` means "this stage has at least N windows"; a retried or rerun step
 only collects what is missing.
 """
 
@@ -18,6 +21,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from kpigate.evidence_record import WindowRecord
 from kpigate.policy import Policy
 from kpigate.sources import catalogue, promql
 from kpigate.sources.base import Collected, MetricsSource, SourceError
@@ -31,10 +35,26 @@ from kpigate.steps.common import (
     say,
     step_main,
 )
+from kpigate.steps.inputs import (
+    BaselineVersion,
+    CandidateVersion,
+    EvidenceUri,
+    Interval,
+    ModelName,
+    PolicyFile,
+    PrometheusMatchers,
+    PrometheusMode,
+    PrometheusUrl,
+    RolloutId,
+    RouterUrl,
+    Source,
+    TrackingUri,
+)
+from kpigate.steps.spec import StepInputs, add_flags, field, parse
 from kpigate.store import EvidenceStore, open_store
 
 
-def source_settings(args: argparse.Namespace, policy: Policy) -> SourceSettings:
+def source_settings(args: SoakAndCollectInputs, policy: Policy) -> SourceSettings:
     return SourceSettings(
         kind=args.source,
         router_url=args.router_url,
@@ -59,8 +79,8 @@ def window_record(
     index: int,
     stage: float,
     served_from: float | None = None,
-    history: Sequence[dict[str, Any]] = (),
-) -> dict[str, Any]:
+    history: Sequence[WindowRecord] = (),
+) -> WindowRecord:
     """One window from the source; never raises on a source failure: it marks the window.
 
     The record keeps its serving interval (Unix seconds); with a policy `labels` section its
@@ -91,20 +111,20 @@ def soak(
     interval_s: float,
     rollout: str,
     sleep: Callable[[float], None] = time.sleep,
-    on_window: Callable[[dict[str, Any]], None] | None = None,
+    on_window: Callable[[WindowRecord], None] | None = None,
 ) -> int:
     """Collect until the stage has `looks` windows; returns how many were added."""
     records = list(store.read())
-    have = sum(1 for r in records if float(r.get("stage", -1)) == stage)
+    have = sum(1 for r in records if r.stage == stage)
     missing = max(0, looks - have)
-    next_index = (int(records[-1]["window"]) + 1) if records else 1
+    next_index = (records[-1].window + 1) if records else 1
     served_from = time.time()
     if missing:
         source.mark()
     for n in range(missing):
         sleep(interval_s)
         record = window_record(policy, source, rollout, next_index + n, stage, served_from, records)
-        served_from = record["served_to"]
+        served_from = time.time() if record.served_to is None else float(record.served_to)
         store.append(record)
         records.append(record)
         if on_window is not None:
@@ -112,45 +132,41 @@ def soak(
     return missing
 
 
+class SoakAndCollectInputs(StepInputs):
+    policy: PolicyFile
+    stage: float = field(help="traffic percent of the stage", argo="{{inputs.parameters.stage}}")
+    looks: int = field(
+        0,
+        help="windows this stage must have (default: its soak)",
+        argo="{{inputs.parameters.looks}}",
+    )
+    interval: Interval
+    source: Source
+    router_url: RouterUrl
+    prometheus_url: PrometheusUrl
+    prometheus_matchers: PrometheusMatchers
+    prometheus_mode: PrometheusMode
+    # What a KPI's own PromQL may name ({{ model }}, {{ namespace }}, the versions:
+    # kpigate/sources/promql.py QueryContext); with --rollout-id, the model and version also let
+    # the step refuse (exit 3) to soak a rollout that was rolled back.
+    model_name: ModelName = ""
+    model_version: CandidateVersion
+    baseline_version: BaselineVersion
+    namespace: str = field(
+        "", help="the rollout's Kubernetes namespace: PromQL {{ namespace }}",
+        argo="{{workflow.namespace}}",
+    )  # fmt: skip
+    evidence: EvidenceUri
+    rollout_id: RolloutId  # default: the evidence URI's last part
+    tracking_uri: TrackingUri
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", required=True, help="rollout policy YAML")
-    parser.add_argument("--stage", type=float, required=True, help="traffic percent of the stage")
-    parser.add_argument(
-        "--looks", type=int, default=0, help="windows this stage must have (default: its soak)"
-    )
-    parser.add_argument(
-        "--interval", type=float, default=0.0, help="seconds per window (default: the policy's)"
-    )
-    parser.add_argument(
-        "--source",
-        choices=["router", "prometheus", "predlog"],
-        default="router",
-        help="predlog: SQL on the prediction log at KPIGATE_DB_URL or KPIGATE_DB_URL_FILE",
-    )
-    parser.add_argument("--router-url", default="http://127.0.0.1:8080")
-    parser.add_argument("--prometheus-url", default="")
-    parser.add_argument(
-        "--prometheus-matchers", default="", help='label matchers, e.g. job="kpigate-router"'
-    )
-    parser.add_argument("--prometheus-mode", choices=["increase", "delta"], default="increase")
-    # The values a KPI's own PromQL may name ({{ model }}, {{ namespace }}, the versions); with
-    # --rollout, the model and version also let the step refuse a rolled-back rollout.
-    parser.add_argument(
-        "--model-name", default="", help="PromQL {{ model }}; with --model-version and --rollout:"
-    )
-    parser.add_argument(
-        "--model-version",
-        default="",
-        help="the candidate's version; refuse to soak a rollout that was rolled back",
-    )
-    parser.add_argument("--baseline-version", default="", help="the baseline's version")
-    parser.add_argument("--namespace", default="", help="for PromQL KPIs: {{ namespace }}")
-    parser.add_argument("--evidence", required=True, help="evidence store: mlflow://... or path")
-    parser.add_argument("--rollout", default="", help="rollout id (default: from --evidence)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow (for mlflow:// evidence)")
+    add_flags(parser, SoakAndCollectInputs)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(namespace: argparse.Namespace) -> int:
+    args: SoakAndCollectInputs = parse(SoakAndCollectInputs, namespace)
     policy = read_policy(args.policy)
     stage_spec = policy.stage_for(args.stage)
     if stage_spec is None:
@@ -160,17 +176,17 @@ def run(args: argparse.Namespace) -> int:
     looks = args.looks or stage_spec.looks
     interval = args.interval or stage_spec.interval
     store = open_store(args.evidence, args.tracking_uri)
-    rollout = args.rollout or args.evidence.rstrip("/").rsplit("/", 1)[-1]
+    rollout = args.rollout_id or args.evidence.rstrip("/").rsplit("/", 1)[-1]
     source = make_source(source_settings(args, policy))
-    if args.model_name and args.model_version and args.rollout:
+    if args.model_name and args.model_version and args.rollout_id:
         from kpigate.registry.mlflow import MlflowRegistry
 
         registry = MlflowRegistry(args.tracking_uri)
-        refuse_if_rolled_back(registry, args.model_name, args.model_version, args.rollout)
+        refuse_if_rolled_back(registry, args.model_name, args.model_version, args.rollout_id)
 
-    def progress(record: dict[str, Any]) -> None:
-        state = "stale: " + record.get("note", "") if record.get("stale") else "ok"
-        say(f"window {record['window']} at {args.stage:g}%: {state}")
+    def progress(record: WindowRecord) -> None:
+        state = "stale: " + record.note if record.stale else "ok"
+        say(f"window {record.window} at {args.stage:g}%: {state}")
 
     say(f"soaking at {args.stage:g}%: up to {looks} windows of {interval:g}s ({source.name})")
     added = soak(policy, store, source, args.stage, looks, interval, rollout, on_window=progress)

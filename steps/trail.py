@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kpigate.audit import ARTIFACT_TAG, ROLLOUT_TAG, AuditTrail, attach_to_registry
-from kpigate.engine import GateDecision
+from kpigate.engine import Cause, GateDecision
 from kpigate.registry.base import Registry
 
 
@@ -44,15 +44,19 @@ def scratch_trail(
             attach_to_registry(registry, model_name, version, path, rollout_id)
 
 
-def judged(trail: AuditTrail) -> set[tuple[int, float]]:
-    """(window, stage) of every decision already in the trail: a retried step skips them."""
+Key = tuple[int, float, bool]  # window, stage, whether an operator decided
+
+
+def judged(trail: AuditTrail) -> set[Key]:
+    """The key of every decision already in the trail: a retried step skips them. An
+    operator's decision at a suspend shares its window with the gate's HOLD before it."""
     records: list[dict[str, Any]] = trail.records() if trail.path.exists() else []
     return {
-        (int(r["window"]), float(r["stage"]))
+        (int(r["window"]), float(r["stage"]), r.get("cause") == Cause.OPERATOR.value)
         for r in records
         if r.get("type") == "decision" and "window" in r and "stage" in r
     }
 
 
-def key(decision: GateDecision) -> tuple[int, float]:
-    return int(decision.window), float(decision.stage)
+def key(decision: GateDecision) -> Key:
+    return int(decision.window), float(decision.stage), decision.cause is Cause.OPERATOR

@@ -193,8 +193,8 @@ def test_istio_typo_in_a_patch_is_caught() -> None:
 def test_the_workflow_backend_flags_parse_into_settings() -> None:
     import argparse
 
-    from kpigate.backends.cli import add_backend_arguments, settings_from_args
-    from kpigate.workflows.progressive_delivery import BACKEND_ARGS
+    from kpigate.backends.cli import BackendInputs, add_backend_arguments, settings_from_args
+    from kpigate.steps.spec import argo_flags
 
     parser = argparse.ArgumentParser()
     add_backend_arguments(parser)
@@ -207,7 +207,7 @@ def test_the_workflow_backend_flags_parse_into_settings() -> None:
         "--kserve-form": "canary",
         "--router-url": "http://router:8080",
     }
-    assert set(values) == set(BACKEND_ARGS)
+    assert set(values) == set(argo_flags(BackendInputs))  # what the template passes
     args = parser.parse_args([item for pair in values.items() for item in pair])
     settings = settings_from_args(args, default_resource="fraud")
     assert settings == BackendSettings(

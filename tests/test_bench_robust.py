@@ -20,6 +20,7 @@ import engine_at  # bench/ is not a package
 import robust
 import simulate as sim
 
+from kpigate.engine import Rate
 from kpigate.serve.routing import bucket
 
 
@@ -48,41 +49,54 @@ def test_repeat_users_are_sticky_heavy_tailed_and_correlated() -> None:
     assert people.propensity.mean() == pytest.approx(sim.BASE_RECALL, abs=0.005)
     assert people.propensity.std() == pytest.approx(0.099, abs=0.005)
 
-    x_c, n_c, x_b, n_b = sim.user_arms(rng, people, 40)
-    assert (np.diff(n_c, axis=1) >= 0).all()  # a higher weight only adds users
-    assert (n_c + n_b == (n_c + n_b)[:, :1]).all()  # every stage sees the same transactions
-    assert ((x_c <= n_c) & (x_b <= n_b)).all()
-    # The same users every window: an arm's per-window rates share its users' propensities,
-    # so their spread across rollouts is far above the binomial one.
-    diffs, binomial = [], []
+    # The same users every window: an arm's rates share its users' propensities, so their
+    # spread across rollouts is far above the binomial one, and the design effect says so.
+    diffs, binomial, deffs = [], [], []
     for r in range(200):
         rng_r = np.random.default_rng([3, r])
-        arms = sim.user_arms(rng_r, sim.users(rng_r, 20_000, 10_000, "bench"), 1)
-        x_c, n_c, x_b, n_b = (a[0, 0] for a in arms)
-        diffs.append(x_c / n_c - x_b / n_b)
-        binomial.append(0.876 * 0.124 * (1 / n_c + 1 / n_b))
+        observe = sim.user_arms(rng_r, sim.users(rng_r, 20_000, 10_000, "bench"), 1)
+        obs = observe(0, 0)["recall"]
+        c, b = obs.candidate, obs.baseline
+        assert isinstance(c, Rate) and isinstance(b, Rate)
+        assert c.successes <= c.trials and b.successes <= b.trials
+        assert c.trials + b.trials == pytest.approx(10_000, rel=0.05)
+        diffs.append(c.successes / c.trials - b.successes / b.trials)
+        binomial.append(0.876 * 0.124 * (1 / c.trials + 1 / b.trials))
+        deffs.append(c.deff)
     assert np.var(diffs) > 1.2 * np.mean(binomial)
+    assert np.mean(deffs) > 1.2
 
 
-def test_users_drawn_by_group_match_drawing_each_user() -> None:
-    """user_arms draws per group of users (Poisson thinning): same law as per user."""
-    rng = np.random.default_rng(4)
-    people = sim.users(rng, 2_000, 2_000, salt="bench")
-    windows = 3_000
-    x_c, n_c, x_b, n_b = sim.user_arms(rng, people, windows)
-    on = people.buckets < 2_500  # the 25% stage's cutoff
-    counts = rng.poisson(np.broadcast_to(people.rate, (windows, people.rate.size)))
-    wins = rng.binomial(counts, people.propensity)
-    direct = {
-        "n_c": counts[:, on].sum(axis=1),
-        "x_c": wins[:, on].sum(axis=1),
-        "n_b": counts[:, ~on].sum(axis=1),
-        "x_b": wins[:, ~on].sum(axis=1),
-    }
-    grouped = {"n_c": n_c[:, 1], "x_c": x_c[:, 1], "n_b": n_b[:, 1], "x_b": x_b[:, 1]}
-    for name, values in grouped.items():
-        assert values.mean() == pytest.approx(direct[name].mean(), rel=0.02), name
-        assert values.var() == pytest.approx(direct[name].var(), rel=0.12), name
+def test_users_design_effect_grows_over_windows_as_the_same_users_recur() -> None:
+    """The arm's deff is over its rows of the rollout so far: with the same users every window
+    it grows with the windows (their propensities do not average out), and it is the
+    cluster-robust variance the rates show across rollouts."""
+    first, sixth, rates_sixth, binomial_sixth = [], [], [], []
+    for r in range(300):
+        rng = np.random.default_rng([8, r])
+        observe = sim.user_arms(rng, sim.users(rng, 5_000, 2_000, "bench"), 6)
+        x = n = 0.0
+        for t in range(6):
+            arm = observe(t, 1)["recall"].candidate
+            assert isinstance(arm, Rate) and arm.deff is not None
+            x, n = x + arm.successes, n + arm.trials
+            if t == 0:
+                first.append(arm.deff)
+            elif t == 5:
+                sixth.append(arm.deff)
+        rates_sixth.append(x / n)
+        binomial_sixth.append(x / n * (1 - x / n) / n)
+    assert np.median(sixth) > 2 * np.median(first) > 2.0
+    # the rollout-to-date rate of the 25% arm varies across rollouts as deff x binomial says
+    assert np.var(rates_sixth) == pytest.approx(
+        np.mean(np.array(sixth) * np.array(binomial_sixth)), rel=0.3
+    )
+    # a higher weight only adds users: the 50% arm's trials exceed the 25% arm's
+    people = sim.users(np.random.default_rng(1), 5_000, 2_000, "bench")
+    c25 = sim.user_arms(np.random.default_rng(2), people, 1)(0, 1)["recall"].candidate
+    c50 = sim.user_arms(np.random.default_rng(2), people, 1)(0, 2)["recall"].candidate
+    assert isinstance(c25, Rate) and isinstance(c50, Rate)
+    assert c50.trials > c25.trials
 
 
 def test_user_routing_is_the_routers_sticky_hash() -> None:

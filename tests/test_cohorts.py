@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from kpigate.evidence_record import WindowRecord
 from kpigate.policy import Kpi, Labels, Policy, Stage
 from kpigate.serve.predlog import Tables
 from kpigate.sources.base import Collected
@@ -186,12 +188,12 @@ class _Matured:
 def test_a_record_holds_label_kpis_of_its_matured_cohort_only() -> None:
     policy = _labels_policy()
     reader = _Matured()
-    history: list[dict[str, object]] = []
+    records: list[WindowRecord] = []
     for i in range(1, 6):
         base = {"rollout": "r", "window": i, "stage": 5.0, "served_from": 60.0 * (i - 1),
                 "served_to": 60.0 * i}  # fmt: skip
-        record = build_record(policy, reader, Collected(WindowCounts()), history, base)
-        history.append(record)
+        records.append(build_record(policy, reader, Collected(WindowCounts()), records, base))
+    history = [r.as_json() for r in records]
     assert "recall" not in history[0]["kpis"] and "error_rate" in history[0]["kpis"]
     assert history[0]["pending"] == {"window": 1, "matures_at": 180.0}
     assert "waiting for labels: the cohort of window 1" in str(history[0]["note"])
@@ -199,7 +201,7 @@ def test_a_record_holds_label_kpis_of_its_matured_cohort_only() -> None:
     assert history[2]["cohort"] == {"window": 1, "stage": 5.0, "matured_at": 180.0}
     assert history[2]["kpis"]["recall"]["candidate"] == {"successes": 4, "trials": 4}
     assert reader.asked == [1, 2, 3]
-    assert judged_cohorts(history) == {1, 2, 3}
+    assert judged_cohorts(records) == {1, 2, 3}
 
 
 def test_db_url_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
@@ -232,3 +234,56 @@ def test_the_source_reads_immediate_counts_per_window_and_cohorts_on_request(
     assert matured.counts.total("outcomes", segment="all") == len(rows)
     assert "late" in matured.note
     engine.dispose()
+
+
+def test_postgres_reads_a_cohort_from_the_cohort_index_alone_also_on_an_older_table() -> None:
+    """A log created before the cohort index existed gets it from Tables.create (the router's
+    start), and every query of a look (label and immediate tables) can be answered by an
+    index-only scan of it, so the index carries every column the queries read. Upstream:
+    PostgreSQL's src/backend/optimizer/path/indxpath.c (check_index_only: each column the
+    query needs must be a key or INCLUDE column of the index)."""
+    import uuid
+
+    from sqlalchemy import event, inspect, text
+
+    from kpigate.serve.predlog import make_engine
+    from tests.serve_fixtures import postgres_or_skip
+
+    engine = make_engine(postgres_or_skip())
+    tables = Tables(f"c{uuid.uuid4().hex[:10]}_")
+    older = Tables(tables.prefix)
+    older.predictions.indexes.discard(older.cohort_index)
+    name = tables.predictions.name
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, sql: str, params: Any, *rest: Any) -> None:
+        statements.append((sql, params))
+
+    try:
+        older.metadata.create_all(engine)
+        assert f"{tables.prefix}pred_cohort" not in {
+            i["name"] for i in inspect(engine).get_indexes(name)
+        }
+        write_rows(engine, tables, random_rows(2000, 0.0, 300.0, 50.0, seed=5))  # create()
+        assert f"{tables.prefix}pred_cohort" in {
+            i["name"] for i in inspect(engine).get_indexes(name)
+        }
+        tables.create(engine)  # idempotent
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f"VACUUM ANALYZE {name}"))  # sets the visibility map
+        event.listen(engine, "before_cursor_execute", seen)
+        reader = PredlogReader(engine, tables, "1", "2")
+        reader.labeled(0.0, 100.0, 50.0, "negative")
+        reader.immediate(0.0, 100.0)
+        event.remove(engine, "before_cursor_execute", seen)
+        assert len(statements) == 5
+        with engine.connect() as conn:
+            # A 2,000-row table is cheaper to scan whole: leave the planner only index paths.
+            conn.execute(text("SET enable_seqscan = off"))
+            conn.execute(text("SET enable_bitmapscan = off"))
+            for sql, params in statements:
+                plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {sql}", params))
+                assert f"Index Only Scan using {tables.prefix}pred_cohort" in plan, (sql, plan)
+    finally:
+        tables.drop(engine)
+        engine.dispose()

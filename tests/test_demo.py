@@ -15,7 +15,16 @@ import pytest
 from kpigate.audit import read_records, verify
 from kpigate.casestudy import RunnerTrigger
 from kpigate.cli import main
-from kpigate.demo import POSITIVES_PER_WINDOW, describe, size_windows
+from kpigate.demo import (
+    MIN_INTERVAL_S,
+    POSITIVES_PER_WINDOW,
+    SLOW_INTERVAL_S,
+    describe,
+    label_delays,
+    scaled_policy,
+    size_windows,
+    write_policy,
+)
 from kpigate.policy import load_policy
 from kpigate.steps.promote_or_rollback import Outcome
 from tests.trail_helpers import EXAMPLES
@@ -59,6 +68,28 @@ def test_windows_are_sized_to_the_measured_rate() -> None:
     assert capped.looks == (24, 48)  # four stages of six looks; plus max_holds 6 each
     assert "too slow for a short demo" in describe(crawl, 400)
     assert "answers 50 requests/s here (400 asked for): windows of 16 s" in describe(capped, 400)
+
+
+def test_the_demo_policy_is_scaled_to_the_window_and_its_labels_come_later_than_one(
+    tmp_path: Path,
+) -> None:
+    """Every duration keeps its length in windows; labels arrive later than a window (fraud
+    about one, legitimate 2.5) and all of them within the horizon, so none is counted late."""
+    policy = load_policy(EXAMPLES / "demo-policy.yaml")
+    assert policy.labels is not None and policy.labels.unlabeled == "negative"
+    for interval in (MIN_INTERVAL_S, 16.0, SLOW_INTERVAL_S * 2):
+        scaled = scaled_policy(policy, interval)  # validated again: cohorts mature in time
+        assert scaled.labels is not None
+        assert {s.interval for s in scaled.stages} == {interval}
+        assert [s.looks for s in scaled.stages] == [s.looks for s in policy.stages]
+        assert scaled.labels.horizon == pytest.approx(3 * interval)  # whole windows
+        assert scaled.max_staleness == pytest.approx(policy.max_staleness * interval / 10)
+        fraud, legit = label_delays(scaled)
+        assert fraud == interval and legit == 2.5 * interval  # later than a window
+        slowest_fraud = 1.5 * fraud  # the replayer spreads fraud delays 0.5x to 1.5x
+        assert max(slowest_fraud, legit) < scaled.labels.horizon
+        assert scaled.kpis == policy.kpis
+        assert load_policy(write_policy(scaled, tmp_path / f"{interval:g}.yaml")) == scaled
 
 
 def test_waiting_for_a_rollout_never_joins_an_unstarted_thread(

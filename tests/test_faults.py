@@ -54,14 +54,14 @@ def test_prometheus_down_holds_then_takes_the_timeout_action(tmp_path: Path) -> 
     # timeout action; never a promotion, never a rollback before the limit.
     assert decisions == [Decision.HOLD] * 3 + [Decision.ROLLBACK]
     records = FileStore(tmp_path / "e").read()
-    assert all(r["stale"] and "unreachable" in r["note"] for r in records)
+    assert all(r.stale and "unreachable" in r.note for r in records)
 
 
 def test_prometheus_returning_nothing_holds(prometheus: PrometheusServer, tmp_path: Path) -> None:
     source = PrometheusSource(prometheus.url, matchers='instance="nowhere:1"')
     decisions = judge_looks(source, FileStore(tmp_path / "e"), 3)
     assert decisions == [Decision.HOLD] * 3
-    assert FileStore(tmp_path / "e").read()[-1]["note"] == "no router samples in Prometheus"
+    assert FileStore(tmp_path / "e").read()[-1].note == "no router samples in Prometheus"
 
 
 @pytest.fixture
@@ -153,24 +153,24 @@ def test_a_runner_killed_mid_stage_resumes_without_repeating_or_skipping_a_stage
         first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # kill it in the middle of the 25% stage
-            stages = [r["stage"] for r in FileStore(evidence).read()] if evidence.exists() else []
+            stages = [r.stage for r in FileStore(evidence).read()] if evidence.exists() else []
             if stages.count(25) >= 2:
                 break
             time.sleep(0.1)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         before = FileStore(evidence).read()
-        assert any(r["stage"] == 25 for r in before) and not any(r["stage"] == 50 for r in before)
+        assert any(r.stage == 25 for r in before) and not any(r.stage == 50 for r in before)
         second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "PROMOTE" in second.stdout
     after = FileStore(evidence).read()
     assert after[: len(before)] == before  # nothing rewritten
-    windows = [r["window"] for r in after]
+    windows = [r.window for r in after]
     assert windows == list(range(1, len(after) + 1))  # no window repeated or lost
-    stages = [r["stage"] for r in after]
+    stages = [r.stage for r in after]
     assert stages == sorted(stages) and set(stages) == {5, 25, 50, 100}  # each stage once, in order
-    assert stages.count(5) == [r["stage"] for r in before].count(5)  # the 5% stage not redone
+    assert stages.count(5) == [r.stage for r in before].count(5)  # the 5% stage not redone
     assert MlflowRegistry(server.tracking_uri).resolve("faults", CHAMPION).version == "2"
 
 

@@ -19,6 +19,7 @@ from kpigate.journal import Journal
 from kpigate.policy import policy_from_dict
 from kpigate.registry.base import CANDIDATE, CHAMPION
 from kpigate.registry.mlflow import MlflowRegistry
+from kpigate.report import render_report
 from kpigate.runner import LocalRunner, model_lock
 from kpigate.steps.promote_or_rollback import Outcome
 from kpigate.store.file import FileStore
@@ -140,6 +141,10 @@ def test_pause_stops_the_looks_resume_goes_on_and_abort_rolls_back(
                for r in read_records(trail.path) if r["type"] == "action"]  # fmt: skip
     assert actions[-4:] == [("operator-pause", "alice"), ("operator-resume", "alice"),
                             ("operator-abort", "alice"), ("rollback", None)]  # fmt: skip
+    # the abort is the rollout's last decision, the operator's, and the report says so
+    decisions = [r for r in read_records(trail.path) if r["type"] == "decision"]
+    assert (decisions[-1]["decision"], decisions[-1]["cause"]) == ("rollback", "operator")
+    assert "by an operator" in render_report(read_records(trail.path))
 
 
 def test_promote_passes_the_stage_and_promote_full_makes_the_candidate_champion(
@@ -165,7 +170,7 @@ def test_promote_passes_the_stage_and_promote_full_makes_the_candidate_champion(
         kinds = [r["action"] for r in read_records(trail.path) if r["type"] == "action"]
         assert kinds == ["start", "deploy", "operator-promote", "deploy", "operator-promote-full",
                          "promote"]  # fmt: skip
-        stages = {float(r["stage"]) for r in FileStore(tmp_path / "evidence.jsonl").read()}
+        stages = {float(r.stage) for r in FileStore(tmp_path / "evidence.jsonl").read()}
         assert stages == {50.0, 100.0}
     finally:
         registry.set_alias(name, CHAMPION, "1")
@@ -201,7 +206,8 @@ def test_a_garbled_control_file_is_an_error_and_the_runner_pauses_on_it(tmp_path
         write_order(tmp_path, "m", Order("abort", "bob", "t"))
 
     runner = LocalRunner(
-        policy=policy_from_dict(SLOW), registry=None, backend=None, source=None, store=None,  # type: ignore[arg-type]
+        policy=policy_from_dict(SLOW), registry=None, backend=None, source=None,  # type: ignore[arg-type]
+        store=FileStore(tmp_path / "evidence.jsonl"),
         model_name="m", rollout_id="r", control_dir=tmp_path, sleep=operator_fixes_it,
         on_message=messages.append,
     )  # fmt: skip
@@ -209,5 +215,6 @@ def test_a_garbled_control_file_is_an_error_and_the_runner_pauses_on_it(tmp_path
     assert messages[0].endswith("pausing until it is fixed")
     assert decision is not None and decision.decision.value == "rollback"
     assert decision.reasons == ("aborted by bob",)
+    assert decision.cause.value == "operator" and decision.final
     assert not control_path(tmp_path, "m").exists()
     assert not list(tmp_path.glob(".m.control.*"))  # no temp file left behind

@@ -160,3 +160,18 @@ def test_non_finite_durations_are_refused() -> None:
     for bad in (float("inf"), float("nan"), 1.0e400):
         with pytest.raises(PolicyError, match="finite"):
             policy_from_dict({"max_staleness": bad, "kpis": [{"name": "recall"}]})
+
+
+def test_a_bad_kpi_is_reported_once_not_also_as_an_empty_list() -> None:
+    """Pydantic adds "Tuple should have at least 1 item" when the only KPI failed: that line
+    misleads (the file has a KPI) and is left out; a really empty list still says so."""
+    from kpigate.policy import PolicyError, policy_from_dict
+
+    with pytest.raises(PolicyError) as bad_item:
+        policy_from_dict({"kpis": [{"name": "recall", "margin": "abc"}]}, "p.yaml")
+    assert str(bad_item.value).splitlines() == [
+        "p.yaml: kpis[0] (recall).margin: Input should be a valid number, "
+        "unable to parse string as a number"
+    ]
+    with pytest.raises(PolicyError, match=r"p.yaml: kpis: .*at least 1 item"):
+        policy_from_dict({"kpis": []}, "p.yaml")

@@ -167,7 +167,7 @@ def roll(
         if decision.decision is not Decision.HOLD or decision.suspend:
             break
     assert decision is not None
-    return decision, store.read()
+    return decision, [r.as_json() for r in store.read()]
 
 
 def source_for(prometheus: PrometheusServer, policy: Policy, namespace: str) -> PrometheusSource:
@@ -279,7 +279,7 @@ def test_a_query_returning_several_series_is_missing_not_summed(
     for arm in ("baseline", "candidate"):
         mesh.serve(arm, 500, error_rate=0.1, median_ms=40, rng=rng)
     wait_scraped(prometheus, mesh)
-    record = window_record(policy, source, "r", 1, 5.0)
+    record = window_record(policy, source, "r", 1, 5.0).as_json()
     assert record["kpis"]["error_rate"] == {"baseline": None, "candidate": None}
     assert "error_rate baseline trials: 2 series, aggregate with sum" in record["note"]
 
@@ -320,7 +320,7 @@ def test_kserve_predict_latency_per_revision_from_pod_labels(
         for _ in range(1000):
             pods[arm].labels(model_name="fraud").observe(rng.lognormvariate(0, 0.3) * median)
     prometheus.wait_for(count, lambda r: bool(r) and float(r[0]["value"][1]) == 2000)
-    observed = window_record(policy, source, "r", 1, 5.0)["kpis"]["predict_p95"]
+    observed = window_record(policy, source, "r", 1, 5.0).as_json()["kpis"]["predict_p95"]
     for arm, pod in pods.items():
         exact = {
             s.labels["le"]: s.value
@@ -378,7 +378,7 @@ def test_the_soak_step_reads_promql_kpis_with_the_rollouts_values(
         time.sleep(0.2)
     _, err = step.communicate()
     assert step.returncode == 0, err
-    (record,) = FileStore(evidence).read()
+    (record,) = [r.as_json() for r in FileStore(evidence).read()]
     assert "stale" not in record, record
     for kpi in ("error_rate", "latency_p95"):
         for arm in ("baseline", "candidate"):
@@ -421,7 +421,7 @@ def test_a_query_prometheus_refuses_misses_its_kpi_not_the_window(
     for arm in ("baseline", "candidate"):
         mesh.serve(arm, 500, error_rate=0.1, median_ms=40, rng=rng)
     wait_scraped(prometheus, mesh)
-    record = window_record(policy, source, "r", 1, 5.0)
+    record = window_record(policy, source, "r", 1, 5.0).as_json()
     assert "stale" not in record, record
     assert record["kpis"]["error_rate"] == {"baseline": None, "candidate": None}
     assert "error_rate baseline trials: refused by Prometheus" in record["note"]
@@ -436,6 +436,6 @@ def test_prometheus_down_is_a_missing_window_for_promql_kpis() -> None:
     )
     down = PrometheusSource("http://127.0.0.1:9", kpis=policy.kpis, context=context)
     down.mark()
-    record = window_record(policy, down, "r", 1, 5.0)
+    record = window_record(policy, down, "r", 1, 5.0).as_json()
     assert record["stale"] and record["kpis"] == {}
     assert "unreachable" in record["note"]

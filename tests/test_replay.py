@@ -124,22 +124,49 @@ def test_other_kpi_types_with_a_policy(tmp_path: Path, capsys: pytest.CaptureFix
     ("bad", "message"),
     [
         ("{not json", "line 2: not JSON"),
-        ('["a"]', "line 2: each line must be a JSON object"),
-        ('{"window": 2, "kpis": {}}', 'line 2: missing field "stage"'),
-        ('{"window": "2", "stage": 5, "kpis": {}}', 'line 2: "window" must be an integer'),
-        ('{"window": 2, "stage": 500, "kpis": {}}', 'line 2: "stage" is a traffic percentage'),
-        ('{"window": 2, "stage": 5, "kpis": {}, "kpi": 1}', "line 2: unknown field(s) ['kpi']"),
+        ('["a"]', "line 2: each window record must be a JSON object"),
+        ('{"window": 2, "kpis": {}}', "line 2: window 2: stage: missing field"),
+        (
+            '{"window": "2", "stage": 5, "kpis": {}}',
+            "line 2: window: Input should be a valid integer",
+        ),
+        (
+            '{"window": 2, "stage": 500, "kpis": {}}',
+            "line 2: window 2: stage: is a traffic percentage",
+        ),
+        ('{"window": 2, "stage": 5, "kpis": {}, "kpi": 1}', "line 2: window 2: kpi: unknown field"),
+        ('{"window": 2, "stage": 5}', "line 2: window 2: kpis: missing field"),
         (
             '{"window": 2, "stage": 5, "kpis": {"recall": {"candidate": {"successes": 9, "trials": 5}}}}',
-            "line 2: kpis.recall.candidate: successes (9) exceed trials (5)",
+            "line 2: window 2: kpis.recall.candidate: successes (9) exceed trials (5)",
         ),
         (
             '{"window": 2, "stage": 5, "kpis": {"recall": {"candidate": {"hits": 1}}}}',
-            'line 2: kpis.recall.candidate must be {"successes": S, "trials": N}',
+            'line 2: window 2: kpis.recall.candidate: must be one of {"successes": S, "trials": N}',
+        ),
+        (
+            '{"window": 2, "stage": 5, "kpis": {"recall": {"candidate": {"successes": NaN, "trials": 5}}}}',
+            "line 2: window 2: kpis.recall.candidate.successes: must be a finite number, got nan",
+        ),
+        (
+            '{"window": 2, "stage": 5, "kpis": {"recall": {"candidate": {"successes": 1, "trials": -5}}}}',
+            "line 2: window 2: kpis.recall.candidate.trials: must not be negative, got -5",
+        ),
+        (
+            '{"window": 2, "stage": 5, "kpis": {"recall": {"candidate": {"successes": "1", "trials": 5}}}}',
+            'line 2: window 2: kpis.recall.candidate.successes: must be a number, got "1"',
+        ),
+        (
+            '{"window": 2, "stage": 5, "kpis": {"recall": {"candidate": {"successes": 1, "trials": 5, "n": 1}}}}',
+            "line 2: window 2: kpis.recall.candidate.n: unknown field",
+        ),
+        (
+            '{"window": 2, "stage": 5, "kpis": {"recall": {"candidate": {"buckets": {"+Inf": 3}}}}}',
+            'line 2: window 2: kpis.recall.candidate of a rate KPI must be {"successes": S, "trials": N}',
         ),
         (
             '{"window": 2, "stage": 5, "kpis": {"precision": {"candidate": null}}}',
-            "line 2: KPI(s) ['precision'] not in the policy",
+            "line 2: window 2: KPI(s) ['precision'] not in the policy",
         ),
         (
             '{"window": 1, "stage": 5, "kpis": {}}',

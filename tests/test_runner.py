@@ -140,7 +140,7 @@ def test_a_sound_candidate_goes_through_every_stage_in_the_dags_order(
     collapsed = [s for i, s in enumerate(collapsed) if s not in collapsed[:i]]
     assert collapsed == ordered_steps(policy)
     records = FileStore(tmp_path / "evidence.jsonl").read()
-    assert [r["stage"] for r in records].count(50) >= 2  # the soak: two looks of 0.5 s
+    assert [r.stage for r in records].count(50) >= 2  # the soak: two looks of 0.5 s
     registry.set_alias(name, CHAMPION, "1")  # leave the model as the next test expects it
 
 
@@ -176,8 +176,8 @@ def test_soak_is_idempotent_and_a_dead_router_gives_stale_windows(tmp_path: Path
     assert added == 2
     assert soak(policy, store, source, 50, looks=2, interval_s=0.0, rollout="r") == 0
     records = store.read()
-    assert [r["window"] for r in records] == [1, 2]
-    assert all(r["stale"] and r["note"].startswith("missing:") for r in records)
+    assert [r.window for r in records] == [1, 2]
+    assert all(r.stale and r.note.startswith("missing:") for r in records)
     decision = judge_evidence(policy, records, 50)
     assert decision.decision is Decision.HOLD
     assert decision.reasons[0].startswith("stale evidence: missing:")
@@ -215,5 +215,28 @@ def test_shadow_mode_judges_the_candidate_on_copies_while_the_baseline_answers_e
     assert decision.decision is Decision.PROMOTE, decision.reasons
     assert seen_arms == {"baseline"}  # shadow: the candidate never answers
     records = FileStore(tmp_path / "evidence.jsonl").read()
-    assert all(r["kpis"]["recall"]["candidate"] for r in records[1:])  # judged on the copies
+    assert all(r.kpis["recall"].candidate for r in records[1:])  # judged on the copies
     MlflowRegistry(tracking_uri).set_alias(name, CHAMPION, "1")
+
+
+def test_the_runner_s_flags_are_the_steps_own_where_they_mean_the_same() -> None:
+    """`kpigate rollout` spells no flag a second time: each flag it shares with a step comes
+    from the same definition (steps/inputs.py), with the same type and help; its own flags are
+    only where the local runner keeps its state (a local evidence file, locks, the trail)."""
+    from kpigate.runner import RolloutInputs
+    from kpigate.steps.deploy_stage import DeployStageInputs
+    from kpigate.steps.registry_approval import RegistryApprovalInputs
+    from kpigate.steps.soak_and_collect import SoakAndCollectInputs
+
+    steps = (RegistryApprovalInputs, DeployStageInputs, SoakAndCollectInputs)
+    own = {"evidence", "state_dir", "audit"}
+    for name, info in RolloutInputs.model_fields.items():
+        if name in own:
+            continue
+        same = [
+            s.__name__ for s in steps
+            if name in s.model_fields
+            and (s.model_fields[name].annotation, s.model_fields[name].description)
+            == (info.annotation, info.description)
+        ]  # fmt: skip
+        assert same, f"--{name} is defined in kpigate/runner.py, not taken from a step"

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kpigate.cli import main
 from kpigate.control import Order, write_order
+from kpigate.evidence_record import parse_record
 from kpigate.observability.gate_metrics import SERIES, exposition, start_server
 from kpigate.policy import load_policy
 from kpigate.registry.mlflow import MlflowRegistry
@@ -147,7 +148,7 @@ def test_status_reads_an_argo_rollouts_evidence_from_mlflow_artifacts(
     uri = f"mlflow://models/{registered_models.name}/2/status-test-{time.time_ns()}"
     store = MlflowStore(uri, MlflowRegistry(registered_models.tracking_uri))
     for line in _windows("bad")[:3]:
-        store.append(json.loads(line))
+        store.append(parse_record(line))
     argv = ["status", "--policy", str(POLICY), "--evidence", uri,
             "--tracking-uri", registered_models.tracking_uri]  # fmt: skip
     assert main(argv) == 0

@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from kpigate.audit import verify
+from kpigate.evidence_record import parse_record
 from kpigate.registry.mlflow import MlflowRegistry
 from tests.serve_fixtures import ADMIN_TOKEN
 
@@ -106,7 +107,7 @@ def test_argo_retry_after_a_rollback_cannot_resume_the_rollout(
     assert router.admin().get("/admin/state").json()["weight"] == 0
     soak = step("soak_and_collect", "--policy", str(EXAMPLES / "policy.yaml"), "--stage", "25",
                 "--evidence", str(tmp_path / "ev.jsonl"), "--model-name", "steps-retry",
-                "--model-version", version, "--rollout", "wf-retry1", "--router-url", router.url,
+                "--model-version", version, "--rollout-id", "wf-retry1", "--router-url", router.url,
                 *uri, **common)  # fmt: skip
     assert soak.returncode == 3, soak.stdout + soak.stderr
     assert not (tmp_path / "ev.jsonl").exists()  # no window measured on a detached candidate
@@ -139,7 +140,7 @@ def test_each_decision_reaches_the_audit_trail_when_it_is_made(
     uri = f"mlflow://models/steps-trail/{version}/wf-trail1"
     store = open_store(uri, mlflow_server)
     lines = (EXAMPLES / "fraud-rollout.jsonl").read_text().splitlines()
-    windows = [json.loads(line) for line in lines if '"rollout":"bad"' in line]
+    windows = [parse_record(line) for line in lines if '"rollout":"bad"' in line]
     policy = str(EXAMPLES / "policy.yaml")
     gate = ["--policy", policy, "--evidence", uri, "--tracking-uri", mlflow_server,
             "--model-name", "steps-trail", "--model-version", version,
@@ -148,8 +149,8 @@ def test_each_decision_reaches_the_audit_trail_when_it_is_made(
     for window in windows:
         store.append(window)
         started.append(datetime.now(UTC).isoformat(timespec="milliseconds"))
-        assert evaluate_gate.main([*gate, "--stage", str(window["stage"])]) == 0
-    assert evaluate_gate.main([*gate, "--stage", str(windows[-1]["stage"])]) == 0  # a retry
+        assert evaluate_gate.main([*gate, "--stage", str(window.stage)]) == 0
+    assert evaluate_gate.main([*gate, "--stage", str(windows[-1].stage)]) == 0  # a retry
     assert "already in the audit trail" in capsys.readouterr().out
 
     router = start_router()
@@ -173,8 +174,62 @@ def test_each_decision_reaches_the_audit_trail_when_it_is_made(
     assert not any(d.get("replayed") for d in decisions)
     # each decision was stamped during its own evaluate-gate call, in order
     for decision in decisions:
-        index = next(i for i, w in enumerate(windows) if w["window"] == decision["window"])
+        index = next(i for i, w in enumerate(windows) if w.window == decision["window"])
         assert decision["time"].rstrip("Z") >= started[index][:23]
     times = [r["time"] for r in records]
     assert times == sorted(times)
     assert [r["type"] for r in records].index("action") > records.index(decisions[-1])
+
+
+@pytest.mark.slow
+def test_an_operator_s_choice_at_a_suspend_is_recorded_as_the_operator_s(
+    mlflow_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`on_max_holds: suspend`, then the operator picks rollback at wait-for-operator: the
+    template's operator-decision step (evaluate-gate --operator) records that decision in the
+    trail with cause `operator` after the gate's HOLD, a retry adds nothing, and the report
+    says an operator rolled back, not the gate."""
+    import yaml
+
+    from kpigate.report import render_report
+    from kpigate.steps import evaluate_gate
+    from kpigate.store import open_store
+
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    client.create_registered_model("steps-operator")
+    run = client.create_run(client.create_experiment("steps-operator"))
+    version = client.create_model_version(
+        "steps-operator", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+    ).version
+    policy = yaml.safe_load((EXAMPLES / "policy.yaml").read_text())
+    assert policy["on_max_holds"] == "suspend"
+    policy["max_holds"] = 0  # the first look past the soak that holds suspends
+    policy["stages"][0]["soak"] = policy["stages"][0]["interval"]  # a soak of one look
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    uri = f"mlflow://models/steps-operator/{version}/wf-op1"
+    open_store(uri, mlflow_server).append(
+        {"rollout": "wf-op1", "window": 1, "stage": 5, "kpis": {}, "stale": True,
+         "note": "Prometheus down"}
+    )  # fmt: skip
+    gate = ["--policy", str(path), "--evidence", uri, "--tracking-uri", mlflow_server,
+            "--stage", "5", "--model-name", "steps-operator", "--model-version", version,
+            "--rollout-id", "wf-op1"]  # fmt: skip
+    out, chosen = tmp_path / "gate", tmp_path / "operator"
+    assert evaluate_gate.main([*gate, "--out-dir", str(out)]) == 0
+    assert (out / "suspend").read_text() == "true" and (out / "cause").read_text() == "timeout"
+    for _ in range(2):  # the second time: a retried step
+        assert evaluate_gate.main([*gate, "--out-dir", str(chosen), "--operator", "rollback"]) == 0
+    assert "already in the audit trail" in capsys.readouterr().out
+    assert (chosen / "decision").read_text() == "rollback"
+    assert (chosen / "cause").read_text() == "operator"
+
+    registry = MlflowRegistry(mlflow_server)
+    tags = registry.get_tags("steps-operator", version)
+    trail = registry.download_artifact(
+        "steps-operator", version, tags["kpigate.audit.artifact"], str(tmp_path / "dl")
+    )
+    records = [json.loads(line) for line in Path(trail).read_text().splitlines()]
+    decisions = [(r["decision"], r["cause"]) for r in records if r["type"] == "decision"]
+    assert decisions == [("hold", "timeout"), ("rollback", "operator")]
+    assert "rolled back at 5% (window 1) by an operator" in render_report(records)

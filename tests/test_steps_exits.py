@@ -166,6 +166,10 @@ CASES: list[tuple[str, str, Case, int]] = [
      w.mlflow(api=403, code="PERMISSION_DENIED")], REFUSED),
     ("evaluate-gate", "a bad policy", lambda w: ["--policy", str(w.tmp / "missing.yaml"),
      "--stage", "5", "--evidence", w.evidence()], BAD_INPUT),
+    # the Secret kpigate-audit-key holds a key too short to be secret
+    ("evaluate-gate", "an audit key too short", lambda w: ["--policy", POLICY, "--stage", "5",
+     "--evidence", w.evidence()] if w.env.update(KPIGATE_AUDIT_KEY="short") is None else [],
+     BAD_INPUT),
     # promote-or-rollback
     ("promote-or-rollback", "Kubernetes API 500", lambda w: ["--action", "rollback", *KSERVE,
      "--model-version", "3"] if w.kubernetes(500, "etcd timeout") is None else [], RETRY),
@@ -330,3 +334,36 @@ def test_a_metrics_source_comes_from_the_factory_like_a_backend() -> None:
         with pytest.raises(SourceError) as error:
             make_source(bad)
         assert error.value.kind is Kind.BAD_INPUT
+
+
+def test_router_and_prometheus_refuse_a_horizon_that_is_not_whole_windows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The routers count a prediction one horizon after it was served (serve/maturity.py), so
+    a window's matured counters are one cohort only when the horizon is whole intervals; the
+    predlog source reads cohorts exactly and accepts any horizon."""
+    from kpigate.errors import Kind
+    from kpigate.policy import Policy, policy_from_dict
+    from kpigate.sources.base import SourceError
+    from kpigate.sources.factory import SourceSettings, make_source
+
+    def policy(horizon: str) -> Policy:
+        return policy_from_dict({
+            "stages": [{"traffic": 50, "soak": "1h", "interval": "10m"},
+                       {"traffic": 100, "soak": "2h", "interval": "20m"}],
+            "labels": {"horizon": horizon},
+            "kpis": [{"name": "recall", "margin": 0.02}],
+        })  # fmt: skip
+
+    uneven = policy("30m")  # 3 windows at 50%, 1.5 at 100%
+    assert [s.traffic for s in uneven.uneven_horizon_stages()] == [100]
+    assert policy("40m").uneven_horizon_stages() == []
+    for kind in ("router", "prometheus"):
+        with pytest.raises(SourceError, match=r"stage 100% \(interval 1200s\)") as error:
+            make_source(
+                SourceSettings(kind=kind, prometheus_url="http://127.0.0.1:9", policy=uneven)
+            )
+        assert error.value.kind is Kind.BAD_INPUT
+    assert make_source(SourceSettings(kind="router", policy=policy("40m"))).name == "router"
+    monkeypatch.setenv("KPIGATE_DB_URL", "sqlite://")
+    assert make_source(SourceSettings(kind="predlog", policy=uneven)).name == "predlog"

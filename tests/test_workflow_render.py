@@ -12,8 +12,9 @@ import yaml
 
 from kpigate.cli import main
 from kpigate.policy import Kpi, Policy, Stage, load_policy
+from kpigate.steps.spec import StepInputs, flag, parse
 from kpigate.workflows.order import dag_tasks, dependencies, ordered_steps
-from kpigate.workflows.progressive_delivery import ARGUMENTS, manifest
+from kpigate.workflows.progressive_delivery import ARGUMENTS, manifest, step_args
 from kpigate.workflows.render import CONFIGMAP_FILE, WORKFLOW_FILE, rendered_files
 from tests.manifest_schemas import MANIFESTS, argo_errors
 
@@ -202,11 +203,21 @@ def test_at_a_suspend_the_operator_continues_promotes_or_rolls_back(
     granted = {p["name"]: p["value"] for p in steps["rejudge"]["arguments"]["parameters"]}
     assert granted["grant-from"] == "{{inputs.parameters.looks}}"
     assert granted["grant"] == "{{steps.wait.outputs.parameters.looks}}"
-    expression = choice["outputs"]["parameters"][0]["valueFrom"]["expression"]
-    # promote or rollback become the stage's decision, which the DAG already acts on
-    assert expression.endswith(": steps.wait.outputs.parameters.action")
+    # promote or rollback become the stage's decision, which the DAG already acts on, through
+    # operator-decision (evaluate-gate --operator), which records it with cause `operator`
+    assert steps["record"]["template"] == "operator-decision"
+    assert steps["record"]["when"] == "{{steps.wait.outputs.parameters.action}} != continue"
+    chosen = {"name": "action", "value": "{{steps.wait.outputs.parameters.action}}"}
+    assert chosen in steps["record"]["arguments"]["parameters"]
+    outputs = {p["name"]: p["valueFrom"]["expression"] for p in choice["outputs"]["parameters"]}
+    for name in ("decision", "cause"):
+        assert outputs[name].endswith(f": steps.record.outputs.parameters.{name}")
+    record = templates["operator-decision"]["container"]["args"]
+    assert record[record.index("--operator") + 1] == "{{inputs.parameters.action}}"
+    assert "--grant" not in record  # a recorded choice never suspends
     args = templates["evaluate-gate"]["container"]["args"]
     assert args[args.index("--grant") + 1] == "{{inputs.parameters.grant}}"
+    assert "--operator" not in args
 
 
 def test_manual_approval_can_be_given_with_argo_resume(checked_in: dict[str, Any]) -> None:
@@ -237,7 +248,7 @@ def test_exit_handler_mutex_retries_and_policy_volume(checked_in: dict[str, Any]
         {"name": "policy", "configMap": {"name": "{{workflow.parameters.policy-configmap}}"}}
     ]
     networked = [t for t in spec["templates"] if "container" in t and t["name"] != "rolled-back"]
-    assert len(networked) == 6
+    assert len(networked) == 7
     for template in networked:
         retry = template["retryStrategy"]
         assert retry["limit"] == 3 and retry["backoff"]["factor"] == 2, template["name"]
@@ -363,23 +374,172 @@ def test_stages_are_unrolled_from_the_policy() -> None:
     assert argo_errors(manifest(policy)) == []
 
 
-def test_evaluate_gate_s_flags_are_defined_once(checked_in: dict[str, Any]) -> None:
-    """One pydantic model (steps/evaluate_gate.py EvaluateGateInputs) yields the step's argparse
-    flags and the arguments and inputs the template passes it."""
+def _step_templates(manifest: dict[str, Any]) -> dict[str, tuple[dict[str, Any], Any]]:
+    """Every template that runs a step -> (template, the step module)."""
+    import importlib
+
+    out = {}
+    for template in manifest["spec"]["templates"]:
+        command = template.get("container", {}).get("command", [])
+        if command[:2] == ["python", "-m"]:
+            out[template["name"]] = (template, importlib.import_module(command[2]))
+    return out
+
+
+def _spec_of(module: Any) -> type[StepInputs]:
+    """The step's one definition of its inputs: the StepInputs model its module defines."""
+    (spec,) = [
+        v for v in vars(module).values()
+        if isinstance(v, type) and issubclass(v, StepInputs) and v.__module__ == module.__name__
+    ]  # fmt: skip
+    return spec
+
+
+# A value for each input a step's arguments reference, as Argo would substitute it at run time.
+SAMPLES = {"stage": "25", "weight": "25", "looks": "3", "grant-from": "0", "grant": "0",
+           "action": "rollback", "version": "7", "baseline-version": "6", "model-version": "7"}  # fmt: skip
+
+
+def _as_run(args: list[str]) -> list[str]:
+    """The arguments as Argo would run them: each workflow argument at its default, each
+    input and global output at a sample value, workflow.name and .namespace made up."""
+    defaults = {p["name"]: p.get("value") for p in manifest(load_policy(POLICY_FILE))["spec"][
+        "arguments"]["parameters"]}  # fmt: skip
+
+    def sample(match: re.Match[str]) -> str:
+        scope, _, name = match.group(1).rpartition(".")
+        if scope == "workflow.parameters" and defaults.get(name) is not None:
+            return str(defaults[name])
+        return SAMPLES.get(name, f"sample-{name}")
+
+    return [re.sub(r"\{\{([\w.-]+)\}\}", sample, a) for a in args]
+
+
+def _parsed(module: Any, args: list[str]) -> Any:
     import argparse
 
-    from kpigate.steps.evaluate_gate import EvaluateGateInputs, add_arguments
-    from kpigate.steps.spec import argo_flags
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    module.add_arguments(parser)
+    return parse(_spec_of(module), parser.parse_args(_as_run(args)))
 
-    templates = {t["name"]: t for t in checked_in["spec"]["templates"]}
-    template = templates["evaluate-gate"]
-    args = template["container"]["args"]
-    passed = [a for a in args if a.startswith("--")]
-    assert passed == list(argo_flags(EvaluateGateInputs))
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    known = {o for action in parser._actions for o in action.option_strings}
-    assert set(passed) <= known
-    assert {p["name"] for p in template["inputs"]["parameters"]} == {
-        "stage", "version", "grant-from", "grant"
+
+def test_every_step_s_arguments_come_from_its_one_definition(checked_in: dict[str, Any]) -> None:
+    """Each step's inputs are one pydantic model (steps/<step>.py, the shared ones in
+    steps/inputs.py and kpigate/backends/cli.py): the rendered arguments are what the model
+    says the template passes, the step's own parser accepts them (every required flag there,
+    none unknown), and the template's inputs are exactly those the arguments reference."""
+    steps = _step_templates(checked_in)
+    assert set(steps) == {"registry-approval", "deploy-stage", "soak-and-collect",
+                          "evaluate-gate", "operator-decision", "promote-or-rollback",
+                          "exit-rollback"}  # fmt: skip
+    for name, (template, module) in steps.items():
+        args = template["container"]["args"]
+        spec = _spec_of(module)
+        passed = [a for a in args if a.startswith("--")]
+        if name not in ("operator-decision", "exit-rollback"):  # these override some values
+            assert args == [
+                item
+                for option, value in step_args(spec).items()
+                for item in ((option,) if value is None else (option, value))
+            ], name
+        assert set(passed) <= {flag(f) for f in spec.model_fields}, name
+        _parsed(module, args)  # raises on a missing or unknown flag
+        referenced = set(re.findall(r"\{\{inputs\.parameters\.([\w-]+)\}\}", " ".join(args)))
+        assert {
+            p["name"] for p in template.get("inputs", {}).get("parameters", [])
+        } == referenced, name
+
+
+def test_every_reference_in_a_step_s_arguments_resolves_on_argo(
+    checked_in: dict[str, Any],
+) -> None:
+    """Argo substitutes a step's arguments from its inputs, the workflow's arguments, the
+    global outputs some template declares (globalName; argo-workflows v3.7.10
+    workflow/controller/operator.go addParamToGlobalScope) and the globals workflow.name and
+    workflow.namespace (workflow/common/common.go): nothing else would resolve."""
+    spec = checked_in["spec"]
+    arguments = {p["name"] for p in spec["arguments"]["parameters"]}
+    global_outputs = {
+        p["globalName"]
+        for t in spec["templates"]
+        for p in t.get("outputs", {}).get("parameters", [])
+        if "globalName" in p
+    }
+    assert global_outputs == {"deployed", "baseline-version"}
+    for name, (template, _) in _step_templates(checked_in).items():
+        inputs = {p["name"] for p in template.get("inputs", {}).get("parameters", [])}
+        for ref in re.findall(r"\{\{([\w.-]+)\}\}", " ".join(template["container"]["args"])):
+            scope, _, leaf = ref.rpartition(".")
+            assert (
+                (scope == "inputs.parameters" and leaf in inputs)
+                or (scope == "workflow.parameters" and leaf in arguments)
+                or (scope == "workflow.outputs.parameters" and leaf in global_outputs)
+                or ref in ("workflow.name", "workflow.namespace")
+            ), f"{name}: {{{{{ref}}}}}"
+
+
+def test_soak_and_collect_gets_every_value_a_promql_kpi_may_name(
+    checked_in: dict[str, Any],
+) -> None:
+    """A KPI's PromQL may name the model, the namespace and both versions (kpigate/sources/
+    promql.py QueryContext); an empty one exits 2. The rendered soak-and-collect arguments,
+    through the step's own parser, give every one of them a value."""
+    import dataclasses
+
+    from kpigate.sources.promql import QueryContext
+    from kpigate.steps.soak_and_collect import source_settings
+
+    template, module = _step_templates(checked_in)["soak-and-collect"]
+    args = _parsed(module, template["container"]["args"])
+    context = source_settings(args, load_policy(POLICY_FILE)).context
+    assert context is not None
+    for item in dataclasses.fields(QueryContext):
+        assert getattr(context, item.name), item.name
+
+
+def test_the_steps_that_append_to_the_trail_get_the_audit_key_optionally(
+    checked_in: dict[str, Any],
+) -> None:
+    """KPIGATE_AUDIT_KEY (kpigate/audit_chain.py) from an optional Secret: every step that
+    appends to the audit trail keys it when the Secret exists, and the template runs without
+    it. The prediction log's URL reaches soak-and-collect the same way, never through argv."""
+    from kpigate.audit_chain import KEY_ENV
+    from kpigate.sources.predlog import DB_URL_ENV
+
+    def secret_env(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {
+            e["name"]: e["valueFrom"]["secretKeyRef"]
+            for e in template["container"].get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+
+    steps = _step_templates(checked_in)
+    trail = {"evaluate-gate", "operator-decision", "promote-or-rollback", "exit-rollback"}
+    for name, (template, _) in steps.items():
+        env = secret_env(template)
+        assert (KEY_ENV in env) == (name in trail), name
+        assert (DB_URL_ENV in env) == (name == "soak-and-collect"), name
+        assert all(ref["optional"] is True for ref in env.values()), name
+        assert not any(
+            "db" in a.lower() and "url" in a.lower() for a in template["container"]["args"]
+        )
+    assert secret_env(steps["evaluate-gate"][0])[KEY_ENV] == {
+        "name": "kpigate-audit-key", "key": "key", "optional": True
     }  # fmt: skip
+    (source,) = [p for p in checked_in["spec"]["arguments"]["parameters"]
+                 if p["name"] == "metrics-source"]  # fmt: skip
+    assert source["enum"] == ["router", "prometheus", "predlog"]
+
+
+def test_every_test_the_argo_docs_cite_exists() -> None:
+    """docs/pipeline.md and docs/operators.md back their claims with tests by name: each named
+    test is there (a renamed or removed test would leave a claim unbacked)."""
+    root = MANIFESTS.parent
+    cited = 0
+    for doc in ("docs/pipeline.md", "docs/operators.md"):
+        text = re.sub(r"`\s*\n\s*", "`", (root / doc).read_text())  # a citation split over lines
+        text = re.sub(r"::\s*\n\s*", "::", text)
+        for path, name in re.findall(r"(tests/test_\w+\.py)::(test_\w+)", text):
+            cited += 1
+            assert f"def {name}(" in (root / path).read_text(), f"{doc}: {path}::{name}"
+    assert cited >= 8

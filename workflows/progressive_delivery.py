@@ -49,9 +49,15 @@ from hera.workflows import (
 from hera.workflows import models as m
 
 from kpigate import __version__
+from kpigate.audit_chain import KEY_ENV
 from kpigate.policy import Policy
+from kpigate.sources.predlog import DB_URL_ENV
+from kpigate.steps.deploy_stage import DeployStageInputs
 from kpigate.steps.evaluate_gate import EvaluateGateInputs
-from kpigate.steps.spec import argo_flags, argo_inputs
+from kpigate.steps.promote_or_rollback import PromoteOrRollbackInputs
+from kpigate.steps.registry_approval import RegistryApprovalInputs
+from kpigate.steps.soak_and_collect import SoakAndCollectInputs
+from kpigate.steps.spec import StepInputs, argo_flags, argo_inputs, wf
 
 TEMPLATE_NAME = "progressive-delivery"
 SERVICE_ACCOUNT = "kpigate-steps"
@@ -59,6 +65,11 @@ POLICY_DIR = "/etc/kpigate/policy"
 POLICY_FILE = f"{POLICY_DIR}/policy.yaml"  # the ConfigMap must hold the key policy.yaml
 OUT_DIR = "/tmp/outputs"
 ADMIN_TOKEN_SECRET = "kpigate-router-admin"  # key `token`; optional unless backend=router
+# Optional Secrets (the template works without them): the audit trail's HMAC key, for the steps
+# that append to the trail (kpigate/audit_chain.py), and the prediction log's database URL, for
+# soak-and-collect with metrics-source=predlog (kpigate/sources/predlog.py). Never in argv.
+AUDIT_KEY_SECRET = "kpigate-audit-key"  # key `key`
+PREDLOG_DB_SECRET = "kpigate-predlog-db"  # key `url`
 DEFAULT_IMAGE = f"kpigate-step:{__version__}"
 
 # name -> (default or None when required, description, enum)
@@ -125,8 +136,10 @@ ARGUMENTS: dict[str, tuple[str | None, str, list[str] | None]] = {
     ),
     "metrics-source": (
         "router",
-        "Where KPI window counts come from: the router's /metrics directly, or Prometheus.",
-        ["router", "prometheus"],
+        "Where KPI window counts come from: the router's /metrics directly, Prometheus (with "
+        "the policy's PromQL KPIs), or predlog: SQL on the prediction log, its database URL "
+        f"from the Secret {PREDLOG_DB_SECRET} (key url).",
+        ["router", "prometheus", "predlog"],
     ),
     "prometheus-url": (
         "http://prometheus-operated.monitoring:9090",
@@ -156,11 +169,6 @@ ARGUMENTS: dict[str, tuple[str | None, str, list[str] | None]] = {
 }
 
 
-def wf(name: str) -> str:
-    """A reference to a WorkflowTemplate argument."""
-    return "{{workflow.parameters." + name + "}}"
-
-
 def task_output(task: str, name: str) -> str:
     """A reference to a DAG task's output parameter."""
     return "{{tasks." + task + ".outputs.parameters." + name + "}}"
@@ -173,17 +181,9 @@ EVIDENCE = f"{wf('evidence-store')}/{wf('model-name')}/{VERSION}/{{{{workflow.na
 # unresolved globals) and promote-or-rollback --if-deployed rolls nothing back.
 DEPLOYED = "{{workflow.outputs.parameters.deployed}}"
 EXIT_EVIDENCE = f"{wf('evidence-store')}/{wf('model-name')}/{DEPLOYED}/{{{{workflow.name}}}}"
-
-# Backend settings, as passed to deploy-stage and promote-or-rollback (kpigate.backends.cli).
-BACKEND_ARGS: dict[str, str | None] = {
-    "--backend": wf("backend"),
-    "--namespace": wf("backend-namespace"),
-    "--resource": wf("backend-resource"),
-    "--baseline": wf("backend-baseline"),
-    "--candidate": wf("backend-candidate"),
-    "--kserve-form": wf("kserve-form"),
-    "--router-url": wf("router-url"),
-}
+# The champion's version when the rollout started: registry-approval's global output, so every
+# later step (and the exit handler) sees it without passing it from task to task.
+BASELINE = "{{workflow.outputs.parameters.baseline-version}}"
 
 # Steps exit 2 on bad input and 3 when they refuse (e.g. an unapproved version): retrying cannot
 # change either, so only crashes, pod errors and network failures are retried. No
@@ -200,11 +200,23 @@ RETRY = RetryStrategy(
 )
 
 
-def _resolved(flags: Mapping[str, str | None]) -> dict[str, str | None]:
-    """A step spec's arguments with the template's own values in place of their tokens."""
-    tokens = {"$POLICY": POLICY_FILE, "$EVIDENCE": EVIDENCE, "$OUT_DIR": OUT_DIR,
-              "$VERSION": VERSION}  # fmt: skip
-    return {k: tokens.get(v, v) if v is not None else None for k, v in flags.items()}
+TOKENS = {"$POLICY": POLICY_FILE, "$EVIDENCE": EVIDENCE, "$OUT_DIR": OUT_DIR,
+          "$VERSION": VERSION, "$BASELINE": BASELINE}  # fmt: skip
+
+
+def step_args(spec: type[StepInputs], **overrides: str | bool) -> dict[str, str | None]:
+    """What the template passes a step: its spec's `argo` values (steps/spec.py), with the
+    template's own values in place of their tokens."""
+    flags = argo_flags(spec, **overrides)
+    return {k: TOKENS.get(v, v) if v is not None else None for k, v in flags.items()}
+
+
+def _secret_env(name: str, secret: str, key: str) -> SecretEnv:
+    return SecretEnv(name=name, secret_name=secret, secret_key=key, optional=True)
+
+
+AUDIT_KEY = _secret_env(KEY_ENV, AUDIT_KEY_SECRET, "key")
+PREDLOG_DB_URL = _secret_env(DB_URL_ENV, PREDLOG_DB_SECRET, "url")
 
 
 def stage_slug(traffic: float) -> str:
@@ -216,12 +228,14 @@ def _step_container(
     name: str,
     module: str,
     flags: Mapping[str, str | None],
-    inputs: Sequence[str] = (),
     outputs: dict[str, str] | None = None,
     retry: bool = True,
     global_outputs: dict[str, str] | None = None,
+    secrets: Sequence[SecretEnv] = (),
 ) -> Container:
-    """A step that runs `python -m kpigate.steps.<module>` with the policy mounted."""
+    """A step that runs `python -m kpigate.steps.<module>` with the policy mounted; its inputs
+    are the template inputs its arguments reference."""
+    inputs = argo_inputs(flags)
     return Container(
         name=name,
         image=wf("image"),
@@ -249,6 +263,7 @@ def _step_container(
                 secret_key="token",
                 optional=True,
             ),
+            *secrets,
         ],
         volume_mounts=[m.VolumeMount(name="policy", mount_path=POLICY_DIR, read_only=True)],
         retry_strategy=RETRY if retry else None,
@@ -291,94 +306,81 @@ def build(policy: Policy) -> WorkflowTemplate:
             m.Volume(name="policy", config_map=m.ConfigMapVolumeSource(name=wf("policy-configmap")))
         ],
     ) as template:
+        # Every step's arguments and inputs come from its one definition (steps/<step>.py
+        # *Inputs, the shared ones in steps/inputs.py and kpigate/backends/cli.py).
         registry_approval = _step_container(
             "registry-approval",
             "registry_approval",
-            {
-                "--model-name": wf("model-name"),
-                "--model-version": wf("model-version"),
-                "--policy": POLICY_FILE,
-                "--tracking-uri": wf("tracking-uri"),
-                "--out-dir": OUT_DIR,
+            step_args(RegistryApprovalInputs),
+            outputs={
+                "version": "version",
+                "approved": "approved",
+                "reason": "reason",
+                "baseline-version": "baseline-version",
             },
-            outputs={"version": "version", "approved": "approved", "reason": "reason"},
+            global_outputs={"baseline-version": "baseline-version"},
         )
+        # --model-name is the default resource name, as for promote-or-rollback; --rollout-id
+        # refuses (exit 3) when this workflow was rolled back: `argo retry` after it.
         deploy_stage = _step_container(
             "deploy-stage",
             "deploy_stage",
-            {
-                **BACKEND_ARGS,
-                # The default resource name, as for promote-or-rollback (kpigate.backends.cli).
-                "--model-name": wf("model-name"),
-                "--model-version": VERSION,
-                # Refuses (exit 3) when this workflow was rolled back: `argo retry` after it.
-                "--rollout-id": "{{workflow.name}}",
-                "--weight": "{{inputs.parameters.weight}}",
-                "--mode": wf("traffic-mode"),
-                "--out-dir": OUT_DIR,
-            },
-            inputs=["weight", "version"],
+            step_args(DeployStageInputs),
             outputs={"deployed": "deployed"},
             global_outputs={"deployed": "deployed"},
         )
         soak_and_collect = _step_container(
-            "soak-and-collect",
-            "soak_and_collect",
-            {
-                "--policy": POLICY_FILE,
-                "--stage": "{{inputs.parameters.stage}}",
-                "--looks": "{{inputs.parameters.looks}}",
-                "--source": wf("metrics-source"),
-                "--router-url": wf("router-url"),
-                "--prometheus-url": wf("prometheus-url"),
-                "--evidence": EVIDENCE,
-                "--model-name": wf("model-name"),
-                "--model-version": VERSION,
-                "--rollout": "{{workflow.name}}",
-            },
-            inputs=["stage", "looks", "version"],
-        )
-        # Flags and inputs from the step's one definition (steps/evaluate_gate.py).
-        evaluate_flags = _resolved(argo_flags(EvaluateGateInputs))
+            "soak-and-collect", "soak_and_collect", step_args(SoakAndCollectInputs),
+            secrets=[PREDLOG_DB_URL],
+        )  # fmt: skip
         evaluate_gate = _step_container(
             "evaluate-gate",
             "evaluate_gate",
-            evaluate_flags,
-            inputs=argo_inputs(evaluate_flags),
+            step_args(EvaluateGateInputs),
             # No explanation output: ~7.6 KB per look in the workflow status, read by nothing,
             # pushes a long rollout toward etcd's object size limit. The log and the audit
             # trail carry the explanation.
-            outputs={"decision": "decision", "suspend": "suspend", "looks": "looks"},
+            outputs={
+                "decision": "decision",
+                "cause": "cause",
+                "suspend": "suspend",
+                "looks": "looks",
+            },
+            secrets=[AUDIT_KEY],
+        )
+        # The operator's promote or rollback at a suspend, recorded as the stage's decision
+        # with cause `operator` (in the trail, the report, the notification), not the gate's.
+        operator_decision = _step_container(
+            "operator-decision",
+            "evaluate_gate",
+            step_args(
+                EvaluateGateInputs,
+                operator="{{inputs.parameters.action}}",
+                grant_from=False,
+                grant=False,
+            ),
+            outputs={"decision": "decision", "cause": "cause"},
+            secrets=[AUDIT_KEY],
         )
         promote_or_rollback = _step_container(
             "promote-or-rollback",
             "promote_or_rollback",
-            {
-                "--action": "{{inputs.parameters.action}}",
-                "--model-name": wf("model-name"),
-                "--model-version": VERSION,
-                **BACKEND_ARGS,
-                "--evidence": EVIDENCE,
-                "--policy": POLICY_FILE,
-                "--rollout-id": "{{workflow.name}}",
-            },
-            inputs=["action", "version"],
+            step_args(PromoteOrRollbackInputs),
+            secrets=[AUDIT_KEY],
         )
         # The exit handler sees no task outputs: it rolls back the version deploy-stage
         # reported, and nothing when no deploy ran (a rejection, a failure before 5%).
         exit_rollback = _step_container(
             "exit-rollback",
             "promote_or_rollback",
-            {
-                "--action": "rollback",
-                "--if-deployed": None,
-                "--model-name": wf("model-name"),
-                "--model-version": DEPLOYED,
-                **BACKEND_ARGS,
-                "--evidence": EXIT_EVIDENCE,
-                "--policy": POLICY_FILE,
-                "--rollout-id": "{{workflow.name}}",
-            },
+            step_args(
+                PromoteOrRollbackInputs,
+                action="rollback",
+                if_deployed=True,
+                model_version=DEPLOYED,
+                evidence=EXIT_EVIDENCE,
+            ),
+            secrets=[AUDIT_KEY],
         )
         # Ends a rolled-back rollout as Failed, with the reason as the node's message, so a
         # rollback never looks like a quiet success in the UI, the CLI or a CI gate.
@@ -466,17 +468,18 @@ def build(policy: Policy) -> WorkflowTemplate:
             ],
             outputs=[
                 Parameter(
-                    name="decision",
+                    name=name,
                     value_from=m.ValueFrom(
                         expression=(
                             "steps.evaluate.outputs.parameters.decision != 'hold'"
-                            " ? steps.evaluate.outputs.parameters.decision"
+                            f" ? steps.evaluate.outputs.parameters.{name}"
                             " : (steps.evaluate.outputs.parameters.suspend == 'true'"
-                            " ? steps.ask.outputs.parameters.decision"
-                            " : steps.rejudge.outputs.parameters.decision)"
+                            f" ? steps.ask.outputs.parameters.{name}"
+                            f" : steps.rejudge.outputs.parameters.{name})"
                         )
                     ),
                 )
+                for name in ("decision", "cause")
             ],
         ):
             stage = {"stage": "{{inputs.parameters.stage}}", "version": VERSION}
@@ -509,22 +512,27 @@ def build(policy: Policy) -> WorkflowTemplate:
             inputs=[Parameter(name="stage"), Parameter(name="version"), Parameter(name="looks")],
             outputs=[
                 Parameter(
-                    name="decision",
+                    name=name,
                     value_from=m.ValueFrom(
                         expression=(
                             "steps.wait.outputs.parameters.action == 'continue'"
-                            " ? steps.rejudge.outputs.parameters.decision"
-                            " : steps.wait.outputs.parameters.action"
+                            f" ? steps.rejudge.outputs.parameters.{name}"
+                            f" : steps.record.outputs.parameters.{name}"
                         )
                     ),
                 )
+                for name in ("decision", "cause")
             ],
         ):
-            # TODO(cause): an operator's promote / rollback should reach the audit trail with
-            # cause "operator" once decisions carry a cause (kpigate/engine, issue 9/10).
             stage = {"stage": "{{inputs.parameters.stage}}", "version": VERSION}
             Step(name="wait", template=wait_for_operator)
             more = "{{steps.wait.outputs.parameters.action}} == continue"
+            Step(
+                name="record",
+                template=operator_decision,
+                arguments={**stage, "action": "{{steps.wait.outputs.parameters.action}}"},
+                when="{{steps.wait.outputs.parameters.action}} != continue",
+            )
             Step(
                 name="collect",
                 template=soak_and_collect,
@@ -660,8 +668,10 @@ def _rollout_tasks(
             version,
             depends=f"{gate}.Succeeded",
             when=f"{_decision(gate)} != promote",
-            reason=f"rolled back at the {stage.traffic:g}% stage: the gate decided "
-            + _decision(gate),
+            reason=f"rolled back at the {stage.traffic:g}% stage: decided "
+            + _decision(gate)
+            + ", cause "
+            + task_output(gate, "cause"),
         )
         after, when = f"{gate}.Succeeded", f"{_decision(gate)} == promote"
     Task(

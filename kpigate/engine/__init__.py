@@ -2,6 +2,7 @@
 
 from kpigate.engine.evidence import (
     ArmData,
+    ClusterMoments,
     Cohort,
     Histogram,
     Observation,
@@ -10,6 +11,7 @@ from kpigate.engine.evidence import (
     ScoreHistograms,
     SegmentRates,
     Window,
+    design_effect,
 )
 from kpigate.engine.gate import (
     Cause,
@@ -27,6 +29,7 @@ from kpigate.engine.gate import (
 __all__ = [
     "ArmData",
     "Cause",
+    "ClusterMoments",
     "Cohort",
     "Decision",
     "GateDecision",
@@ -43,5 +46,6 @@ __all__ = [
     "Verdict",
     "Window",
     "compile_plan",
+    "design_effect",
     "judge",
 ]

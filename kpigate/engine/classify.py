@@ -3,7 +3,9 @@
 Rollout-scope KPIs accumulate window-stratified sums and are judged by the anytime-valid tests of
 sequential.py; window-scope KPIs are judged on the latest window alone; `method: sigma` judges by
 the control limits instead. Missing, stale or uncomparable data give an inconclusive verdict
-with the reason, never a pass or a fail.
+with the reason, never a pass or a fail. A KPI still short of non-inferiority says how many more
+samples it needs and about how long that takes at the current rate (forecast_eta.certify_eta),
+in its reason and as data (`needs_samples`, `eta_seconds`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,20 @@ from kpigate.engine.evidence import (
     Comparison,
     NotComparable,
     Observation,
+    Rate,
     compare,
     value_of,
 )
-from kpigate.engine.plan import Cause, Hypothesis, KpiReport, KpiState, Verdict, scales_of
+from kpigate.engine.forecast_eta import certify_eta
+from kpigate.engine.plan import (
+    Cause,
+    Hypothesis,
+    KpiReport,
+    KpiState,
+    Scales,
+    Verdict,
+    scales_of,
+)
 from kpigate.policy import Kpi, Method, Policy, Scope
 
 _DISPLAY_EWMA_LAMBDA = 0.3
@@ -32,20 +44,29 @@ _MAX_LOG_E = 690.0  # e-values are reported up to ~1e300
 _MIN_VARIANCE, _MAX_VARIANCE = 1e-200, 1e200
 
 
-def _margin(kpi: Kpi, state: KpiState) -> float | None:
-    if kpi.margin_type == "absolute":
-        return kpi.margin
-    reference = kpi.baseline_mean
-    if reference is None and state.baseline is not None:
-        try:
-            reference = value_of(state.baseline, kpi.quantile, kpi.threshold)
-        except NotComparable:
-            return None
-    return None if reference is None else kpi.margin * abs(reference)
+def _reference(kpi: Kpi, state: KpiState) -> float | None:
+    """The baseline value a relative margin scales with: the policy's, else the evidence's."""
+    if kpi.baseline_mean is not None or state.baseline is None:
+        return kpi.baseline_mean
+    try:
+        return value_of(state.baseline, kpi.quantile, kpi.threshold)
+    except NotComparable:
+        return None
 
 
 def _add(total: ArmData | None, more: ArmData) -> ArmData:
     return more if total is None else total + more  # type: ignore[operator]
+
+
+def design_effect_of(state: KpiState, baseline: ArmData | None) -> float:
+    """The design effect a look scales its KPI's evidence by, chosen before the look's candidate
+    data are seen: the larger of the baseline's current one and the candidate's as of its
+    previous window, floored at 1 (never below the binomial model). At the first look only the
+    baseline's is known. A variance that grew when the candidate's current data looked worse
+    would weigh its bad windows less; this one cannot.
+    """
+    current = baseline.deff if isinstance(baseline, Rate) else None
+    return max(1.0, current or 0.0, state.candidate_deff or 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +75,34 @@ class Unused:
 
     reason: str
     cause: Cause = Cause.NO_DATA
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """A KPI's margin in its own units and the test scales that follow from it."""
+
+    margin: float
+    scales: Scales
+
+
+def sizes_of(kpi: Kpi, policy: Policy, reference: float | None) -> Sizes | Unused:
+    """The margin (absolute, or relative to the baseline value `reference`) and the scales of
+    the harm and non-inferiority tests; Unused says why there are none. The gate and the
+    forecast (forecast_sim.kpi_models) both size their tests here."""
+    if kpi.margin_type == "absolute":
+        margin = kpi.margin
+    elif reference is None:
+        return Unused("relative margin has no baseline value yet")
+    else:
+        margin = kpi.margin * abs(reference)
+    scales = scales_of(kpi, policy, margin)
+    if scales is None:
+        # A relative margin of a baseline at exactly 0 leaves no harm scale to test with.
+        return Unused(
+            f"the relative margin is 0 because the baseline's value is 0; give `detect` or an "
+            f"absolute margin for {kpi.name}"
+        )
+    return Sizes(margin, scales)
 
 
 def update(
@@ -95,6 +144,11 @@ def update(
     variance = comparison.variance
     if kpi.scope is Scope.ROLLOUT:
         variance += state.spread.tau2()
+    # Users recur and are what is randomised: the rollout-to-date design effect scales every
+    # window's variance alike (evidence.Rate.deff), so it divides the running sums at the look
+    # (classify()) rather than weighing this window against the earlier ones.
+    deff = design_effect_of(state, obs.baseline)
+    candidate_deff = obs.candidate.deff if isinstance(obs.candidate, Rate) else None
     improvement = hyp.sign * comparison.difference
     history = state.history
     if obs.baseline is not None and len(history) < 64:
@@ -110,8 +164,10 @@ def update(
         ),
         looks=state.looks + 1,
         spread=state.spread.add(comparison.difference, comparison.variance),
+        deff=deff,
+        candidate_deff=state.candidate_deff if candidate_deff is None else candidate_deff,
     )
-    return updated, replace(comparison, variance=variance)
+    return updated, replace(comparison, variance=variance * deff)
 
 
 def _limits(hyp: Hypothesis, policy: Policy, state: KpiState, value: float) -> ControlLimits | None:
@@ -133,7 +189,10 @@ def classify(
     state: KpiState,
     comparison: Comparison,
     window_scope_samples: tuple[float, float],
+    interval: float | None = None,
 ) -> KpiReport:
+    """The KPI's verdict after this window; `interval` (seconds between looks at this stage)
+    turns the samples a hold still needs into an expected time."""
     kpi = hyp.kpi
     category = kpi.category.value
     samples = (
@@ -152,26 +211,16 @@ def classify(
         "samples": samples,
         "control": limits,
     }
-    delta = _margin(kpi, state)
-    if delta is None:
+    sizes = sizes_of(kpi, policy, _reference(kpi, state))
+    if isinstance(sizes, Unused):
         return KpiReport(
             verdict=Verdict.INCONCLUSIVE,
             triggers="none",
-            reason="relative margin has no baseline value yet",
-            cause=Cause.NO_DATA,
+            reason=sizes.reason,
+            cause=sizes.cause,
             **common,
         )
-    scales = scales_of(kpi, policy, delta)
-    if scales is None:
-        # A relative margin of a baseline at exactly 0 leaves no harm scale to test with.
-        return KpiReport(
-            verdict=Verdict.INCONCLUSIVE,
-            triggers="none",
-            reason=f"the relative margin is 0 because the baseline's value is 0; give "
-            f"`detect` or an absolute margin for {kpi.name}",
-            cause=Cause.NO_DATA,
-            **common,
-        )
+    delta, scales = sizes.margin, sizes.scales
     common["margin"] = delta
     if min(samples) < kpi.min_samples:
         arm = "candidate" if samples[0] < samples[1] else "baseline"
@@ -186,7 +235,7 @@ def classify(
     rho, theta, delta_r = scales.rho, scales.theta, scales.delta_r
     evidence: dict[str, float]
     if kpi.scope is Scope.ROLLOUT:
-        info, weighted = state.info, state.weighted
+        info, weighted = state.info / state.deff, state.weighted / state.deff
         upper = seq.upper_bound(weighted, info, rho, hyp.log_harm_threshold)
         lower = seq.lower_bound(weighted, info, theta, hyp.log_noninferiority_threshold)
         estimate = weighted / info
@@ -220,7 +269,7 @@ def classify(
         return KpiReport(
             verdict=Verdict.FAIL,
             triggers=kpi.action.value,
-            reason=f"candidate worse {worse}: improvement bound {upper:.4g} < {-delta_r:.4g}",
+            reason=f"candidate worse {worse}: improvement bound {upper:.4g} < {_num(-delta_r)}",
             cause=Cause.HARM,
             **common,
         )
@@ -228,16 +277,40 @@ def classify(
         return KpiReport(
             verdict=Verdict.PASS,
             triggers="none",
-            reason=f"non-inferior: improvement bound {lower:.4g} > -{delta:.4g}",
+            reason=f"non-inferior: improvement bound {lower:.4g} > {_num(-delta)}",
             cause=Cause.CERTIFIED,
             **common,
         )
+    reason = f"not yet shown non-inferior (bound {lower:.4g}, margin {_num(-delta)})"
+    if kpi.scope is Scope.ROLLOUT:
+        # The evidence as the bounds above read it (`info`, `weighted`): the information one
+        # more candidate sample adds so far, and the candidate samples a look brings now.
+        per_sample = info / samples[0] if samples[0] > 0 else 0.0
+        rate = window_scope_samples[0] / interval if interval else 0.0
+        eta = certify_eta(
+            info,
+            weighted,
+            delta,
+            theta,
+            hyp.log_noninferiority_threshold,
+            per_sample,
+            rate,
+        )
+        common["needs_samples"] = eta.samples if not math.isnan(eta.samples) else None
+        common["eta_seconds"] = eta.seconds if math.isfinite(eta.seconds) else None
+        kind = "labeled candidate samples" if kpi.needs_labels else "candidate samples"
+        reason += f"; {eta.describe(kind)}"
     return KpiReport(
         verdict=Verdict.INCONCLUSIVE,
         triggers="none",
-        reason=f"not yet shown non-inferior (bound {lower:.4g}, margin -{delta:.4g})",
+        reason=reason,
         **common,
     )
+
+
+def _num(value: float) -> str:
+    """A bound for a reason: 4 significant digits, and 0 never printed as -0."""
+    return f"{value:.4g}" if value != 0 else "0"
 
 
 def _sigma_verdict(

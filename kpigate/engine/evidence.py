@@ -15,10 +15,18 @@ from typing import Literal
 
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """successes / trials (precision, recall, FPR, error rate, SLO exceedance...)."""
+    """successes / trials (precision, recall, FPR, error rate, SLO exceedance...).
+
+    `deff`, when the source knows it, is the design effect of this arm's rate over the rollout
+    so far (this window and the arm's earlier ones): its cluster-robust variance with the user
+    (entity_key) as the unit, over the binomial one (design_effect()). Rollout-to-date because
+    users recur: a user's outcomes are correlated across windows as well as within one. A sum
+    of records has no design effect of its own, so it has none.
+    """
 
     successes: float
     trials: float
+    deff: float | None = None
 
     @property
     def samples(self) -> float:
@@ -26,6 +34,40 @@ class Rate:
 
     def __add__(self, other: Rate) -> Rate:
         return Rate(self.successes + other.successes, self.trials + other.trials)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterMoments:
+    """Per arm, sums over its users i of y_i (successes) and n_i (trials): enough for the
+    cluster-robust variance of y / n without the per-user rows (a source sums them in SQL)."""
+
+    successes: float  # sum y_i
+    trials: float  # sum n_i
+    yy: float  # sum y_i^2
+    yn: float  # sum y_i n_i
+    nn: float  # sum n_i^2
+    clusters: float  # users with n_i > 0
+
+
+def design_effect(m: ClusterMoments) -> float | None:
+    """Cluster-robust variance of p = y / n over its binomial variance p (1 - p) / n.
+
+    Delta method for the ratio with users as the independent units: Var(p) ~ sum_i (y_i -
+    p n_i)^2 / n^2 x G / (G - 1) (G users; the factor is the usual small-sample correction).
+    1 when every user makes one transaction (then sum (y_i - p n_i)^2 = n p (1 - p)), above 1
+    when a user's transactions share their outcome. None when it is not defined: fewer than two
+    users, or a rate of exactly 0 or 1 (no binomial variance to compare with).
+    """
+    if m.clusters < 2 or m.trials <= 0:
+        return None
+    p = m.successes / m.trials
+    binomial = p * (1.0 - p)
+    if not binomial > 0:
+        return None
+    # sum (y - p n)^2 expanded; rounding can push it a hair below 0.
+    residual = max(m.yy - 2.0 * p * m.yn + p * p * m.nn, 0.0)
+    value = residual * m.clusters / ((m.clusters - 1.0) * m.trials * binomial)
+    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True, slots=True)

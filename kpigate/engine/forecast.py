@@ -5,8 +5,8 @@ sufficient statistics (forecast_sim.py) and reads, per stage and KPI, the median
 percentile of the time to certify an identical candidate, the share that times out after
 max_holds, and for a given drop the time until it is rolled back; it warns, naming the stage
 and the KPI, when a stage cannot decide within its soak plus max_holds x interval.
-`certify_eta` is the same arithmetic for one KPI during a rollout: how many more labeled
-samples a HOLD needs if the current estimate held, solved analytically from sequential.py.
+`certify_eta` (forecast_eta.py) is the same arithmetic for one KPI during a rollout: how many
+more labeled samples a HOLD needs if the current estimate held; classify.py puts it in reasons.
 """
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from kpigate.engine import sequential as seq
+from kpigate.engine.forecast_eta import (
+    Eta,
+    certify_eta,
+    format_duration,
+    info_to_catch,
+    info_to_certify,
+)
 from kpigate.engine.forecast_sim import (
     PROMOTED,
     ROLLED_BACK,
@@ -52,93 +58,6 @@ __all__ = [
     "look_quantile",
     "spread_quantile",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Eta:
-    """How far a KPI is from certification if its current estimate held."""
-
-    samples: float  # more labeled samples (candidate arm); inf: never; nan: no data to say
-    seconds: float  # at the current rate; inf when never or the rate is unknown
-
-    def describe(self) -> str:
-        if math.isnan(self.samples):
-            return "no labeled samples yet to say how many more it needs"
-        if not math.isfinite(self.samples):
-            return "cannot be certified at the current estimate"
-        if self.samples <= 0:
-            return "certifiable now"
-        when = f" (about {format_duration(self.seconds)})" if math.isfinite(self.seconds) else ""
-        return f"needs about {math.ceil(self.samples):,} more labeled samples{when}"
-
-
-def info_to_certify(estimate: float, margin: float, theta: float, log_threshold: float) -> float:
-    """Information at which a constant `estimate` (improvement units) is certified.
-
-    lower_bound = estimate - L / (theta I) - theta / 2 > -margin  <=>
-    I > L / (theta (estimate + margin - theta / 2)); never when that denominator is <= 0.
-    """
-    room = estimate + margin - 0.5 * theta
-    return log_threshold / (theta * room) if room > 0 else math.inf
-
-
-def info_to_catch(drop: float, delta_r: float, rho: float, log_threshold: float) -> float:
-    """Information at which a constant harm `drop` (> delta_r) meets the harm boundary."""
-    slope = drop - delta_r
-    if slope <= 0:
-        return math.inf
-    lo, hi = 0.0, 1.0
-    while slope * hi <= seq.harm_boundary(hi, rho, log_threshold):
-        lo, hi = hi, hi * 2.0
-        if hi > 1e300:
-            return math.inf
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (
-            (mid, hi) if slope * mid <= seq.harm_boundary(mid, rho, log_threshold) else (lo, mid)
-        )
-    return hi
-
-
-def certify_eta(
-    info: float,
-    weighted: float,
-    margin: float,
-    theta: float,
-    log_threshold: float,
-    info_per_sample: float,
-    samples_per_second: float,
-) -> Eta:
-    """For a HOLD reason: more samples (and time) until certified if the estimate held.
-
-    Plain numbers, as classify.py has them: the KPI's running `info` and `weighted`, its margin
-    and theta, the log non-inferiority threshold, the information one labeled candidate sample
-    adds (state.info / candidate samples) and the current labeled samples per second.
-    """
-    if not 0 < info_per_sample < math.inf:
-        return Eta(math.nan, math.nan)
-    # No evidence yet: assume the candidate is as good as the baseline.
-    estimate = weighted / info if info > 0 else 0.0
-    needed = info_to_certify(estimate, margin, theta, log_threshold)
-    samples = max(0.0, needed - info) / info_per_sample
-    if samples <= 0:
-        return Eta(0.0, 0.0)
-    if not math.isfinite(samples):
-        return Eta(math.inf, math.inf)
-    seconds = samples / samples_per_second if samples_per_second > 0 else math.inf
-    return Eta(samples, seconds)
-
-
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "never"
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
 
 
 def look_quantile(times: np.ndarray, q: float) -> float:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kpigate.engine import sequential as seq
+from kpigate.engine.classify import Unused, sizes_of
 from kpigate.engine.evidence import ArmData, Histogram, Rate, ScoreHistograms, compare
-from kpigate.engine.plan import Hypothesis, compile_plan, scales_of
+from kpigate.engine.plan import Hypothesis, compile_plan
 from kpigate.policy import Action, KpiType, Method, Policy, Scope
 
 FORECAST_TYPES = (KpiType.RATE, KpiType.AUC)
@@ -108,15 +109,15 @@ def kpi_models(policy: Policy, traffic: Traffic) -> tuple[list[KpiModel], list[s
             raise ForecastError(f"{hyp.key}: a rate's baseline value must be in [0, 1]")
         if kpi.type is KpiType.AUC and base >= 1:
             raise ForecastError(f"{hyp.key}: an AUC needs both classes: base rate below 1")
-        margin = kpi.margin if kpi.margin_type == "absolute" else kpi.margin * abs(value)
-        scales = scales_of(kpi, policy, margin)  # the gate's own (classify.py)
-        if scales is None:
+        sizes = sizes_of(kpi, policy, value)  # the gate's own (classify.py)
+        if isinstance(sizes, Unused):
             notes.append(f"{hyp.key}: relative margin of a zero baseline value, not forecast")
             continue
+        scales = sizes.scales
         models.append(
             KpiModel(
                 hyp=hyp,
-                margin=margin,
+                margin=sizes.margin,
                 theta=scales.theta,
                 rho=scales.rho,
                 delta_r=scales.delta_r,

@@ -119,7 +119,9 @@ def judge(plan: GatePlan, state: RolloutState, window: Window) -> tuple[RolloutS
         if isinstance(comparison, Unused):
             reports[hyp.key] = no_evidence(hyp, comparison)
             continue
-        reports[hyp.key] = classify(hyp, policy, updated, comparison, window_samples(obs))
+        reports[hyp.key] = classify(
+            hyp, policy, updated, comparison, window_samples(obs), interval=stage.interval
+        )
 
     last_cohort, cohort_stages = state.last_cohort, state.cohort_stages
     if cohort is not None and fresh_cohort:

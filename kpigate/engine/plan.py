@@ -200,6 +200,10 @@ class KpiState:
     ewma: float | None = None
     looks: int = 0  # windows that added evidence
     spread: Spread = Spread()
+    # Rate KPIs whose source gives design effects (evidence.Rate.deff): the one the evidence
+    # is scaled by at the latest look, and the candidate's latest (for the next look).
+    deff: float = 1.0
+    candidate_deff: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +222,10 @@ class KpiReport:
     samples: tuple[float, float] = (0.0, 0.0)
     evidence: Mapping[str, float] = field(default_factory=dict)
     control: ControlLimits | None = None
+    # A KPI short of non-inferiority: candidate samples it still needs if its estimate held
+    # (inf: never at that estimate), and about how long they take at the current rate.
+    needs_samples: float | None = None
+    eta_seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -236,6 +244,10 @@ class KpiReport:
         }
         if self.control is not None:
             out["control"] = {k: _round(getattr(self.control, k)) for k in _CONTROL_FIELDS}
+        if self.needs_samples is not None:
+            finite = math.isfinite(self.needs_samples)
+            out["needs_samples"] = math.ceil(self.needs_samples) if finite else None
+            out["eta_seconds"] = None if self.eta_seconds is None else round(self.eta_seconds)
         return out
 
 

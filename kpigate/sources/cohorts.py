@@ -15,9 +15,12 @@ backtest all call it, so they cannot disagree about which cohort a record holds.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from kpigate.evidence_record import WindowRecord
 
 Unlabeled = Literal["negative", "exclude"]
 
@@ -86,25 +89,19 @@ def next_cohort(
     return None
 
 
-def served_windows(records: Iterable[Mapping[str, Any]]) -> list[ServedWindow]:
+def served_windows(records: Iterable[WindowRecord]) -> list[ServedWindow]:
     """The windows of recorded evidence that carry their serving interval."""
     out = []
     for record in records:
-        start, end = record.get("served_from"), record.get("served_to")
-        if isinstance(start, int | float) and isinstance(end, int | float):
-            out.append(
-                ServedWindow(int(record["window"]), float(record["stage"]), float(start), end)
-            )
+        start, end = record.served_from, record.served_to
+        if start is not None and end is not None:
+            out.append(ServedWindow(record.window, float(record.stage), float(start), float(end)))
     return out
 
 
-def judged_cohorts(records: Iterable[Mapping[str, Any]]) -> set[int]:
+def judged_cohorts(records: Iterable[WindowRecord]) -> set[int]:
     """Serving windows whose cohort some record already holds."""
-    return {
-        int(record["cohort"]["window"])
-        for record in records
-        if isinstance(record.get("cohort"), dict)
-    }
+    return {record.cohort.window for record in records if record.cohort is not None}
 
 
 # --- how one prediction counts at maturity ------------------------------------------------------

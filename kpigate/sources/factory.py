@@ -50,6 +50,17 @@ def make_source(settings: SourceSettings) -> MetricsSource:
             f"KPIs {', '.join(with_queries)} bring their own PromQL: use --source prometheus",
             kind=Kind.BAD_INPUT,
         )
+    uneven = settings.policy.uneven_horizon_stages() if settings.policy is not None else []
+    if uneven and settings.kind in ("router", "prometheus"):
+        assert settings.policy is not None and settings.policy.labels is not None
+        stages = ", ".join(f"{s.traffic:g}% (interval {s.interval:g}s)" for s in uneven)
+        raise SourceError(
+            f"labels.horizon ({settings.policy.labels.horizon:g}s) is not a whole number of "
+            f"intervals at stage {stages}: the {settings.kind} source's matured counters would "
+            "mix two cohorts; make the horizon a multiple of every interval, or use "
+            "--source predlog (exact cohorts whatever the horizon)",
+            kind=Kind.BAD_INPUT,
+        )
     cls = getattr(importlib.import_module(module_name), class_name)
     source: MetricsSource
     if settings.kind == "prometheus":

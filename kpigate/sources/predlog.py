@@ -23,12 +23,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
+from kpigate.engine.evidence import ClusterMoments, design_effect
 from kpigate.errors import Kind
 from kpigate.policy import Labels, Policy
 from kpigate.serve.metrics import LATENCY_BUCKETS, SCORE_BUCKETS
 from kpigate.serve.predlog import Tables, make_engine
 from kpigate.sources.base import Collected, SourceError
-from kpigate.sources.cohorts import NextCohort, Unlabeled, outcome_of
+from kpigate.sources.cohorts import NextCohort, ServedWindow, Unlabeled, outcome_of
 from kpigate.sources.counts import WindowCounts, labels_of
 
 DB_URL_ENV = "KPIGATE_DB_URL"
@@ -69,6 +70,58 @@ def _bucket_index(column: Any, bounds: tuple[float, ...]) -> Any:
 
 def _le(i: int, bounds: tuple[float, ...]) -> str:
     return "+Inf" if i >= len(bounds) else repr(float(bounds[i]))
+
+
+# The rates a user's rows can be summed into, from per-user cell counts: metric -> (the cells
+# that are successes, the cells that are trials). The same readings as kpigate/sources/catalogue.
+LABEL_RATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "recall": (("tp",), ("tp", "fn")),
+    "precision": (("tp",), ("tp", "fp")),
+    "fpr": (("fp",), ("fp", "tn")),
+    "chargeback_rate": (("fn",), ("fn", "tn")),
+    "accuracy": (("tp", "tn"), ("tp", "fp", "fn", "tn")),
+}
+DECISION_RATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "approval_rate": (("approve",), ("approve", "decline")),
+}
+Moments = dict[tuple[str, str], ClusterMoments]  # (arm, metric) -> the arm's per-user sums
+
+
+def _moments_query(cells: dict[str, Any], rates: dict[str, Any], where: Any, table: Any) -> Any:
+    """SQL: per arm and rate, sum over users of y, n, y^2, y n, n^2 and the users with n > 0,
+    from per-(arm, entity_key) counts of each cell. One scan, grouped twice."""
+    per_user = (
+        select(
+            table.c.arm.label("arm"),
+            *(func.sum(case((cond, 1), else_=0)).label(name) for name, cond in cells.items()),
+        )
+        .where(where)
+        .group_by(table.c.arm, table.c.entity_key)
+        .subquery()
+    )
+    columns: list[Any] = [per_user.c.arm]
+    for metric, (hits, tries) in rates.items():
+        y = sum((per_user.c[c] for c in hits[1:]), per_user.c[hits[0]])
+        n = sum((per_user.c[c] for c in tries[1:]), per_user.c[tries[0]])
+        columns += [
+            func.sum(y).label(f"{metric}_y"),
+            func.sum(n).label(f"{metric}_n"),
+            func.sum(y * y).label(f"{metric}_yy"),
+            func.sum(y * n).label(f"{metric}_yn"),
+            func.sum(n * n).label(f"{metric}_nn"),
+            func.sum(case((n > 0, 1), else_=0)).label(f"{metric}_g"),
+        ]
+    return select(*columns).group_by(per_user.c.arm)
+
+
+def _moments_of(rows: list[Any], rates: dict[str, Any]) -> Moments:
+    out: Moments = {}
+    for row in rows:
+        values = row._mapping
+        for metric in rates:
+            parts = (values[f"{metric}_{m}"] for m in ("y", "n", "yy", "yn", "nn", "g"))
+            out[(row.arm, metric)] = ClusterMoments(*(float(v or 0) for v in parts))
+    return out
 
 
 class PredlogReader:
@@ -201,6 +254,37 @@ class PredlogReader:
                 counts.add("scores", labels_of(row, ("arm", "label", "le")), total)
         return counts
 
+    def label_moments(
+        self,
+        start: float,
+        end: float,
+        horizon: float | None,
+        unlabeled: Unlabeled,
+        as_of: float | None = None,
+    ) -> Moments:
+        """Label rates of the predictions served in [start, end), labels as labeled() counts."""
+        t = self.table
+        label = self._label(horizon, as_of)
+        positive = label == 1
+        negative = or_(label == 0, label == NO_LABEL) if unlabeled == "negative" else label == 0
+        declined = t.c.decision == "decline"
+        cells = {
+            "tp": and_(declined, positive),
+            "fp": and_(declined, negative),
+            "fn": and_(~declined, positive),
+            "tn": and_(~declined, negative),
+        }
+        where = and_(self._served(start, end), self._arms())
+        return _moments_of(self._rows(_moments_query(cells, LABEL_RATES, where, t)), LABEL_RATES)
+
+    def decision_moments(self, start: float, end: float) -> Moments:
+        """Decision rates of the predictions served in [start, end), as immediate() counts."""
+        t = self.table
+        cells = {"approve": t.c.decision == "approve", "decline": t.c.decision == "decline"}
+        where = and_(self._served(start, end), self._arms())
+        query = _moments_query(cells, DECISION_RATES, where, t)
+        return _moments_of(self._rows(query), DECISION_RATES)
+
     @staticmethod
     def _counted(lab: Any, unlabeled: Unlabeled) -> int | None:
         if int(lab) != NO_LABEL:
@@ -259,6 +343,28 @@ class PredlogSource:
         if end <= start:
             raise SourceError("no start-of-window mark")
         return Collected(self.window(start, end), note="prediction log")
+
+    def design_effects(
+        self, since: float, window: ServedWindow, cohort: NextCohort | None
+    ) -> dict[tuple[str, str], float]:
+        """(arm, metric) -> the arm's design effect over the rollout so far: its rows served
+        from `since` (the rollout's first window) to the end of this window, or for label rates
+        to the end of the matured `cohort`'s window with its labels. Rates not defined (one
+        user, a rate of 0 or 1) are left out."""
+        moments = self.reader.decision_moments(since, window.served_to)
+        if self.labels is None:
+            end = window.served_to
+            moments |= self.reader.label_moments(since, end, None, "exclude", as_of=end)
+        elif cohort is not None:
+            labels = self.labels
+            moments |= self.reader.label_moments(
+                since, cohort.window.served_to, labels.horizon, labels.unlabeled, cohort.matures_at
+            )
+        out = {}
+        for key, m in moments.items():
+            if (deff := design_effect(m)) is not None:
+                out[key] = deff
+        return out
 
     def matured(self, cohort: NextCohort, labels: Labels) -> Collected:
         """The cohort's label tables; labels after its maturity are never seen."""

@@ -4,16 +4,19 @@ Without a policy `labels` section every KPI is read from the window's own counts
 With one, the label KPIs (Kpi.needs_labels) come from the oldest cohort that has matured and was
 not judged yet (kpigate/sources/cohorts.py), or are left out while it matures: the record then
 says which cohort it waits for ("pending") and the gate holds on it. soak-and-collect and
-`kpigate windows` both build their records here, so a live rollout and its backtest agree.
+`kpigate windows` both build their records here, so a live rollout and its backtest agree. The
+record is a WindowRecord (kpigate/evidence_record.py): counts a source cannot vouch for (NaN,
+negative, more successes than trials) make the window stale, so the gate holds on it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from kpigate.policy import Labels, Policy
+from kpigate.evidence_record import RecordError, WindowRecord, record_of
+from kpigate.policy import KpiType, Labels, Policy
 from kpigate.sources import catalogue
 from kpigate.sources.base import Collected, SourceError
 from kpigate.sources.cohorts import (
@@ -54,7 +57,7 @@ def _clock(at: float) -> str:
 def cohort_part(
     labels: Labels,
     reader: object,
-    history: Sequence[Mapping[str, Any]],
+    history: Sequence[WindowRecord],
     window: ServedWindow,
 ) -> tuple[WindowCounts | None, dict[str, Any], str]:
     """(matured counts or None, the record's cohort/pending fields, a note) at the end of
@@ -83,17 +86,86 @@ def cohort_part(
     return collected.counts, {"cohort": found.cohort_json()}, collected.note
 
 
+@runtime_checkable
+class DesignEffectReader(Protocol):
+    def design_effects(
+        self, since: float, window: ServedWindow, cohort: NextCohort | None
+    ) -> Mapping[tuple[str, str], float]:
+        """(arm, metric) -> the arm's design effect over the rollout up to this window."""
+
+
+def add_design_effects(
+    policy: Policy,
+    reader: object,
+    record: dict[str, Any],
+    history: Sequence[WindowRecord],
+) -> str:
+    """Give each rate arm of the record its design effect ("deff", evidence.Rate), when the
+    source can tell one (it sees users: the prediction log's entity_key). Rates in one segment
+    and gaps have none: they stay binomial, as do the KPIs of every other source. Returns a
+    note when the source could not tell them."""
+    served = (record.get("served_from"), record.get("served_to"))
+    if (
+        not isinstance(reader, DesignEffectReader)
+        or not record["kpis"]
+        or not all(isinstance(t, int | float) for t in served)
+    ):
+        return ""
+    windows = [*served_windows(history), _served(record)]
+    cohort = None
+    if policy.labels is not None and "cohort" in record:
+        judged = judged_cohorts(history)
+        cohort = next_cohort(windows, judged, policy.labels.horizon, now=windows[-1].served_to)
+    try:
+        deffs = reader.design_effects(windows[0].served_from, windows[-1], cohort)
+    except SourceError as exc:
+        return f"design effects unknown (binomial variance): {exc}"
+    for kpi in policy.kpis:
+        if kpi.type is not KpiType.RATE or kpi.segments or kpi.segment != "all":
+            continue
+        arms = record["kpis"].get(kpi.name) or {}
+        for arm, data in arms.items():
+            deff = deffs.get((arm, catalogue.metric_of(kpi)))
+            if isinstance(data, dict) and deff is not None:
+                data["deff"] = deff
+    return ""
+
+
+def _served(record: Mapping[str, Any]) -> ServedWindow:
+    return ServedWindow(
+        int(record["window"]),
+        float(record["stage"]),
+        float(record["served_from"]),
+        float(record["served_to"]),
+    )
+
+
 def build_record(
     policy: Policy,
     reader: object,
     collected: Collected | SourceError,
-    history: Sequence[Mapping[str, Any]],
+    history: Sequence[WindowRecord],
+    base: dict[str, Any],
+) -> WindowRecord:
+    """Complete `base` (rollout, window, stage, time, served_from, served_to) into a record."""
+    if isinstance(collected, SourceError):
+        return record_of({**base, "kpis": {}, "stale": True, "note": f"missing: {collected}"})
+    record = _record(policy, reader, collected, history, base)
+    try:
+        return record_of(record)
+    except RecordError as exc:
+        note = f"invalid counts from the source: {exc}"
+        return record_of({**base, "kpis": {}, "stale": True, "note": note})
+
+
+def _record(
+    policy: Policy,
+    reader: object,
+    collected: Collected,
+    history: Sequence[WindowRecord],
     base: dict[str, Any],
 ) -> dict[str, Any]:
-    """Complete `base` (rollout, window, stage, time, served_from, served_to) into a record."""
     record = dict(base)
-    if isinstance(collected, SourceError):
-        return {**record, "kpis": {}, "stale": True, "note": f"missing: {collected}"}
     notes = [collected.note] if collected.note else []
     matured: WindowCounts | None = None
     if policy.labels is not None:
@@ -105,6 +177,8 @@ def build_record(
         if note:
             notes.append(note)
     record["kpis"] = window_kpis(policy, collected.counts, matured)
+    if note := add_design_effects(policy, reader, record, history):
+        notes.append(note)
     if collected.stale:
         record["stale"] = True
     if notes:

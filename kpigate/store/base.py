@@ -1,10 +1,11 @@
-"""The evidence-store interface: an append-only list of windows in the replay format."""
+"""The evidence-store interface: an append-only list of window records (evidence_record.py)."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from kpigate.errors import KpigateError
+from kpigate.evidence_record import WindowRecord
 
 
 class StoreError(KpigateError):
@@ -15,8 +16,9 @@ class StoreError(KpigateError):
 class EvidenceStore(Protocol):
     uri: str
 
-    def read(self) -> list[dict[str, Any]]:
-        """Every window recorded so far, in order ([] when none)."""
+    def read(self) -> list[WindowRecord]:
+        """Every window recorded so far, in order ([] when none); a record that does not follow
+        the schema is a StoreError naming its line and field."""
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: WindowRecord) -> None:
         """Add one window; after it returns, read() includes it."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from kpigate.errors import Kind
+from kpigate.evidence_record import RecordError, WindowRecord, record_of
 from kpigate.store.base import StoreError
 
 
@@ -16,7 +16,7 @@ class FileStore:
         self.path = Path(path)
         self.uri = str(self.path)
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self) -> list[WindowRecord]:
         if not self.path.exists():
             return []
         records = []
@@ -25,17 +25,21 @@ class FileStore:
                 if not line.strip():
                     continue
                 try:
-                    records.append(json.loads(line))
+                    data = json.loads(line)
                 except json.JSONDecodeError:
                     # A torn last line is a write cut short by a crash: it was never appended.
                     if source.readline() == "":
                         break
                     raise StoreError(f"{self.path}: line {number} is not JSON") from None
+                try:
+                    records.append(record_of(data))
+                except RecordError as exc:
+                    raise StoreError(f"{self.path}: line {number}: {exc}") from None
         return records
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: WindowRecord) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        line = (record.to_json_line() + "\n").encode()
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:

@@ -8,11 +8,10 @@ URI: mlflow://models/<model-name>/<model-version>/<rollout-id>
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
+from kpigate.evidence_record import RecordError, WindowRecord, parse_record
 from kpigate.registry.base import ModelNotFound, Registry, RegistryError
 from kpigate.store.base import StoreError
 
@@ -35,7 +34,7 @@ class MlflowStore:
         self.registry = registry
         self.artifact = f"{ARTIFACT_DIR}/{self.rollout}.jsonl"
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self) -> list[WindowRecord]:
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 path = self.registry.download_artifact(self.model, self.version, self.artifact, tmp)
@@ -46,11 +45,19 @@ class MlflowStore:
             except RegistryError as exc:
                 raise StoreError(f"cannot read evidence {self.uri}: {exc}", kind=exc.kind) from exc
             text = Path(path).read_text()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(parse_record(line))
+            except RecordError as exc:
+                raise StoreError(f"evidence {self.uri}: line {number}: {exc}") from None
+        return records
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: WindowRecord) -> None:
         records = [*self.read(), record]
-        text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        text = "".join(r.to_json_line() + "\n" for r in records)
         try:
             self.registry.log_text(self.model, self.version, text, self.artifact)
         except RegistryError as exc:

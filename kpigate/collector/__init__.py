@@ -1,0 +1,1 @@
+"""The outcomes collector: KServe and Seldon payload logs into the prediction log."""
