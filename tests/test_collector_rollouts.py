@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from kpigate.collector.store import CollectorTables
+from kpigate.evidence_record import WindowRecord
 from kpigate.policy import Kpi, Labels, Policy, Stage
 from kpigate.replay import Replayer, parse_line
 from kpigate.serve.predlog import make_engine
@@ -117,11 +118,14 @@ def _rollout(
     policy = _policy()
     source = RouterScrapeSource(collector.url)
     source.mark()
+    # The records as the evidence file holds them (kpigate/evidence_record.py's JSON form).
     history: list[dict[str, Any]] = []
+    records: list[WindowRecord] = []
     base = {"rollout": "fraud-3", "stage": 5.0}
-    record = build_record(policy, source, source.collect(), history, {
+    record = build_record(policy, source, source.collect(), records, {
         **base, "window": 1, "time": "w1", "served_from": 0.0, "served_to": HORIZON})  # fmt: skip
-    history.append(record)
+    records.append(record)
+    history.append(record.as_json())
     txs = transactions(150, seed=11)
     labelled = 0
     with collector.client() as client:
@@ -160,9 +164,10 @@ def _rollout(
                 break
             assert time.monotonic() < deadline, "the predictions never matured"
             time.sleep(0.1)
-    record = build_record(policy, source, source.collect(), history, {
+    record = build_record(policy, source, source.collect(), records, {
         **base, "window": 2, "time": "w2", "served_from": HORIZON, "served_to": 2 * HORIZON})  # fmt: skip
-    history.append(record)
+    records.append(record)
+    history.append(record.as_json())
     assert metric_value(text, "kpigate_outcomes_total", segment="all") == labelled
     assert metric_value(text, "kpigate_feedback_labels_total", result="joined") == labelled
     assert metric_value(text, "kpigate_decisions_total") == len(txs)
