@@ -191,6 +191,7 @@ def test_an_operator_s_choice_at_a_suspend_is_recorded_as_the_operator_s(
     says an operator rolled back, not the gate."""
     import yaml
 
+    from kpigate.evidence_record import record_of
     from kpigate.report import render_report
     from kpigate.steps import evaluate_gate
     from kpigate.store import open_store
@@ -209,8 +210,8 @@ def test_an_operator_s_choice_at_a_suspend_is_recorded_as_the_operator_s(
     path.write_text(yaml.safe_dump(policy))
     uri = f"mlflow://models/steps-operator/{version}/wf-op1"
     open_store(uri, mlflow_server).append(
-        {"rollout": "wf-op1", "window": 1, "stage": 5, "kpis": {}, "stale": True,
-         "note": "Prometheus down"}
+        record_of({"rollout": "wf-op1", "window": 1, "stage": 5, "kpis": {}, "stale": True,
+                   "note": "Prometheus down"})
     )  # fmt: skip
     gate = ["--policy", str(path), "--evidence", uri, "--tracking-uri", mlflow_server,
             "--stage", "5", "--model-name", "steps-operator", "--model-version", version,
