@@ -207,7 +207,11 @@ async def replay(opts: TrafficOptions) -> TrafficSummary:
 
     summary = TrafficSummary()
     transactions = generate_transactions(opts.count, opts.seed, opts.drift, opts.fraud_share)
-    limits = httpx.Limits(max_connections=opts.concurrency + 2)
+    # An idle connection must expire on this side first: uvicorn closes one after 5 s
+    # (uvicorn/config.py, timeout_keep_alive=5), httpx keeps it 5 s too (keepalive_expiry=5.0),
+    # and a request sent on a connection the router is closing at that moment fails with
+    # ReadError although the router is healthy.
+    limits = httpx.Limits(max_connections=opts.concurrency + 2, keepalive_expiry=2.0)
     async with httpx.AsyncClient(
         base_url=opts.url.rstrip("/"), timeout=opts.timeout_s, limits=limits
     ) as client:
