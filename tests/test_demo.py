@@ -135,6 +135,7 @@ SECRET = "webhook-secret-never-logged-93aa"
 
 
 @pytest.mark.slow
+@pytest.mark.solo
 @pytest.mark.timeout(900)
 def test_live_bad_scenario_rolls_back_on_real_parts(tmp_path: Path) -> None:
     """MLflow server, router, relay, webhook, runner, traffic: the bad candidate is rolled back,
