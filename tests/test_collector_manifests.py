@@ -1,6 +1,7 @@
 """The payload-logger wiring in manifests/examples: every predictor logs to the collector, the
-resources still match their CRDs (/work/shared/schemas: KServe's InferenceService CRD, Seldon
-Core v1.17.1's SeldonDeployment CRD), and the collector's own Deployment is valid Kubernetes.
+resources still match their CRDs (in the shared schemas directory, KPIGATE_SCHEMAS: KServe's
+InferenceService CRD, Seldon Core v1.17.1's SeldonDeployment CRD), and the collector's own
+Deployment is valid Kubernetes.
 
 The arm mapping follows the loggers' sources: KServe's agent injector
 (kserve/kserve pkg/webhook/admission/pod/agent_injector.go) passes the pod label `endpoint` as

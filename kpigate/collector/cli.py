@@ -30,17 +30,7 @@ import sys
 
 from kpigate.collector.config import BACKENDS, ArmRule, CollectorConfig, parse_match
 from kpigate.secrets import SecretError, read_secret, secret_help
-
-DB_URL_ENV = "KPIGATE_DB_URL"
-
-
-def _duration(text: str) -> float:
-    from kpigate.policy import parse_duration
-
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+from kpigate.serve.cli import DB_URL_ENV, duration_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--label-horizon",
-        type=_duration,
+        type=duration_arg,
         default=None,
         help="label horizon (e.g. 30d): count predictions as matured this long after they were "
         "served (kpigate_matured_*); match the policy's labels.horizon (default: off)",

@@ -32,7 +32,8 @@ from kpigate.serve.config import MODES, ServeConfig
 DB_URL_ENV = "KPIGATE_DB_URL"
 
 
-def _duration(text: str) -> float:
+def duration_arg(text: str) -> float:
+    """argparse type for a policy-style duration (30s, 10m, 1d), as a clear usage error."""
     from kpigate.policy import parse_duration
 
     try:
@@ -130,7 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--label-horizon",
-        type=_duration,
+        type=duration_arg,
         default=None,
         help="label horizon (e.g. 30d, 2m): predictions are counted as matured this long after "
         "they were served (kpigate_matured_predictions_total) and later labels are refused as "
