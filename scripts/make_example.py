@@ -1,7 +1,10 @@
 """Regenerate kpigate/examples/fraud-rollout.jsonl: two recorded rollouts of the case study.
 
 The windows are simulated in closed loop with the gate (a window is drawn at the stage the
-gate has reached), so the file reads like what the pipeline would have recorded:
+gate has reached), so the file reads like what the pipeline would have recorded. The policy has
+a `labels` section, so a record's label KPIs (recall, precision, fpr, auc, chargeback_rate, the
+gap) count the oldest matured cohort, chosen by kpigate/sources/cohorts.py as every source does,
+and its immediate KPIs (latency, errors, approvals) its own serving window:
   good  the LightGBM candidate: recall +3.2pp, AUC +0.007, slightly more false positives,
         a latency spike in two windows of the 50% stage (the paper's single freeze event)
   bad   a candidate with recall -5pp
@@ -21,12 +24,14 @@ import numpy as np
 from kpigate.engine import Decision, RolloutState, compile_plan, judge
 from kpigate.policy import load_policy
 from kpigate.replay import parse_line, to_window
+from kpigate.sources.cohorts import ServedWindow, next_cohort
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "kpigate" / "examples" / "policy.yaml"
 OUT = ROOT / "kpigate" / "examples" / "fraud-rollout.jsonl"
 
 TRANSACTIONS_PER_WINDOW = 120_000  # 10 minutes at 200 transactions/s
+START = 1_772_355_600.0  # 2026-03-01 09:00 UTC, when the first window starts serving
 FRAUD_RATE = 0.015
 HIGH_VALUE_SHARE = 0.15
 SCORE_BOUNDS = [*np.arange(-2.0, 5.01, 0.5).round(2).tolist(), math.inf]
@@ -109,26 +114,50 @@ def _arm(rng: np.random.Generator, n: int, model: dict[str, float], spike: bool)
 
 def simulate(name: str, seed: int, max_windows: int = 60) -> list[dict[str, Any]]:
     policy = load_policy(POLICY)
+    assert policy.labels is not None, "the example policy judges label KPIs on cohorts"
     plan = compile_plan(policy)
     rng = np.random.default_rng(seed)
     stages = [s.traffic for s in policy.stages]
+    label_kpis = {key for kpi in policy.kpis if kpi.needs_labels for key in kpi.hypotheses()}
     stage_index, look_in_stage = 0, 0
     state = RolloutState()
     lines = []
+    served: list[ServedWindow] = []
+    arms: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # window -> (candidate, baseline)
+    judged: set[int] = set()
+    end = START
     for index in range(1, max_windows + 1):
         stage = stages[stage_index]
         weight = policy.candidate_weight(policy.stages[stage_index])
         n_candidate = round(TRANSACTIONS_PER_WINDOW * weight / 100)
         look_in_stage += 1
         spike = name == "good" and stage == 50 and look_in_stage in (2, 3)
-        cand = _arm(rng, n_candidate, CANDIDATES[name], spike)
-        base = _arm(rng, TRANSACTIONS_PER_WINDOW - n_candidate, BASELINE, False)
-        record = {
+        arms[index] = (
+            _arm(rng, n_candidate, CANDIDATES[name], spike),
+            _arm(rng, TRANSACTIONS_PER_WINDOW - n_candidate, BASELINE, False),
+        )
+        start, end = end, end + policy.stages[stage_index].interval
+        served.append(ServedWindow(index, stage, start, end))
+        record: dict[str, Any] = {
             "rollout": name,
             "window": index,
             "stage": stage,
-            "kpis": {k: {"baseline": base[k], "candidate": cand[k]} for k in cand},
+            "served_from": start,
+            "served_to": end,
         }
+        cand, base = arms[index]
+        kpis = {k: {"baseline": base[k], "candidate": cand[k]} for k in cand if k not in label_kpis}
+        cohort = next_cohort(served, judged, policy.labels.horizon, now=end)
+        if cohort is not None and cohort.due:
+            judged.add(cohort.window.index)
+            record["cohort"] = cohort.cohort_json()
+            old_cand, old_base = arms[cohort.window.index]
+            kpis.update(
+                {k: {"baseline": old_base[k], "candidate": old_cand[k]} for k in label_kpis}
+            )
+        elif cohort is not None:
+            record["pending"] = cohort.pending_json()
+        record["kpis"] = kpis
         lines.append(record)
         state, decision = judge(plan, state, to_window(parse_line(json.dumps(record)), plan))
         if decision.final:

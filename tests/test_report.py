@@ -38,13 +38,15 @@ def test_good_rollout_report_shows_stages_kpis_figures_and_outcome(trail: Path) 
         ("50", True),
         ("100", True),
     ]
-    # the latency spike at 50%: two holds, shown in the stage table and the decision log
+    # at 50%: two holds for the latency spike, two more while precision was not yet certified,
+    # shown in the stage table and the decision log
     assert "latency_p95: candidate worse beyond the margin" in page
-    assert re.search(r"<td class='num'>50%</td>.*?<td class='num'>2</td></tr>", page)
+    assert "precision: not yet shown non-inferior" in page
+    assert re.search(r"<td class='num'>50%</td>.*?<td class='num'>4</td></tr>", page)
     for kpi in ("recall", "precision", "fpr", "auc", "latency_p95", "chargeback_rate"):
         assert f"<tr><td>{kpi}</td>" in page
     # the final recall CI of the replayed good rollout (see `kpigate replay`)
-    assert "[+0.01724, +0.06179]" in page
+    assert "[+0.01947, +0.06153]" in page
     assert len(_FIGURE.findall(page)) == 2
     assert not re.search(r"""(?:src|href)\s*=\s*["'](?:https?:)?//""", page)  # nothing fetched
     assert "<script" not in page and "<link" not in page
@@ -52,7 +54,7 @@ def test_good_rollout_report_shows_stages_kpis_figures_and_outcome(trail: Path) 
 
 def test_bad_rollout_report_shows_the_rollback_and_its_evidence(trail: Path) -> None:
     page = _render(trail, "bad")
-    assert "rolled back at 25% (window 8)" in page
+    assert "rolled back at 25% (window 10)" in page
     assert '<span class="rollback">rollback</span>' in page
     assert "recall: candidate worse than the baseline" in page
     assert '<tr><td>recall</td><td>performance</td><td><span class="fail">fail</span>' in page
@@ -142,7 +144,7 @@ def test_a_timeout_rollback_is_told_apart_from_a_harm_rollback(tmp_path: Path) -
     path = tmp_path / "trail.jsonl"
     replayed_trail(path, ("bad",))
     records = read_records(path)
-    assert "rolled back at 25% (window 8) for harm" in render_report(records, "bad")
+    assert "rolled back at 25% (window 10) for harm" in render_report(records, "bad")
     last = next(r for r in reversed(records) if r["type"] == "decision")
     last["reasons"] = ["recall: burn-in: 24 of 30 candidate samples",
                        "no decision after 6 holds past the soak (max_holds): rolling back"]  # fmt: skip

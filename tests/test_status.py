@@ -78,9 +78,15 @@ def test_status_mid_rollout_shows_the_soak_burn_in_and_a_pause(
     assert "stage 5%, window 1" in text and "HOLD" in text
     assert "soaking: look 1 of" in text
     assert "PAUSED by alice" in text
-    # too few labels after one window: what the KPI waits for
-    assert "burn-in: 96 of 100 candidate samples" in text
+    # no cohort has matured after one window: the label KPIs say when the first one does
+    recall = next(line for line in text.splitlines() if line.strip().startswith("recall "))
+    assert "waiting for labels: no cohort has matured yet; the cohort of window 1 matures at " \
+        "2026-03-01 09:30:00 UTC" in recall  # fmt: skip
     assert f"evidence: {state / 'fraud-3.jsonl'} (1 window)" in text
+    # the first matured cohort (window 1's, judged at window 3) has too few labels
+    _evidence(state, "good", upto=3, name="fraud-3.jsonl")
+    assert main(flags) == 0
+    assert "burn-in: 96 of 100 candidate samples" in capsys.readouterr().out
 
 
 def test_bad_input_exits_2_with_what_to_do(
