@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +250,29 @@ def test_replay_takes_calibration_records_first_then_judges_the_rollout() -> Non
     # out of order.
     with pytest.raises(ValueError, match="increasing order"):
         replayer.feed(parse_line(_line(-1, {"baseline": None}, calibration=True, rollout="r1")))
+
+
+def test_status_says_how_many_calibration_windows_the_variance_rests_on(tmp_path: Path) -> None:
+    from kpigate.status import read_status, render_text
+
+    rng = np.random.default_rng(8)
+    lines = []
+    for i in range(-6, 0):
+        a, b = rng.binomial(5000, 0.876), rng.binomial(5000, 0.876)
+        recall = {
+            "baseline": {"successes": int(a), "trials": 5000},
+            "candidate": {"successes": int(b), "trials": 5000},
+        }
+        lines.append(_line(i, recall, calibration=True, rollout="r1"))
+    recall = {
+        "baseline": {"successes": 8322, "trials": 9500},
+        "candidate": {"successes": 438, "trials": 500},
+    }
+    lines.append(_line(1, recall, rollout="r1"))
+    evidence = tmp_path / "evidence.jsonl"
+    evidence.write_text("\n".join(lines) + "\n")
+    status = read_status(policy(Kpi(name="recall", margin=0.01)), str(evidence))
+    assert status.decision.window == 1 and not status.decision.calibration
+    text = render_text(status)
+    assert "A/A calibration windows before the rollout: recall 6" in text
+    assert "look 1 of the stage" in text

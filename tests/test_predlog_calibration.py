@@ -200,3 +200,30 @@ def test_windows_backtest_writes_calibration_first_and_replay_uses_it(
     assert [o.get("calibration", False) for o in outputs] == [True] * 8 + [False] * 3
     assert [o["look"] for o in outputs[8:]] == [1, 2, 3]
     assert outputs[8]["kpis"]["approval_rate"]["calibration_windows"] == 8
+
+
+def test_soak_writes_calibration_once_before_the_rollouts_first_window(tmp_path: Path) -> None:
+    """soak-and-collect: the first soak of a rollout writes the A/A records, then window 1;
+    a retry adds nothing, and the gate's latest decision is a rollout window's."""
+    import time
+
+    from kpigate.steps.evaluate_gate import judge_evidence
+    from kpigate.steps.soak_and_collect import soak
+    from kpigate.store.file import FileStore
+
+    engine, _ = engine_for(Database(None, "kpigate_"), tmp_path)
+    now = time.time()
+    rows = random_rows(3000, now - 200.0, now, 50.0, seed=31)
+    write_rows(engine, Tables("kpigate_"), rows)
+    policy = _policy(labels=None, calibration={"windows": 5})
+    source = PredlogSource(PredlogReader(engine, Tables("kpigate_")))
+    store = FileStore(tmp_path / "evidence.jsonl")
+    assert soak(policy, store, source, 5, looks=2, interval_s=0.01, rollout="r") == 2
+    assert soak(policy, store, source, 5, looks=2, interval_s=0.01, rollout="r") == 0
+    records = store.read()
+    assert [(r.window, r.calibration) for r in records] == [
+        (-5, True), (-4, True), (-3, True), (-2, True), (-1, True), (1, False), (2, False)
+    ]  # fmt: skip
+    decision = judge_evidence(policy, records, 5)
+    assert not decision.calibration and decision.window == 2 and decision.look == 2
+    engine.dispose()
