@@ -12,6 +12,10 @@ max_holds (6), then the timeout action (suspend). Scenarios:
   fairness  a recall gap between two segments (direction lower, margin 0.02)
   power     binomial recall drops of 2pp and 5pp, compared with the engine at --reference
   early     promote_when no_harm at 5% and 25% with a 2pp-worse candidate
+Before each rollout, the policy's calibration windows (24): the baseline's traffic before the
+rollout in two halves (half the window's trials each, by a second hash of the user in `users`),
+each half with the scenario's own noise, as the prediction-log source gives them; the
+reference engine of the power settings has none.
 Run: make bench-robust  (or: python bench/robust.py --quick; --write docs/statistics.md)
 Exits 1 when a target of the issue does not hold, 2 on bad arguments.
 """
@@ -325,6 +329,13 @@ def intro(reference: str) -> list[str]:
         "5% holdback) x 6 looks. The stage advances only on PROMOTE: a HOLD keeps it, up to "
         "max_holds (6) past the soak, then the rollout suspends. Baseline recall 0.876, "
         "recall margin 0.01, alpha 0.05, fixed seeds.",
+        "",
+        "Before each rollout the gate takes the policy's 24 A/A calibration windows "
+        "(`calibration.windows`, docs/engine.md): the baseline's traffic of a window before the "
+        "rollout split in two halves of half the window's trials each, every half with the "
+        "scenario's own noise (its own N(0, sd) per window in noise; in users a second hash of "
+        "the same users, none of them on the candidate yet; the baseline's latency and "
+        "segment rates otherwise). The reference engine has none.",
         "",
         "- **noise**: each arm's per-window recall moves by its own N(0, sd); the trials per "
         "window are split by the stage's weights.",

@@ -13,6 +13,10 @@ With delayed labels (a policy `labels` section) the label KPIs of a line belong 
 cohort, named by "cohort": {"window": 3, "stage": 5, "matured_at": 1764590400.0} (the serving
 window, its stage or null if it straddles two, Unix seconds); a line without a cohort carries
 only immediate KPIs and may say what it waits for: "pending": {"window": 4, "matures_at": ...}.
+A/A calibration windows (the baseline's traffic before the rollout in two halves by user,
+"baseline" one half and "candidate" the other) come first, with "calibration": true and
+negative window numbers (-24 .. -1); they feed the variance only and give a line with
+"calibration": true and cause "calibration", never a look (docs/engine.md).
 The schema is kpigate/evidence_record.py (WindowRecord; docs/prediction-log.md). Each arm of a
 KPI is one of (by KPI type; null means no data from that arm):
   rate      {"successes": S, "trials": N}, optionally "deff": D (>= 0, the arm's design

@@ -276,3 +276,31 @@ def test_status_says_how_many_calibration_windows_the_variance_rests_on(tmp_path
     text = render_text(status)
     assert "A/A calibration windows before the rollout: recall 6" in text
     assert "look 1 of the stage" in text
+
+
+@pytest.mark.parametrize(
+    ("calibration", "message"),
+    [
+        ("{windows: -1}", "calibration.windows: Input should be greater than or equal to 0"),
+        ("{windows: 1001}", "calibration.windows: Input should be less than or equal to 1000"),
+        ("{windows: many}", "calibration.windows: Input should be a valid integer"),
+        ("{window: 3}", "calibration.window: unknown field"),
+    ],
+)
+def test_a_bad_calibration_setting_exits_2_naming_the_field(
+    tmp_path: Path, calibration: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kpigate.cli import main
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(f"calibration: {calibration}\nkpis:\n  - name: recall\n")
+    windows = tmp_path / "w.jsonl"
+    windows.write_text("")
+    assert main(["replay", "--policy", str(path), str(windows)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_default_is_24_windows_and_zero_is_off() -> None:
+    assert Calibration().windows == 24
+    assert policy().calibration.windows == 24
+    assert policy(calibration=Calibration(windows=0)).calibration.windows == 0
