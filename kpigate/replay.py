@@ -120,10 +120,12 @@ class Replayer:
             )
         return compile_plan(policy.model_copy(update=update) if update else policy)
 
-    def _plan_for(self, record: WindowRecord) -> GatePlan:
+    def _plan_for(self, record: WindowRecord, known: tuple[str, ...] = ()) -> GatePlan:
+        """The policy's plan, or the default one over the KPIs named so far (`known`, then
+        this record's)."""
         if self._fixed_plan is not None:
             return self._fixed_plan
-        names = tuple(record.kpis)
+        names = tuple(dict.fromkeys((*known, *record.kpis)))
         plan = self._plans.get(names)
         if plan is None:
             if not names:
@@ -144,6 +146,12 @@ class Replayer:
                 f"window {record.window} of rollout {name!r} comes after window "
                 f"{rollout.last_window}: windows must be in increasing order"
             )
+        elif self._fixed_plan is None and rollout.state.windows == 0 and not record.calibration:
+            # Without --policy the first records name the KPIs; calibration records leave out
+            # some (error_rate), and the rollout's first window may add them: no evidence has
+            # been summed yet, so the default plan can still grow (calibration spreads stay).
+            known = tuple(h.kpi.name for h in rollout.plan.hypotheses)
+            rollout.plan = self._plan_for(record, known)
         window = to_window(record, rollout.plan)
         try:
             rollout.state, decision = judge(rollout.plan, rollout.state, window)

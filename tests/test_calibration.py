@@ -11,7 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kpigate.engine import Cause, Decision, Observation, Rate, RolloutState, Window, compile_plan
+from kpigate.engine import (
+    Cause,
+    Decision,
+    Histogram,
+    Observation,
+    Rate,
+    RolloutState,
+    ScoreHistograms,
+    SegmentRates,
+    Window,
+    compile_plan,
+)
 from kpigate.engine.classify import between_window_variance
 from kpigate.engine.evidence import compare
 from kpigate.engine.gate import judge
@@ -304,3 +315,75 @@ def test_the_default_is_24_windows_and_zero_is_off() -> None:
     assert Calibration().windows == 24
     assert policy().calibration.windows == 24
     assert policy(calibration=Calibration(windows=0)).calibration.windows == 0
+
+
+def test_without_a_policy_the_rollouts_first_window_may_name_more_kpis() -> None:
+    """The default policy comes from the KPIs named: calibration records leave out error_rate
+    (the halves have no errors), so the first rollout window adds it to the plan."""
+    calibration = {
+        "recall": {
+            "baseline": {"successes": 4380, "trials": 5000},
+            "candidate": {"successes": 4391, "trials": 5000},
+        }
+    }
+    rollout = {
+        **calibration,
+        "error_rate": {
+            "baseline": {"successes": 0, "trials": 9500},
+            "candidate": {"successes": 1, "trials": 500},
+        },
+    }
+    replayer = Replayer(None)
+    for i in (-2, -1):
+        text = json.dumps({"window": i, "stage": 5, "kpis": calibration, "calibration": True})
+        replayer.feed(parse_line(text))
+    decision = replayer.feed(parse_line(json.dumps({"window": 1, "stage": 5, "kpis": rollout})))
+    assert set(decision.kpis) == {"recall", "error_rate"}
+    assert decision.kpis["recall"].calibration_windows == 2
+    assert decision.kpis["error_rate"].calibration_windows == 0
+
+
+def _histogram(rng: np.random.Generator, n: int, shares: list[float]) -> Histogram:
+    bounds = (10.0, 25.0, 50.0, 100.0, 250.0, math.inf)
+    counts = np.cumsum(rng.multinomial(n, shares))
+    return Histogram(bounds, tuple(float(c) for c in counts))
+
+
+def test_quantile_auc_and_gap_kpis_are_calibrated_too() -> None:
+    rng = np.random.default_rng(12)
+    kpis = (
+        Kpi(name="latency_p95", type="quantile", quantile=0.95, direction="lower", margin=5.0),
+        Kpi(name="auc", type="auc", margin=0.01),
+        Kpi(name="gap", type="gap", direction="lower", margin=0.02),
+    )
+    plan = compile_plan(policy(*kpis))
+    shares = [0.3, 0.3, 0.25, 0.1, 0.04, 0.01]
+    state = RolloutState()
+    for i in range(-10, 0):
+
+        def scores() -> ScoreHistograms:
+            return ScoreHistograms(
+                _histogram(rng, 300, [0.05, 0.1, 0.15, 0.2, 0.2, 0.3]),
+                _histogram(rng, 3000, [0.3, 0.3, 0.2, 0.1, 0.05, 0.05]),
+            )
+
+        def segments() -> SegmentRates:
+            return SegmentRates(
+                Rate(float(rng.binomial(2000, 0.88)), 2000.0),
+                Rate(float(rng.binomial(2000, 0.87)), 2000.0),
+            )
+
+        data = {
+            "latency_p95": Observation(
+                _histogram(rng, 5000, shares), _histogram(rng, 5000, shares)
+            ),
+            "auc": Observation(scores(), scores()),
+            "gap": Observation(segments(), segments()),
+        }
+        state, decision = judge(plan, state, Window(i, 5.0, data, calibration=True))
+        assert decision.calibration and decision.kpis == {}
+    for key in ("latency_p95", "auc", "gap", "gap[reversed]"):
+        kpi = state.kpis[key]
+        assert kpi.calibration.windows == 10, key
+        assert kpi.info == 0.0 and kpi.looks == 0
+        assert math.isfinite(between_window_variance(kpi)) and between_window_variance(kpi) >= 0
