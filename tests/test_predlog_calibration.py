@@ -138,6 +138,9 @@ def test_calibration_records_from_the_log(database: Database, tmp_path: Path) ->
         assert record.calibration and record.stage == 5 and record.cohort is None
         assert set(record.kpis) <= {"recall", "approval_rate"}  # no error_rate, no window KPI
         assert "approval_rate" in record.kpis
+        # the note names the label cohort only when the record holds label KPIs from it
+        assert ("recall" in record.kpis) == ("the cohort served" in record.note)
+    assert "recall" not in records[0].kpis and "recall" in records[-1].kpis
     last = records[-1].as_json()
     approval = last["kpis"]["approval_rate"]
     window = ServedWindow(-1, 5.0, 280.0, 300.0)

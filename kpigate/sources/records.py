@@ -252,11 +252,13 @@ def calibration_records(
         except SourceError:
             continue
         data: dict[str, Any] = {}
+        labelled = False
         for kpi in kpis:
             for key in kpi.hypotheses():
                 arms = catalogue.read(kpi, key, collected.counts)
                 if all(arms.get(arm) is not None for arm in catalogue.ARMS):
                     data[key] = arms  # a half without data compares nothing
+                    labelled = labelled or kpi.needs_labels
         if not data:
             continue  # before the baseline served anything: no calibration window
         record: dict[str, Any] = {
@@ -268,7 +270,7 @@ def calibration_records(
             "kpis": data,
             "calibration": True,
         }
-        if cohort is not None:
+        if cohort is not None and labelled:
             record["note"] = (
                 f"A/A calibration; label KPIs: the cohort served {_clock(cohort.served_from)} to "
                 f"{_clock(cohort.served_to)}, matured before the rollout's start"
