@@ -12,6 +12,10 @@ max_holds (6), then the timeout action (suspend). Scenarios:
   fairness  a recall gap between two segments (direction lower, margin 0.02)
   power     binomial recall drops of 2pp and 5pp, compared with the engine at --reference
   early     promote_when no_harm at 5% and 25% with a 2pp-worse candidate
+Before each rollout, the policy's calibration windows (24): the baseline's traffic before the
+rollout in two halves (half the window's trials each, by a second hash of the user in `users`),
+each half with the scenario's own noise, as the prediction-log source gives them; the
+reference engine of the power settings has none.
 Run: make bench-robust  (or: python bench/robust.py --quick; --write docs/statistics.md)
 Exits 1 when a target of the issue does not hold, 2 on bad arguments.
 """
@@ -167,24 +171,43 @@ def _plan(s: Setting) -> GatePlan:
     return compile_plan(sim.bench_policy())
 
 
-def _traffic(s: Setting, windows: int) -> Callable[[int], tuple[sim.Observe, str]]:
-    """rollout number -> its observe(t, stage) and the KPI whose samples are counted."""
+Traffic = tuple[sim.Observe, str, list[sim.Kpis]]
 
-    def rollout(r: int) -> tuple[sim.Observe, str]:
+
+def _traffic(s: Setting, windows: int, calibration: int) -> Callable[[int], Traffic]:
+    """rollout number -> its observe(t, stage), the KPI whose samples are counted, and its
+    `calibration` A/A windows (the baseline's halves before the rollout, with the scenario's
+    noise; from a generator of their own, so the rollout's traffic does not depend on them)."""
+
+    def rollout(r: int) -> Traffic:
         rng = np.random.default_rng([s.seed, r])
+        cal = np.random.default_rng([s.seed, r, 1])
         if s.scenario == "noise":
-            return sim.rates(*sim.binomial_arms(rng, windows, s.total, 0.0, s.sd)), "recall"
+            arms = sim.binomial_arms(rng, windows, s.total, 0.0, s.sd)
+            return (
+                sim.rates(*arms),
+                "recall",
+                sim.binomial_calibration(cal, calibration, s.total, s.sd),
+            )
         if s.scenario == "users":
             people = sim.users(rng, s.users, s.total, salt="bench")
-            return sim.user_arms(rng, people, windows), "recall"
+            before = sim.user_calibration(cal, people, calibration)
+            return sim.user_arms(rng, people, windows), "recall", before
         if s.scenario == "latency":
             arms = sim.latency_arms(rng, windows, LATENCY_REQUESTS, s.p95, s.p95 + s.delta_ms)
-            return sim.histograms("latency_p95", *arms), "latency_p95"
+            before = sim.latency_calibration(
+                cal, calibration, LATENCY_REQUESTS, s.p95, "latency_p95"
+            )
+            return sim.histograms("latency_p95", *arms), "latency_p95", before
         if s.scenario == "fairness":
             segs = sim.segment_arms(rng, windows, GAP_POSITIVES, GAP_BASELINE, s.gap)
-            return sim.segments("recall_gap", segs), "recall_gap"
+            before = sim.segment_calibration(
+                cal, calibration, GAP_POSITIVES, GAP_BASELINE, "recall_gap"
+            )
+            return sim.segments("recall_gap", segs), "recall_gap", before
         total = POWER_TOTAL if s.scenario == "power" else EARLY_TOTAL
-        return sim.rates(*sim.binomial_arms(rng, windows, total, s.effect)), "recall"
+        arms = sim.binomial_arms(rng, windows, total, s.effect)
+        return sim.rates(*arms), "recall", sim.binomial_calibration(cal, calibration, total)
 
     return rollout
 
@@ -192,7 +215,7 @@ def _traffic(s: Setting, windows: int) -> Callable[[int], tuple[sim.Observe, str
 def run_setting(s: Setting) -> Result:
     started = time.perf_counter()
     plan = _plan(s)
-    traffic = _traffic(s, sim.max_windows(plan.policy))
+    traffic = _traffic(s, sim.max_windows(plan.policy), sim.calibration_windows(plan))
     walks = [sim.walk(plan, *traffic(r)) for r in range(s.rollouts)]
     rolled = [w for w in walks if w.end == "rollback"]
     failing = [w for w in walks if w.first_fail]
@@ -306,6 +329,13 @@ def intro(reference: str) -> list[str]:
         "5% holdback) x 6 looks. The stage advances only on PROMOTE: a HOLD keeps it, up to "
         "max_holds (6) past the soak, then the rollout suspends. Baseline recall 0.876, "
         "recall margin 0.01, alpha 0.05, fixed seeds.",
+        "",
+        "Before each rollout the gate takes the policy's 24 A/A calibration windows "
+        "(`calibration.windows`, docs/engine.md): the baseline's traffic of a window before the "
+        "rollout split in two halves of half the window's trials each, every half with the "
+        "scenario's own noise (its own N(0, sd) per window in noise; in users a second hash of "
+        "the same users, none of them on the candidate yet; the baseline's latency and "
+        "segment rates otherwise). The reference engine has none.",
         "",
         "- **noise**: each arm's per-window recall moves by its own N(0, sd); the trials per "
         "window are split by the stage's weights.",

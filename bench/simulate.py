@@ -117,9 +117,23 @@ def max_windows(policy: Policy) -> int:
     return sum(stage.looks + policy.max_holds for stage in policy.stages)
 
 
-def walk(plan: GatePlan, observe: Observe, count: str) -> Walk:
-    """Judge window after window; `observe(t, s)` is window t's data at stage index s."""
+def calibration_windows(plan: GatePlan) -> int:
+    """A/A calibration windows the plan's policy asks for; 0 for an engine without them (the
+    reference engine of the power settings, bench/engine_at.py)."""
+    calibration = getattr(plan.policy, "calibration", None)
+    return 0 if calibration is None else int(calibration.windows)
+
+
+def walk(plan: GatePlan, observe: Observe, count: str, calibration: Sequence[Kpis] = ()) -> Walk:
+    """Judge window after window; `observe(t, s)` is window t's data at stage index s.
+
+    `calibration` (A/A windows of the baseline's halves, before the rollout) goes first, as a
+    source writes it, with negative window indices; it is no look and counts no samples."""
     state = RolloutState()
+    for i, kpis in enumerate(calibration):
+        index = i - len(calibration)  # ..., -2, -1
+        window = Window(index, plan.stages[0].traffic, kpis, calibration=True)
+        state, _ = judge(plan, state, window)
     stage_index, promotions, samples, first_fail, fails = 0, 0, 0.0, 0, 0
     end, t = "open", 0
     for t in range(max_windows(plan.policy)):
@@ -352,3 +366,82 @@ def segments(name: str, arms: tuple[np.ndarray, ...]) -> Observe:
         return {name: Observation(baseline=pair(x_b, n_b, t, s), candidate=pair(x_c, n_c, t, s))}
 
     return observe
+
+
+# --- A/A calibration windows: the baseline before the rollout, split in two halves ------------
+#
+# Before the rollout every request is the baseline's; a source splits it by a hash of the user
+# into two pseudo-arms (kpigate/sources/predlog.py). Each model below gives each half the same
+# noise a real arm gets in that scenario, with half the window's trials. They draw from their
+# own generator, so the rollout's own traffic is the same with and without calibration.
+
+
+def halves(total: int) -> tuple[int, int]:
+    return total // 2, total - total // 2
+
+
+def binomial_calibration(
+    rng: np.random.Generator, windows: int, total: int, sd: float = 0.0, name: str = "recall"
+) -> list[Kpis]:
+    """Each half's rate moves by its own N(0, sd) per window, as each arm's does."""
+    n_a, n_b = halves(total)
+    out = []
+    for _ in range(windows):
+        p_a, p_b = (
+            float(np.clip(BASE_RECALL + (rng.normal(0.0, sd) if sd else 0.0), 0.0, 1.0))
+            for _ in range(2)
+        )
+        a = Rate(float(rng.binomial(n_a, p_a)), float(n_a))
+        b = Rate(float(rng.binomial(n_b, p_b)), float(n_b))
+        out.append({name: Observation(baseline=a, candidate=b)})
+    return out
+
+
+def user_calibration(
+    rng: np.random.Generator, people: Users, windows: int, salt: str = "calibration"
+) -> list[Kpis]:
+    """The rollout's users before it, every one on the baseline, halved by a second hash of
+    their key (not the router's bucket), with their own activity and propensity."""
+    half = user_buckets(people.rate.size, salt) < BUCKETS // 2
+    out = []
+    for _ in range(windows):
+        y = rng.poisson(people.rate * people.propensity).astype(np.float64)
+        n = y + rng.poisson(people.rate * (1.0 - people.propensity))
+        a = Rate(float(y[half].sum()), float(n[half].sum()))
+        b = Rate(float(y[~half].sum()), float(n[~half].sum()))
+        out.append({"recall": Observation(baseline=a, candidate=b)})
+    return out
+
+
+def latency_calibration(
+    rng: np.random.Generator, windows: int, requests: int, p95: float, name: str
+) -> list[Kpis]:
+    probabilities = bucket_probabilities(p95, 0.5)
+    out = []
+    for _ in range(windows):
+        a, b = (
+            Histogram(
+                BOUNDS_MS, tuple(float(v) for v in np.cumsum(rng.multinomial(n, probabilities)))
+            )
+            for n in halves(requests)
+        )
+        out.append({name: Observation(baseline=a, candidate=b)})
+    return out
+
+
+def segment_calibration(
+    rng: np.random.Generator, windows: int, positives: int, gap: float, name: str
+) -> list[Kpis]:
+    n_a, n_b = halves(positives)
+    p = (BASE_RECALL + gap, BASE_RECALL)
+    out = []
+    for _ in range(windows):
+        pair = [
+            SegmentRates(
+                a=Rate(float(rng.binomial(n, p[0])), float(n)),
+                b=Rate(float(rng.binomial(n, p[1])), float(n)),
+            )
+            for n in (n_a, n_b)
+        ]
+        out.append({name: Observation(baseline=pair[0], candidate=pair[1])})
+    return out

@@ -83,7 +83,10 @@ Percent = Annotated[
     PlainValidator(_percentage),
     WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": 100}),
 ]
-WindowIndex = Annotated[StrictInt, Field(ge=0, lt=2**53)]
+# Rollout windows count from 0 or 1 up; calibration windows (before the rollout) count down from
+# -1 (the one just before the start), so a stream stays in increasing window order.
+WindowIndex = Annotated[StrictInt, Field(gt=-(2**53), lt=2**53)]
+CohortIndex = Annotated[StrictInt, Field(ge=0, lt=2**53)]
 
 
 class _Strict(BaseModel):
@@ -238,7 +241,7 @@ class KpiArms(_Strict):
 class CohortRef(_Strict):
     """The serving window whose matured labels this record's label KPIs count."""
 
-    window: WindowIndex
+    window: CohortIndex
     stage: Percent | None  # null when the cohort straddles two stages
     matured_at: Seconds
 
@@ -246,12 +249,19 @@ class CohortRef(_Strict):
 class PendingRef(_Strict):
     """The next cohort still maturing, when this record carries no label KPIs."""
 
-    window: WindowIndex
+    window: CohortIndex
     matures_at: Seconds
 
 
 class WindowRecord(_Strict):
-    """One evaluation window of one rollout (field order = the order written to disk)."""
+    """One evaluation window of one rollout (field order = the order written to disk).
+
+    `calibration: true` marks an A/A window from before the rollout: the baseline's traffic
+    split in two halves by a hash of the user, "baseline" one half and "candidate" the other,
+    with every KPI (label KPIs as cohorts matured before the start) and no cohort or pending
+    field. Its window index is negative (-1 the last window before the start) and `stage` the
+    rollout's first stage. The gate uses it for the between-window variance only.
+    """
 
     rollout: StrictStr | StrictInt = ""
     window: WindowIndex
@@ -264,12 +274,29 @@ class WindowRecord(_Strict):
     kpis: dict[str, KpiArms]
     stale: StrictBool = False  # the collector marked the data too old
     note: StrictStr = ""
+    calibration: StrictBool = False  # an A/A window of the baseline before the rollout
 
     @model_validator(mode="after")
     def _served_in_order(self) -> WindowRecord:
         start, end = self.served_from, self.served_to
         if start is not None and end is not None and end < start:
             raise ValueError('"served_to" is before "served_from"')
+        if self.calibration:
+            if self.window >= 0:
+                raise ValueError(
+                    f'"window": a calibration window precedes the rollout and has a negative '
+                    f"index (-1 is the last before the start), got {self.window}"
+                )
+            if self.cohort is not None or self.pending is not None:
+                raise ValueError(
+                    'a calibration window carries its matured labels itself: no "cohort" or '
+                    '"pending"'
+                )
+        elif self.window < 0:
+            raise ValueError(
+                f'"window": a negative index ({self.window}) is for calibration windows only '
+                '(add "calibration": true)'
+            )
         return self
 
     @property
@@ -311,7 +338,14 @@ class WindowRecord(_Strict):
             else Pending(self.pending.window, float(self.pending.matures_at))
         )
         return Window(
-            self.window, float(self.stage), observations, self.stale, self.note, cohort, pending
+            self.window,
+            float(self.stage),
+            observations,
+            self.stale,
+            self.note,
+            cohort,
+            pending,
+            self.calibration,
         )
 
     def _arm(

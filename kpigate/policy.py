@@ -309,6 +309,23 @@ class Labels(_Strict):
     )
 
 
+class Calibration(_Strict):
+    """A/A calibration: the baseline's own windows before the rollout, split in two halves by a
+    hash of the user, estimate the between-window variance before the candidate's first window
+    (docs/engine.md). Each is as long as the first stage's interval; for label KPIs they are
+    cohorts that matured before the rollout started. Sources that cannot split the baseline by
+    user (router scrape, Prometheus, PromQL) give none, and the variance is estimated from the
+    rollout's own windows alone."""
+
+    windows: int = Field(
+        default=24,
+        ge=0,
+        le=1000,
+        description="calibration windows before the rollout (each one first-stage interval "
+        "long); 0 turns calibration off",
+    )
+
+
 def _default_stages() -> tuple[Stage, ...]:
     return tuple(Stage(traffic=t) for t in (5, 25, 50, 100))
 
@@ -347,6 +364,11 @@ class Policy(_Strict):
         "per window as the source reports them (immediate labels, or replayed cohorts)",
     )
     registry: RegistryRules = Field(default_factory=RegistryRules)
+    calibration: Calibration = Field(
+        default_factory=Calibration,
+        description="A/A windows of the baseline before the rollout, for the between-window "
+        "variance",
+    )
     kpis: tuple[Kpi, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

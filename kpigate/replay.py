@@ -13,6 +13,10 @@ With delayed labels (a policy `labels` section) the label KPIs of a line belong 
 cohort, named by "cohort": {"window": 3, "stage": 5, "matured_at": 1764590400.0} (the serving
 window, its stage or null if it straddles two, Unix seconds); a line without a cohort carries
 only immediate KPIs and may say what it waits for: "pending": {"window": 4, "matures_at": ...}.
+A/A calibration windows (the baseline's traffic before the rollout in two halves by user,
+"baseline" one half and "candidate" the other) come first, with "calibration": true and
+negative window numbers (-24 .. -1); they feed the variance only and give a line with
+"calibration": true and cause "calibration", never a look (docs/engine.md).
 The schema is kpigate/evidence_record.py (WindowRecord; docs/prediction-log.md). Each arm of a
 KPI is one of (by KPI type; null means no data from that arm):
   rate      {"successes": S, "trials": N}, optionally "deff": D (>= 0, the arm's design
@@ -116,10 +120,12 @@ class Replayer:
             )
         return compile_plan(policy.model_copy(update=update) if update else policy)
 
-    def _plan_for(self, record: WindowRecord) -> GatePlan:
+    def _plan_for(self, record: WindowRecord, known: tuple[str, ...] = ()) -> GatePlan:
+        """The policy's plan, or the default one over the KPIs named so far (`known`, then
+        this record's)."""
         if self._fixed_plan is not None:
             return self._fixed_plan
-        names = tuple(record.kpis)
+        names = tuple(dict.fromkeys((*known, *record.kpis)))
         plan = self._plans.get(names)
         if plan is None:
             if not names:
@@ -140,6 +146,12 @@ class Replayer:
                 f"window {record.window} of rollout {name!r} comes after window "
                 f"{rollout.last_window}: windows must be in increasing order"
             )
+        elif self._fixed_plan is None and rollout.state.windows == 0 and not record.calibration:
+            # Without --policy the first records name the KPIs; calibration records leave out
+            # some (error_rate), and the rollout's first window may add them: no evidence has
+            # been summed yet, so the default plan can still grow (calibration spreads stay).
+            known = tuple(h.kpi.name for h in rollout.plan.hypotheses)
+            rollout.plan = self._plan_for(record, known)
         window = to_window(record, rollout.plan)
         try:
             rollout.state, decision = judge(rollout.plan, rollout.state, window)

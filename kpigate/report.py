@@ -176,6 +176,14 @@ def _stages(decisions: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def _calibrated(kpi: Mapping[str, Any]) -> str:
+    """How many A/A calibration windows (before the rollout) the KPI's variance rests on."""
+    n = kpi.get("calibration_windows")
+    if not isinstance(n, int) or n <= 0:
+        return ""
+    return f" <small>(between-window variance: {n} A/A calibration windows + the rollout's)</small>"
+
+
 def _kpis(last: Mapping[str, Any]) -> str:
     rows = []
     for key, kpi in (last.get("kpis") or {}).items():
@@ -189,7 +197,7 @@ def _kpis(last: Mapping[str, Any]) -> str:
             f"<td class='num'>{_fmt(kpi.get('candidate'))}</td>"
             f"<td class='num'>{_fmt(kpi.get('baseline'))}</td>"
             f"<td class='num'>{_fmt(samples.get('candidate'))} / {_fmt(samples.get('baseline'))}"
-            f"</td><td>{_e(kpi.get('reason'))}</td></tr>"
+            f"</td><td>{_e(kpi.get('reason'))}{_calibrated(kpi)}</td></tr>"
         )
     return (
         f"<h2>KPIs at the final decision (window {_e(last.get('window'))}, "

@@ -154,6 +154,14 @@ def render_text(status: GateStatus, now: float | None = None) -> str:
         cells = [cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in
                  enumerate(zip(row, widths, strict=False))]  # fmt: skip
         lines.append("  " + "  ".join([*cells, row[6]]).rstrip())
+    calibrated = [
+        f"{k} {r.calibration_windows}" for k, r in d.kpis.items() if r.calibration_windows
+    ]
+    if calibrated:
+        lines.append(
+            "  between-window variance from A/A calibration windows before the rollout: "
+            + ", ".join(calibrated)
+        )
     plural = "" if status.windows == 1 else "s"
     lines.append(f"  evidence: {status.evidence} ({status.windows} window{plural})")
     return "\n".join(lines)

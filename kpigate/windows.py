@@ -38,7 +38,7 @@ from kpigate.policy import Policy, PolicyError, load_policy
 from kpigate.sources.base import Collected, SourceError
 from kpigate.sources.cohorts import ServedWindow, served_windows
 from kpigate.sources.predlog import DB_URL_ENV, PredlogReader, PredlogSource, db_url_from_env
-from kpigate.sources.records import build_record
+from kpigate.sources.records import build_record, calibration_records
 
 
 class BadInput(ValueError):
@@ -126,8 +126,11 @@ def backtest(
     rollout: str,
     as_of: float,
 ) -> Iterator[WindowRecord]:
-    """The records of every window that had ended by `as_of`, in order."""
+    """The records of every window that had ended by `as_of`, in order; before the rollout's
+    first window (index 1), its A/A calibration records, as soak-and-collect writes them."""
     history: list[WindowRecord] = []
+    if windows and windows[0].index == 1 and windows[0].served_to <= as_of:
+        yield from calibration_records(policy, source, rollout, windows[0].served_from)
     for window in windows:
         if window.served_to > as_of:
             break

@@ -54,7 +54,8 @@ def judge_evidence(policy: Policy, records: Sequence[WindowRecord], stage: float
     replayer = Replayer(policy)
     decision: GateDecision | None = None
     for _, _, latest in replay_records(records, replayer):
-        decision = latest
+        if not latest.calibration:  # A/A windows before the rollout decide nothing
+            decision = latest
     if decision is None or decision.stage != stage:
         if decision is not None and decision.final:
             return decision  # the rollout already ended (e.g. rolled back earlier)

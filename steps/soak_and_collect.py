@@ -26,7 +26,7 @@ from kpigate.policy import Policy
 from kpigate.sources import catalogue, promql
 from kpigate.sources.base import Collected, MetricsSource, SourceError
 from kpigate.sources.factory import SourceSettings, make_source
-from kpigate.sources.records import build_record
+from kpigate.sources.records import build_record, calibration_records
 from kpigate.steps.common import (
     DONE,
     StepError,
@@ -115,10 +115,16 @@ def soak(
 ) -> int:
     """Collect until the stage has `looks` windows; returns how many were added."""
     records = list(store.read())
-    have = sum(1 for r in records if r.stage == stage)
+    have = sum(1 for r in records if r.stage == stage and not r.calibration)
     missing = max(0, looks - have)
-    next_index = (records[-1].window + 1) if records else 1
+    next_index = max(records[-1].window + 1, 1) if records else 1
     served_from = time.time()
+    if missing and not records:
+        # The rollout's first window: the baseline's A/A windows before it go first, so the
+        # gate knows the between-window variance at its first look (docs/engine.md).
+        for before in calibration_records(policy, source, rollout, served_from):
+            store.append(before)
+            records.append(before)
     if missing:
         source.mark()
     for n in range(missing):

@@ -149,8 +149,10 @@ def test_the_stage_advances_only_on_promote() -> None:
     assert limit == 4 * (6 + 6)
     for r in range(8):
         stages: list[int] = []
-        observe, count = robust._traffic(setting, limit)(r)
-        walk = sim.walk(plan, _recording(observe, stages), count)
+        traffic = robust._traffic(setting, limit, sim.calibration_windows(plan))
+        observe, count, before = traffic(r)
+        assert len(before) == plan.policy.calibration.windows == 24
+        walk = sim.walk(plan, _recording(observe, stages), count, before)
         assert walk.end in {"rollback", "promoted", "suspended"}
         assert len(stages) == walk.windows
         assert all(b - a in (0, 1) for a, b in itertools.pairwise(stages))
@@ -199,3 +201,36 @@ def test_engine_of_another_commit_is_the_one_imported(tmp_path: Path) -> None:
     assert not data["engine"].startswith(str(Path(engine_at.engine_path()).parents[1]))
     with pytest.raises(engine_at.NoSuchEngine):
         engine_at.run_at_commit("0" * 40, [str(script)])
+
+
+def test_calibration_halves_carry_the_arms_noise_with_half_the_trials() -> None:
+    """Each half of the baseline before the rollout moves by its own N(0, sd), as an arm does,
+    with half the window's trials: the halves' difference has the variance of an A/A arm pair
+    of that size, 2 sd^2 + the binomial part."""
+    rng = np.random.default_rng(5)
+    windows, total, sd = 20_000, 10_000, 0.02
+    before = sim.binomial_calibration(rng, windows, total, sd)
+    diffs = []
+    for kpis in before:
+        a, b = kpis["recall"].baseline, kpis["recall"].candidate
+        assert isinstance(a, Rate) and isinstance(b, Rate)
+        assert a.trials == b.trials == total / 2
+        diffs.append(b.successes / b.trials - a.successes / a.trials)
+    p = sim.BASE_RECALL
+    binomial = p * (1 - p) * (2 / (total / 2))
+    assert np.mean(diffs) == pytest.approx(0.0, abs=0.001)
+    assert np.var(diffs) == pytest.approx(2 * sd * sd + binomial, rel=0.05)
+
+
+def test_user_calibration_splits_by_another_hash_than_the_router() -> None:
+    rng = np.random.default_rng(9)
+    people = sim.users(rng, 5_000, 2_000, salt="bench")
+    (window,) = sim.user_calibration(rng, people, 1)
+    a, b = window["recall"].baseline, window["recall"].candidate
+    assert isinstance(a, Rate) and isinstance(b, Rate)
+    assert a.trials + b.trials == pytest.approx(2_000, rel=0.1)
+    halves = sim.user_buckets(5_000, "calibration") < sim.BUCKETS // 2
+    router = sim.user_buckets(5_000, "bench") < sim.BUCKETS // 2
+    assert 0.45 < halves.mean() < 0.55
+    # independent of the router's split: about half of each router half is in each calibration half
+    assert 0.4 < (halves & router).sum() / router.sum() < 0.6

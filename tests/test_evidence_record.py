@@ -129,7 +129,10 @@ def _rate(successes: object, trials: object, **extra: object) -> dict[str, objec
         (_bad({}, served_from=10, served_to=5), 'window 7: "served_to" is before "served_from"'),
         (_bad({}, cohort={"window": 1}), "window 7: cohort.stage: missing field"),
         (_bad({}, stale="yes"), "window 7: stale: Input should be a valid boolean"),
-        (json.dumps({"window": -1, "stage": 5, "kpis": {}}), "window -1: window: Input should be"),
+        (
+            json.dumps({"window": -1, "stage": 5, "kpis": {}}),
+            'window -1: "window": a negative index (-1) is for calibration windows only',
+        ),
     ],
 )
 def test_a_hostile_record_is_refused_naming_the_window_and_field(line: str, message: str) -> None:

@@ -33,6 +33,7 @@ from kpigate.engine.plan import (
     KpiState,
     Scales,
     Verdict,
+    pooled_tau2,
     scales_of,
 )
 from kpigate.policy import Kpi, Method, Policy, Scope
@@ -105,6 +106,62 @@ def sizes_of(kpi: Kpi, policy: Policy, reference: float | None) -> Sizes | Unuse
     return Sizes(margin, scales)
 
 
+def _comparison(
+    hyp: Hypothesis, candidate: ArmData, baseline: ArmData, earlier: ArmData | None
+) -> Comparison | Unused:
+    """compare() as every window of this KPI uses it, or why it cannot; the one place both a
+    rollout window and a calibration window are read, so the two are on one scale."""
+    kpi = hyp.kpi
+    try:
+        comparison = compare(
+            candidate,
+            baseline,
+            kpi.quantile,
+            earlier,
+            span=kpi.margin if kpi.margin_type == "absolute" and kpi.margin > 0 else None,
+            threshold=kpi.threshold,
+            contrast=hyp.contrast,
+        )
+    except (NotComparable, ValueError, OverflowError, ZeroDivisionError) as exc:
+        return Unused(f"not comparable: {exc}")
+    if not (_MIN_VARIANCE < comparison.variance < _MAX_VARIANCE) or not math.isfinite(
+        comparison.difference
+    ):
+        return Unused("not comparable: the window's variance is zero or out of range")
+    return comparison
+
+
+def between_window_variance(state: KpiState) -> float:
+    """tau^2 for the next rollout window: the calibration windows and the rollout's earlier
+    windows pooled as two groups, each around its own mean (plan.pooled_tau2)."""
+    return pooled_tau2((state.calibration, state.spread))
+
+
+def calibrate(hyp: Hypothesis, state: KpiState, obs: Observation | None) -> KpiState:
+    """Take one A/A calibration window (two halves of the baseline, before the rollout) into
+    the calibration spread: the halves' difference and its model variance, read exactly as a
+    rollout window is, with the calibration's own earlier windows as the reference. Nothing
+    else changes: no evidence, no look, no arm totals. A window that cannot be compared (or a
+    window-scope KPI, which keeps the model variance) leaves the state as it was."""
+    if hyp.kpi.scope is not Scope.ROLLOUT or obs is None:
+        return state
+    if obs.candidate is None or obs.baseline is None:
+        return state
+    comparison = _comparison(hyp, obs.candidate, obs.baseline, state.calibration_reference)
+    if isinstance(comparison, Unused):
+        return state
+    both = _add(obs.candidate, obs.baseline)
+    try:
+        reference = _add(state.calibration_reference, both)
+    except ValueError:  # histograms whose buckets changed: keep the earlier reference
+        return state
+    return replace(
+        state,
+        calibration=state.calibration.add(comparison.difference, comparison.variance),
+        calibration_reference=reference,
+    )
+
+
 def update(
     hyp: Hypothesis, policy: Policy, state: KpiState, obs: Observation | None, last_stage: bool
 ) -> tuple[KpiState, Comparison | Unused]:
@@ -120,30 +177,18 @@ def update(
     earlier = None
     if state.candidate is not None and state.baseline is not None:
         earlier = _add(state.candidate, state.baseline)
-    try:
-        kpi = hyp.kpi
-        comparison = compare(
-            obs.candidate,
-            reference,
-            kpi.quantile,
-            earlier,
-            span=kpi.margin if kpi.margin_type == "absolute" and kpi.margin > 0 else None,
-            threshold=kpi.threshold,
-            contrast=hyp.contrast,
-        )
-    except (NotComparable, ValueError, OverflowError, ZeroDivisionError) as exc:
-        return state, Unused(f"not comparable: {exc}")
-    if not (_MIN_VARIANCE < comparison.variance < _MAX_VARIANCE) or not math.isfinite(
-        comparison.difference
-    ):
-        return state, Unused("not comparable: the window's variance is zero or out of range")
+    kpi = hyp.kpi
+    comparison = _comparison(hyp, obs.candidate, reference, earlier)
+    if isinstance(comparison, Unused):
+        return state, comparison
     # Accumulated evidence uses the window's model variance plus the between-window component
-    # estimated from earlier windows only, so it is known before the window is seen
-    # (predictable). A window-scope KPI asks whether this window alone differs: a transient
-    # spike is what it is for, and must not widen the windows after it.
+    # estimated from earlier windows only (the calibration windows before the rollout and the
+    # rollout's earlier windows), so it is known before the window is seen (predictable). A
+    # window-scope KPI asks whether this window alone differs: a transient spike is what it
+    # is for, and must not widen the windows after it.
     variance = comparison.variance
     if kpi.scope is Scope.ROLLOUT:
-        variance += state.spread.tau2()
+        variance += between_window_variance(state)
     # Users recur and are what is randomised: the rollout-to-date design effect scales every
     # window's variance alike (evidence.Rate.deff), so it divides the running sums at the look
     # (classify()) rather than weighing this window against the earlier ones.
@@ -153,7 +198,8 @@ def update(
     history = state.history
     if obs.baseline is not None and len(history) < 64:
         history = (*history, comparison.baseline)
-    updated = KpiState(
+    updated = replace(
+        state,
         info=state.info + 1.0 / variance,
         weighted=state.weighted + improvement / variance,
         candidate=_add(state.candidate, obs.candidate),
@@ -210,6 +256,7 @@ def classify(
         "baseline": baseline_value,
         "samples": samples,
         "control": limits,
+        "calibration_windows": state.calibration.windows if kpi.scope is Scope.ROLLOUT else 0,
     }
     sizes = sizes_of(kpi, policy, _reference(kpi, state))
     if isinstance(sizes, Unused):

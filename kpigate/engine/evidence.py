@@ -157,6 +157,11 @@ class Window:
     policy has a `labels` section, label KPIs describe `cohort` (an earlier serving window whose
     labels have matured) and are absent when no cohort matured since the last look; `pending`
     then says which cohort is next and when it matures.
+
+    A `calibration` window is an A/A comparison from before the rollout started: the baseline's
+    traffic split in two halves by a hash of the user, `baseline` one half and `candidate` the
+    other. It feeds only the between-window variance (docs/engine.md), never the evidence, and
+    is no look; label KPIs in it are cohorts that had matured before the rollout began.
     """
 
     index: int
@@ -166,6 +171,7 @@ class Window:
     note: str = ""
     cohort: Cohort | None = None
     pending: Pending | None = None
+    calibration: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 
-from kpigate.engine.classify import Unused, classify, no_evidence, update, window_samples
+from kpigate.engine.classify import (
+    Unused,
+    calibrate,
+    classify,
+    no_evidence,
+    update,
+    window_samples,
+)
 from kpigate.engine.evidence import Window
 from kpigate.engine.plan import (
     Cause,
@@ -70,9 +77,56 @@ def _waiting(window: Window, stage: float | None = None) -> str:
     return f"waiting for labels: no cohort{where} has matured yet"
 
 
+def _calibration(
+    plan: GatePlan, state: RolloutState, window: Window
+) -> tuple[RolloutState, GateDecision]:
+    """Take an A/A calibration window into each KPI's calibration spread, and decide nothing.
+
+    Only before the rollout's first window: a calibration window afterwards would no longer
+    precede the candidate's data (the variance would stop being predictable), so it is
+    ignored, as are stale ones and every calibration window under `calibration.windows: 0`.
+    The decision returned is a HOLD with cause `calibration`, look 0 and no KPI reports: not a
+    look, and marked `calibration` so the evaluate-gate step and status skip it.
+    """
+    used = plan.policy.calibration.windows > 0 and state.windows == 0 and not window.stale
+    kpi_states = dict(state.kpis)
+    if used:
+        for hyp in plan.hypotheses:
+            previous = kpi_states.get(hyp.key, KpiState())
+            kpi_states[hyp.key] = calibrate(hyp, previous, window.kpis.get(hyp.data))
+        counted = state.calibration_windows + 1
+        reason = f"calibration window {window.index}: A/A variance only ({counted} so far)"
+    else:
+        counted = state.calibration_windows
+        why = (
+            "calibration is off (calibration.windows: 0)"
+            if plan.policy.calibration.windows <= 0
+            else "it comes after the rollout's first window"
+            if state.windows
+            else "stale evidence"
+        )
+        reason = f"calibration window {window.index} ignored: {why}"
+    decision = GateDecision(
+        window=window.index,
+        stage=window.stage,
+        decision=Decision.HOLD,
+        reasons=(reason,),
+        kpis={},
+        look=0,
+        holds=0,
+        cause=Cause.CALIBRATION,
+        calibration=True,
+    )
+    return replace(state, kpis=kpi_states, calibration_windows=counted), decision
+
+
 def judge(plan: GatePlan, state: RolloutState, window: Window) -> tuple[RolloutState, GateDecision]:
-    """Fold one window into the rollout and decide. Never raises on data problems: it holds."""
+    """Fold one window into the rollout and decide. Never raises on data problems: it holds.
+
+    A calibration window (before the rollout) only feeds the variance: see _calibration."""
     policy = plan.policy
+    if window.calibration:
+        return _calibration(plan, state, window)
     if state.ended is not None:
         ended = state.ended
         repeat = replace(
@@ -175,6 +229,7 @@ def judge(plan: GatePlan, state: RolloutState, window: Window) -> tuple[RolloutS
         kpis=kpi_states,
         last_cohort=last_cohort,
         cohort_stages=cohort_stages,
+        calibration_windows=state.calibration_windows,
     )
     return new_state, result
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -42,6 +42,7 @@ class Cause(StrEnum):
     STALE = "stale"  # the collector marked the evidence too old
     TIMEOUT = "timeout"  # no decision within max_holds: rollback or suspend by policy
     OPERATOR = "operator"  # an operator's action (abort, promote, rejection)
+    CALIBRATION = "calibration"  # an A/A window before the rollout: variance only, no look
     ENDED = "ended"  # the rollout had already ended
 
 
@@ -173,21 +174,44 @@ class Spread:
             self.wu2 + w * difference * difference,
         )
 
-    def tau2(self) -> float:
-        """The component, inflated while few windows estimate it.
+    @property
+    def q(self) -> float:
+        """Cochran's Q: the weighted scatter around this group's own weighted mean."""
+        return self.wu2 - self.wu * self.wu / self.w if self.windows >= 2 else 0.0
 
-        With k windows the moment estimate rests on k - 1 degrees of freedom; the plug-in
-        then understates the tails as a normal quantile understates Student's t, so it is
-        scaled by 1 + 2 / (k - 1) (the t-variance factor's shape), which fades as windows come.
-        """
-        if self.windows < 2:
-            return 0.0
-        q = self.wu2 - self.wu * self.wu / self.w
-        c = self.w - self.w2 / self.w
-        if c <= 0:
-            return 0.0
-        estimate = max(0.0, (q - (self.windows - 1)) / c)
-        return estimate * (1.0 + 2.0 / (self.windows - 1))
+    @property
+    def c(self) -> float:
+        """The coefficient of tau^2 in E[Q]: sum w - sum w^2 / sum w."""
+        return self.w - self.w2 / self.w if self.windows >= 2 else 0.0
+
+    @property
+    def df(self) -> int:
+        return max(self.windows - 1, 0)
+
+    def tau2(self) -> float:
+        """This group's component alone (pooled_tau2 of one group)."""
+        return pooled_tau2((self,))
+
+
+def pooled_tau2(groups: Sequence[Spread]) -> float:
+    """The between-window component from several groups of windows, each around its own mean.
+
+    Calibration windows (two halves of the baseline before the rollout, mean 0) and rollout
+    windows (candidate vs baseline, whose mean is the real difference) scatter by the same
+    tau^2 but around different means, so each keeps its own: Q = sum of the groups' Q, on
+    sum (k_g - 1) degrees of freedom, with C = sum C_g; tau^2 = max(0, (Q - df) / C). A real
+    difference in the rollout then moves only its own group's mean, never tau^2. With df
+    degrees of freedom the plug-in understates the tails as a normal quantile understates
+    Student's t, so it is scaled by 1 + 2 / df (the t-variance factor's shape), which fades as
+    windows come; fewer than one degree of freedom estimates nothing (0).
+    """
+    df = sum(g.df for g in groups)
+    c = sum(g.c for g in groups)
+    if df < 1 or not c > 0:
+        return 0.0
+    q = sum(g.q for g in groups)
+    estimate = max(0.0, (q - df) / c)
+    return estimate * (1.0 + 2.0 / df)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +224,11 @@ class KpiState:
     ewma: float | None = None
     looks: int = 0  # windows that added evidence
     spread: Spread = Spread()
+    # A/A calibration (baseline halves before the rollout): feeds tau^2 only, never info or
+    # weighted; its own reference (both halves of earlier calibration windows) sets the
+    # variance of each calibration difference as `candidate` + `baseline` do for the rollout.
+    calibration: Spread = Spread()
+    calibration_reference: ArmData | None = None
     # Rate KPIs whose source gives design effects (evidence.Rate.deff): the one the evidence
     # is scaled by at the latest look, and the candidate's latest (for the next look).
     deff: float = 1.0
@@ -226,6 +255,8 @@ class KpiReport:
     # (inf: never at that estimate), and about how long they take at the current rate.
     needs_samples: float | None = None
     eta_seconds: float | None = None
+    # Calibration windows the between-window component rests on (besides the rollout's own).
+    calibration_windows: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -248,6 +279,8 @@ class KpiReport:
             finite = math.isfinite(self.needs_samples)
             out["needs_samples"] = math.ceil(self.needs_samples) if finite else None
             out["eta_seconds"] = None if self.eta_seconds is None else round(self.eta_seconds)
+        if self.calibration_windows:
+            out["calibration_windows"] = self.calibration_windows
         return out
 
 
@@ -273,9 +306,12 @@ class GateDecision:
     final: bool = False  # rolled back, or promoted at the last stage
     alerts: tuple[str, ...] = ()
     cause: Cause = Cause.EVIDENCE
+    # An A/A calibration window (before the rollout): it fed the variance and decided nothing,
+    # so whoever takes "the latest decision" skips it (decision HOLD, look 0, cause calibration).
+    calibration: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "window": self.window,
             "stage": self.stage,
             "decision": self.decision.value,
@@ -288,6 +324,9 @@ class GateDecision:
             "alerts": list(self.alerts),
             "kpis": {key: report.as_dict() for key, report in self.kpis.items()},
         }
+        if self.calibration:
+            out["calibration"] = True
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,3 +339,4 @@ class RolloutState:
     kpis: Mapping[str, KpiState] = field(default_factory=dict)
     last_cohort: int | None = None  # the newest cohort judged; older ones are never revisited
     cohort_stages: frozenset[float] = frozenset()  # stages with a judged cohort of their own
+    calibration_windows: int = 0  # A/A calibration records taken in (they precede window 1)

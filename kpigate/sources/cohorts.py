@@ -90,9 +90,12 @@ def next_cohort(
 
 
 def served_windows(records: Iterable[WindowRecord]) -> list[ServedWindow]:
-    """The windows of recorded evidence that carry their serving interval."""
+    """The rollout's windows of recorded evidence that carry their serving interval (A/A
+    calibration windows precede the rollout: they are no cohort and no serving window of it)."""
     out = []
     for record in records:
+        if record.calibration:
+            continue
         start, end = record.served_from, record.served_to
         if start is not None and end is not None:
             out.append(ServedWindow(record.window, float(record.stage), float(start), float(end)))

@@ -12,13 +12,14 @@ one way. SQLite embedded, PostgreSQL at scale: both read through the index on cr
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, case, false, func, literal, or_, select, true
+from sqlalchemy import and_, case, false, func, literal, literal_column, or_, select, true
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
@@ -33,6 +34,10 @@ from kpigate.sources.cohorts import NextCohort, ServedWindow, Unlabeled, outcome
 from kpigate.sources.counts import WindowCounts, labels_of
 
 DB_URL_ENV = "KPIGATE_DB_URL"
+# A/A calibration: the baseline's rows before a rollout split into two halves by this hash of
+# the user, independent of the router's bucket (kpigate/serve/routing.py), so the halves are not
+# the users who will be the candidate's.
+CALIBRATION_SALT = ":kpigate-calibration"
 DB_URL_FILE_ENV = "KPIGATE_DB_URL_FILE"
 SEGMENTS = ("region", "payment_method", "amount_band")
 NO_LABEL = -1
@@ -124,8 +129,41 @@ def _moments_of(rows: list[Any], rates: dict[str, Any]) -> Moments:
     return out
 
 
+def calibration_half(entity_key: str) -> str:
+    """The pseudo-arm of a user's baseline rows in an A/A calibration window: "baseline" when
+    the first hex digit of md5(entity_key + CALIBRATION_SALT) is below 8, else "candidate".
+    md5 because both engines compute it: PostgreSQL natively, SQLite through the same Python
+    function registered on the connection (_half_sql); the split is the same on both."""
+    digest = hashlib.md5((entity_key + CALIBRATION_SALT).encode(), usedforsecurity=False)
+    return "baseline" if digest.hexdigest()[0] < "8" else "candidate"
+
+
+def _md5_hex(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def _half_sql(entity_key: Any) -> Any:
+    """SQL: calibration_half(entity_key) ("baseline" or "candidate"), on SQLite and PostgreSQL.
+    Constants are inlined, not bound, so the GROUP BY repeats the SELECT's expression exactly."""
+    one: Any = literal_column("1")
+    salted = entity_key.concat(literal_column(f"'{CALIBRATION_SALT}'"))
+    digit = func.substr(func.md5(salted), one, one)
+    # A set, not `< '8'`: the comparison would follow the database's collation.
+    lower: list[Any] = [literal_column(f"'{d}'") for d in "01234567"]
+    return case(
+        (digit.in_(lower), literal_column("'baseline'")), else_=literal_column("'candidate'")
+    )
+
+
 class PredlogReader:
-    """SQL reads over one prediction log; every method is one or two queries."""
+    """SQL reads over one prediction log; every method is one or two queries.
+
+    Each table is read with an `arm` expression: the row's arm for a rollout window, or for an
+    A/A calibration window (`calibration=True`: the baseline's served rows only) the half of
+    its user (calibration_half), so both are counted by one code path.
+    """
 
     def __init__(
         self,
@@ -155,29 +193,49 @@ class PredlogReader:
         t = self.table
         return and_(t.c.created_at >= start, t.c.created_at < end)
 
+    def _split(self, calibration: bool) -> tuple[Any, ColumnElement[bool]]:
+        """(the arm a row counts for, the rows that count): the two arms, or for calibration the
+        baseline's answered rows split by user."""
+        t = self.table
+        if not calibration:
+            return t.c.arm, self._arms()
+        version = self.versions["baseline"]
+        rows = and_(t.c.arm == "baseline", t.c.shadow == false())
+        if version is not None:
+            rows = and_(rows, t.c.model_version == version)
+        return _half_sql(t.c.entity_key), rows
+
     def _rows(self, query: Any) -> list[Any]:
         try:
             with self.engine.connect() as conn:
+                if conn.dialect.name == "sqlite":
+                    # SQLite has no md5: the same function as Python's (calibration_half).
+                    raw: Any = conn.connection.driver_connection
+                    raw.create_function("md5", 1, _md5_hex, deterministic=True)
                 return list(conn.execute(query))
         except SQLAlchemyError as exc:
             raise SourceError(f"prediction log query failed: {type(exc).__name__}: {exc}") from exc
 
-    def immediate(self, start: float, end: float) -> WindowCounts:
-        """Decisions, latency and errors of the predictions served in [start, end)."""
+    def immediate(self, start: float, end: float, calibration: bool = False) -> WindowCounts:
+        """Decisions, latency and errors of the predictions served in [start, end); with
+        `calibration`, the baseline's decisions and latency per half (no errors: a failed
+        request is logged as the candidate's only)."""
         t = self.table
         counts = WindowCounts()
-        where = and_(self._served(start, end), self._arms())
-        decisions = select(t.c.arm, t.c.decision, func.count()).where(where)
-        for arm, decision, n in self._rows(decisions.group_by(t.c.arm, t.c.decision)):
+        arm_of, rows = self._split(calibration)
+        arm_col = arm_of.label("arm_of")
+        where = and_(self._served(start, end), rows)
+        decisions = select(arm_col, t.c.decision, func.count()).where(where)
+        for arm, decision, n in self._rows(decisions.group_by(arm_col, t.c.decision)):
             counts.add(
                 "decisions", labels_of({"arm": arm, "decision": decision}, ("arm", "decision")), n
             )
         # Latency is the client's: shadow copies were never answered.
         bucket = _bucket_index(t.c.latency_ms / 1000.0, LATENCY_BUCKETS).label("b")
         latency = (
-            select(t.c.arm, bucket, func.count())
+            select(arm_col, bucket, func.count())
             .where(where, t.c.shadow == false())
-            .group_by(t.c.arm, bucket)
+            .group_by(arm_col, bucket)
         )
         per_arm: dict[str, dict[int, float]] = {}
         for arm, b, n in self._rows(latency):
@@ -189,6 +247,8 @@ class PredlogReader:
                     labels_of({"arm": arm, "le": _le(i, LATENCY_BUCKETS)}, ("arm", "le")),
                     value,
                 )
+        if calibration:
+            return counts
         # A failed candidate request is answered by the baseline and logged with fallback.
         errors = select(func.count()).where(
             self._served(start, end), t.c.fallback == true(), t.c.shadow == false()
@@ -215,14 +275,18 @@ class PredlogReader:
         horizon: float | None,
         unlabeled: Unlabeled,
         as_of: float | None = None,
+        calibration: bool = False,
     ) -> WindowCounts:
         """Confusion counts per segment and score histograms per class of the predictions served
-        in [start, end), with the labels that count (arrived within `horizon`, by `as_of`)."""
+        in [start, end), with the labels that count (arrived within `horizon`, by `as_of`);
+        with `calibration`, of the baseline's halves."""
         t = self.table
         label = self._label(horizon, as_of).label("lab")
-        where = and_(self._served(start, end), self._arms())
+        arm_of, rows = self._split(calibration)
+        arm_col = arm_of.label("arm_of")
+        where = and_(self._served(start, end), rows)
         counts = WindowCounts()
-        keys = (t.c.arm, t.c.decision, *(t.c[s] for s in SEGMENTS), label)
+        keys = (arm_col, t.c.decision, *(t.c[s] for s in SEGMENTS), label)
         confusion = select(*keys, func.count()).where(where).group_by(*keys)
         for arm, decision, region, method, band, lab, n in self._rows(confusion):
             if (value := self._counted(lab, unlabeled)) is None:
@@ -239,9 +303,9 @@ class PredlogReader:
                 counts.add("outcomes", labels_of(row, ("arm", "segment", "outcome")), float(n))
         bucket = _bucket_index(t.c.score, SCORE_BUCKETS).label("b")
         scores = (
-            select(t.c.arm, label, bucket, func.count())
+            select(arm_col, label, bucket, func.count())
             .where(where)
-            .group_by(t.c.arm, label, bucket)
+            .group_by(arm_col, label, bucket)
         )
         per: dict[tuple[str, int], dict[int, float]] = {}
         for arm, lab, b, n in self._rows(scores):
@@ -365,6 +429,28 @@ class PredlogSource:
             if (deff := design_effect(m)) is not None:
                 out[key] = deff
         return out
+
+    def calibration(self, window: ServedWindow, cohort: ServedWindow | None) -> Collected:
+        """The A/A counts of one calibration window before the rollout: the baseline's answered
+        rows served in `window` (decisions, latency), split into the halves "baseline" and
+        "candidate" by calibration_half, and its label tables: with a labels section those of
+        `cohort` (a window that had matured by the rollout's start) at maturity, without one
+        the labels known by the window's end, as window() reads them."""
+        reader = self.reader
+        counts = reader.immediate(window.served_from, window.served_to, calibration=True)
+        if self.labels is None:
+            end = window.served_to
+            labeled = reader.labeled(window.served_from, end, None, "exclude", end, True)
+        elif cohort is not None:
+            h = self.labels.horizon
+            labeled = reader.labeled(
+                cohort.served_from, cohort.served_to, h, self.labels.unlabeled,
+                cohort.served_to + h, True,
+            )  # fmt: skip
+        else:
+            return Collected(counts)
+        _merge(counts, [labeled])
+        return Collected(counts)
 
     def matured(self, cohort: NextCohort, labels: Labels) -> Collected:
         """The cohort's label tables; labels after its maturity are never seen."""

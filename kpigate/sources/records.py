@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from kpigate.evidence_record import RecordError, WindowRecord, record_of
-from kpigate.policy import KpiType, Labels, Policy
+from kpigate.policy import Kpi, KpiType, Labels, Policy, Scope
 from kpigate.sources import catalogue
 from kpigate.sources.base import Collected, SourceError
 from kpigate.sources.cohorts import (
@@ -184,3 +184,99 @@ def _record(
     if notes:
         record["note"] = "; ".join(notes)
     return record
+
+
+# --- A/A calibration windows: the baseline before the rollout, in two halves by user ------------
+
+
+@runtime_checkable
+class CalibrationReader(Protocol):
+    def calibration(self, window: ServedWindow, cohort: ServedWindow | None) -> Collected:
+        """The baseline's counts of `window` split in two halves by user ("baseline" and
+        "candidate"), its label tables from `cohort` (matured before the rollout's start)."""
+
+
+def calibrated(policy: Policy, kpi: Kpi) -> bool:
+    """Whether a KPI gets calibration data: rollout-scope KPIs the catalogue reads from rows
+    both halves have. error_rate has none (a failed request is logged as the candidate's
+    only), a KPI's own PromQL cannot be split by user, and a window-scope KPI keeps its model
+    variance."""
+    return (
+        kpi.scope is Scope.ROLLOUT
+        and kpi.queries is None
+        and catalogue.metric_of(kpi) != "error_rate"
+        and policy.calibration.windows > 0
+    )
+
+
+def calibration_windows(
+    policy: Policy, start: float
+) -> list[tuple[ServedWindow, ServedWindow | None]]:
+    """The A/A windows before a rollout starting at `start`, oldest first: (the serving window
+    of the immediate KPIs, the cohort of the label KPIs). Each is as long as the first stage's
+    interval and numbered -k .. -1; with a labels section the cohorts end a horizon earlier, so
+    every one has matured by `start` (without one, label KPIs come from the serving window)."""
+    k = policy.calibration.windows
+    first = policy.stages[0]
+    step = first.interval
+    shift = policy.labels.horizon if policy.labels is not None else None
+    out: list[tuple[ServedWindow, ServedWindow | None]] = []
+    for i in range(k, 0, -1):
+        served = ServedWindow(-i, first.traffic, start - i * step, start - (i - 1) * step)
+        cohort = None
+        if shift is not None:
+            cohort = ServedWindow(
+                -i, first.traffic, served.served_from - shift, served.served_to - shift
+            )
+        out.append((served, cohort))
+    return out
+
+
+def calibration_records(
+    policy: Policy, reader: object, rollout: str, start: float
+) -> list[WindowRecord]:
+    """The A/A calibration records of a rollout starting at `start`, oldest first, when the
+    source can split the baseline by user (the prediction log); none otherwise, and then the
+    gate estimates the between-window variance from the rollout's own windows as before. A
+    window the source cannot read, or whose counts fail validation, is left out: calibration
+    is a better variance, never a precondition."""
+    if not isinstance(reader, CalibrationReader) or policy.calibration.windows <= 0:
+        return []
+    kpis = [kpi for kpi in policy.kpis if calibrated(policy, kpi)]
+    if not kpis:
+        return []
+    out = []
+    for served, cohort in calibration_windows(policy, start):
+        try:
+            collected = reader.calibration(served, cohort)
+        except SourceError:
+            continue
+        data: dict[str, Any] = {}
+        labelled = False
+        for kpi in kpis:
+            for key in kpi.hypotheses():
+                arms = catalogue.read(kpi, key, collected.counts)
+                if all(arms.get(arm) is not None for arm in catalogue.ARMS):
+                    data[key] = arms  # a half without data compares nothing
+                    labelled = labelled or kpi.needs_labels
+        if not data:
+            continue  # before the baseline served anything: no calibration window
+        record: dict[str, Any] = {
+            "rollout": rollout,
+            "window": served.index,
+            "stage": served.stage,
+            "served_from": served.served_from,
+            "served_to": served.served_to,
+            "kpis": data,
+            "calibration": True,
+        }
+        if cohort is not None and labelled:
+            record["note"] = (
+                f"A/A calibration; label KPIs: the cohort served {_clock(cohort.served_from)} to "
+                f"{_clock(cohort.served_to)}, matured before the rollout's start"
+            )
+        try:
+            out.append(record_of(record))
+        except RecordError:
+            continue
+    return out
