@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import engine_at  # bench/engine_at.py (the script's folder is on sys.path)
+import latency_bound
 import numpy as np
 import robust_report
 import simulate as sim
@@ -50,6 +51,11 @@ USER_POPULATIONS = ((5_000, 2_000), (20_000, 10_000))  # users, transactions per
 P95S_MS = (20.0, 50.0, 97.0, 150.0, 300.0, 600.0, 900.0)
 LATENCY_REQUESTS = 10_000  # requests per window, both arms
 REGRESSION_MS = 25.0
+# Where 10,000 requests per window cannot show a +25 ms p95 regression to the hold's test 95% of
+# the time even on exact latencies (the exact-data bound, bench/latency_bound.py), the hold is
+# also run at the traffic where exact latencies would catch it within 3 looks 99% of the time,
+# and the 3-look target is judged there.
+BOUND_POWER = 0.99
 GAP_BASELINE = 0.007
 GAP_POSITIVES = 2_000  # labeled positives per segment per window, both arms
 POWER_TOTAL = 10_000  # 500 labeled positives per window for the candidate at 5%
@@ -78,6 +84,7 @@ class Setting:
     gap: float = GAP_BASELINE
     effect: float = 0.0
     kpi: str = ""  # latency: rollback or hold
+    requests: int = LATENCY_REQUESTS  # latency: requests per window, both arms
     early: str = "noninferior"  # promote_when at 5% and 25%
 
     @property
@@ -116,6 +123,16 @@ def settings(rollouts: int) -> list[Setting]:
             who = "identical" if delta == 0 else f"+{delta:g} ms p95"
             label = f"latency p95 {p95:g} ms, {kpi} KPI, {who}"
             out.append(Setting("latency", label, who, rollouts, p95=p95, delta_ms=delta, kpi=kpi))
+        short = latency_bound.bound(p95, LATENCY_REQUESTS, *_hold_test()).within < 0.95
+        if short and bucketed_shift(p95) > float(LATENCY_KPI["margin"]):  # type: ignore[arg-type]
+            needed = latency_bound.requests_for(p95, BOUND_POWER, *_hold_test())
+            for delta in (0.0, REGRESSION_MS):
+                who = "identical" if delta == 0 else f"+{delta:g} ms p95"
+                label = f"latency p95 {p95:g} ms, hold KPI, {who}, {needed} requests/window"
+                out.append(
+                    Setting("latency", label, who, rollouts, p95=p95, delta_ms=delta, kpi="hold",
+                            requests=needed)
+                )  # fmt: skip
     for gap, who in ((GAP_BASELINE, "identical"), (-0.028, "reversed"), (0.028, "widened")):
         label = f"fairness gap {GAP_BASELINE:+g} -> {gap:+g}"
         out.append(Setting("fairness", label, who, rollouts, gap=gap))
@@ -157,6 +174,25 @@ GAP_KPI: dict[str, object] = dict(
 )  # fmt: skip
 
 
+def _hold_test() -> tuple[float, float, float, float]:
+    """(candidate weight at 5%, effect, margin, z) of the shipped hold's per-window test, as the
+    engine compiles it: the exact-data bound's arguments."""
+    plan = compile_plan(sim.bench_policy(Kpi.model_validate(LATENCY_KPI | LATENCY_AS["hold"])))
+    margin = float(LATENCY_KPI["margin"])  # type: ignore[arg-type]
+    return float(sim.stage_weights()[0]), REGRESSION_MS, margin, plan.hypotheses[0].harm_z
+
+
+def bucketed_shift(p95: float) -> float:
+    """The +25 ms regression as histogram_quantile reads it on the default buckets."""
+    base = latency_bound.bucketed_p95(p95, sim.BOUNDS_MS)
+    return latency_bound.bucketed_p95(p95 + REGRESSION_MS, sim.BOUNDS_MS) - base
+
+
+def hold_bound(s: Setting) -> latency_bound.Bound:
+    """How often a test on exact latencies could catch the setting's regression in 3 looks."""
+    return latency_bound.bound(s.p95, s.requests, *_hold_test())
+
+
 def _plan(s: Setting) -> GatePlan:
     if s.scenario == "latency":
         return compile_plan(sim.bench_policy(Kpi.model_validate(LATENCY_KPI | LATENCY_AS[s.kpi])))
@@ -194,10 +230,8 @@ def _traffic(s: Setting, windows: int, calibration: int) -> Callable[[int], Traf
             before = sim.user_calibration(cal, people, calibration)
             return sim.user_arms(rng, people, windows), "recall", before
         if s.scenario == "latency":
-            arms = sim.latency_arms(rng, windows, LATENCY_REQUESTS, s.p95, s.p95 + s.delta_ms)
-            before = sim.latency_calibration(
-                cal, calibration, LATENCY_REQUESTS, s.p95, "latency_p95"
-            )
+            arms = sim.latency_arms(rng, windows, s.requests, s.p95, s.p95 + s.delta_ms)
+            before = sim.latency_calibration(cal, calibration, s.requests, s.p95, "latency_p95")
             return sim.histograms("latency_p95", *arms), "latency_p95", before
         if s.scenario == "fairness":
             segs = sim.segment_arms(rng, windows, GAP_POSITIVES, GAP_BASELINE, s.gap)
@@ -283,14 +317,39 @@ def targets(results: list[Result], reference: Reference) -> list[tuple[str, bool
                 (f"false rollback <= 0.05 ({s.label})", r.rollback <= 0.05, sim.fmt(r.rollback))
             )
         if s.scenario == "latency" and s.kpi == "hold" and not identical:
-            checks.append(
-                (
-                    f"held within 3 looks in >= 95% of rollouts ({s.label})",
-                    r.fail_within_3 >= 0.95,
-                    f"{sim.fmt(r.fail_within_3)}, mean first hold at look "
-                    f"{sim.fmt(r.first_fail, 2)}",
-                )
+            measured = (
+                f"{sim.fmt(r.fail_within_3)}, mean first hold at look {sim.fmt(r.first_fail, 2)}"
             )
+            limit = hold_bound(s).within
+            seen = bucketed_shift(s.p95)
+            if seen <= float(LATENCY_KPI["margin"]):  # type: ignore[arg-type]
+                checks.append(
+                    (
+                        f"held within 3 looks in >= 95% of rollouts ({s.label})",
+                        r.fail_within_3 >= 0.95,
+                        f"{measured}; the default buckets read the +{REGRESSION_MS:g} ms as "
+                        f"+{seen:.1f} ms (histogram_quantile), inside the "
+                        f"{LATENCY_KPI['margin']} ms margin at any traffic",
+                    )
+                )
+            elif limit < 0.95:
+                # No test on these requests could: judged at the traffic where one could.
+                checks.append(
+                    (
+                        f"held within 3 looks no less often than the exact-data bound allows, "
+                        f"within 0.1 ({s.label})",
+                        r.fail_within_3 >= limit - 0.1,
+                        f"{measured}; exact latencies, same test: at most {sim.fmt(limit)}",
+                    )
+                )
+            else:
+                checks.append(
+                    (
+                        f"held within 3 looks in >= 95% of rollouts ({s.label})",
+                        r.fail_within_3 >= 0.95,
+                        f"{measured}; exact-data bound {sim.fmt(limit)}",
+                    )
+                )
         if s.scenario == "fairness" and not identical:
             promoted = round(r.promoted_any * s.rollouts)
             checks.append(
@@ -348,7 +407,16 @@ def intro(reference: str) -> list[str]:
         "- **latency**: lognormal (sigma 0.5) on Prometheus' default buckets, "
         f"{LATENCY_REQUESTS} requests per window; `rollback` is latency_p95 (q 0.95, lower, "
         "margin 10 ms) with action rollback, scope rollout; `hold` the shipped KPI (action "
-        "hold, scope window, fail_beyond_margin).",
+        "hold, scope window, fail_beyond_margin). A +25 ms p95 at 300 ms and above cannot be "
+        f"seen in {LATENCY_REQUESTS} requests per window (500 at 5%) by any such test: with "
+        "exact latencies the sample p95's noise is larger than the regression beyond the "
+        "margin (bench/latency_bound.py), and the same test on exact data fires within 3 looks "
+        "in at most the share the target row names. Those rows are judged against that bound, "
+        f"and the hold is run again at the requests per window where exact data would catch "
+        f"it {BOUND_POWER:.0%} of the time (the `N requests/window` rows), where the "
+        "95% target applies. At 900 ms no traffic helps: inside the 500 ms - 1 s bucket "
+        "Prometheus' histogram_quantile reads the +25 ms as +8.4 ms, less than the 10 ms "
+        "margin (docs/policy.md: an exceedance KPI on the 1 s bound is what sees it).",
         f"- **fairness**: the recall gap a - b, direction lower, margin 0.02, {GAP_POSITIVES} "
         "positives per segment per window.",
         f"- **power**: binomial, 500 candidate positives per window at 5%; reference engine "
