@@ -293,3 +293,34 @@ def test_an_older_state_table_is_upgraded_in_place(tmp_path: Path) -> None:
     Tables("w_").create(engine)
     saved = SharedState(engine, Tables("w_"), "r1").load()
     assert saved is not None and (saved.weight, saved.version) == (25.0, 0)
+
+
+class _NoModels:
+    def load(self, alias: str) -> Any:
+        raise AssertionError("no model is loaded in this test")
+
+
+def test_a_commit_wait_past_the_timeout_fails_the_request_and_the_row_still_commits(
+    tmp_path: Path,
+) -> None:
+    from kpigate.serve.config import ServeConfig
+    from kpigate.serve.metrics import RouterMetrics
+    from kpigate.serve.router import RouterCore
+
+    log = _log(Database(None, "w_"), tmp_path)
+    core = RouterCore(ServeConfig(db_statement_timeout_s=0.2), _NoModels(), RouterMetrics(), log)
+    try:
+        with log.write_lock:  # /feedback's transaction, say: neither the loop nor the writer
+            try:
+                asyncio.run(core._commit(_row(1)))
+                raise AssertionError("the commit wait did not time out")
+            except LogUnavailable as exc:
+                assert "did not commit within 0.2s" in str(exc)
+        # The timed-out row was not dropped: the writer commits it once the lock is free.
+        deadline = time.monotonic() + 30
+        while _count(log) < 1:
+            assert time.monotonic() < deadline, "the timed-out row was never committed"
+            time.sleep(0.05)
+        assert asyncio.run(_submit_all(log, [_row(2)])) == [None] and _count(log) == 2
+    finally:
+        log.close()

@@ -9,7 +9,6 @@ import random
 import socket
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -328,7 +327,9 @@ class RouterCore:
         if baseline is None:
             raise BaselineError("the router has not finished starting")
         chosen = route(inst.entity_key, self.state, self.config.hash_salt, candidate is not None)
-        request_id = uuid.uuid4().hex
+        # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID object
+        # (a few us per request, 3.7% of the loop's time at 64 clients).
+        request_id = os.urandom(16).hex()
         fallback = False
         if chosen.served == "candidate" and candidate is not None:
             score = await self._try_candidate(candidate, inst)
@@ -356,16 +357,19 @@ class RouterCore:
         return answer
 
     async def _commit(self, row: dict[str, Any]) -> None:
+        """Until the row is committed, or LogUnavailable after the statement timeout. A row
+        whose wait timed out stays queued and may still be committed (never lost): the timer
+        only fails this request's future, which the log then leaves alone. One timer instead
+        of wait_for(shield(...)), which cost two more futures and their callbacks per request."""
         started = time.perf_counter()
         committed = self.predlog.submit(row)
         timeout = self.config.db_statement_timeout_s
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, committed, timeout)
         try:
-            # shield: a row whose wait timed out may still be committed, and must not be lost.
-            await asyncio.wait_for(asyncio.shield(committed), timeout)
-            self.metrics.commit_wait.observe(time.perf_counter() - started)
-        except TimeoutError:
-            committed.add_done_callback(_consume)
-            raise LogUnavailable(f"the prediction log did not commit within {timeout:g}s") from None
+            await committed
+        finally:
+            timer.cancel()
+        self.metrics.commit_wait.observe(time.perf_counter() - started)
 
     async def _try_candidate(self, candidate: Batcher, inst: Instance) -> float | None:
         version = candidate.model.version
@@ -449,7 +453,8 @@ class RouterCore:
         return answer, row
 
 
-def _consume(future: asyncio.Future[None]) -> None:
-    """Retrieve a late outcome nobody awaits any more, so asyncio does not log it as lost."""
-    if not future.cancelled():
-        future.exception()
+def _expire(future: asyncio.Future[None], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(
+            LogUnavailable(f"the prediction log did not commit within {timeout:g}s")
+        )
