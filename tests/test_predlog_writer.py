@@ -198,6 +198,21 @@ def test_many_rows_in_one_turn_go_to_the_writer_in_one_transaction(tmp_path: Pat
         log.close()
 
 
+@pytest.mark.usefixtures("never_slow")
+def test_with_other_requests_in_flight_the_writer_thread_commits(tmp_path: Path) -> None:
+    """Under load the loop is the other requests': the writer thread commits in parallel."""
+    serving = [1]
+    log = _log(Database(None, "w_"), tmp_path, in_flight=lambda: serving[0])
+    try:
+        assert asyncio.run(_submit_all(log, [_row(1)])) == [None]
+        assert log.inline_commits == 1  # the only request in flight waits for this commit
+        serving[0] = 5  # four more are being parsed or scored
+        assert asyncio.run(_submit_all(log, [_row(2), _row(3)])) == [None, None]
+        assert log.inline_commits == 1 and _count(log) == 3
+    finally:
+        log.close()
+
+
 def test_a_locked_file_sends_the_row_to_the_writer_which_waits_for_the_lock(
     tmp_path: Path,
 ) -> None:

@@ -8,15 +8,15 @@ rows are committed, the refused ones are dead-lettered (counted, logged without 
 and never block the others. A database that is down or too slow fails the waiting rows with
 LogUnavailable, which the router answers with 503. SQLite by default; PostgreSQL at scale.
 
-The inline commit (SQLite): when the writer is idle and one turn of the event loop queued only a
-few rows (a lone request), the loop commits them itself on a connection of its own, then
-resolves their futures: the same transaction on the same file, without waking the writer
-thread and waking the loop back (two thread wake-ups, about 0.1-0.2 ms of a 1 ms answer at one
-client) and without SQLAlchemy's per-statement work. Anything unusual (the file lock taken, an
-error, more rows, a shadow copy) leaves the rows to the writer thread, which handles it as
-before; a slow inline commit sends every batch to the writer for a while. That connection
-never checkpoints the WAL (a checkpoint writes and syncs the database file, too long to hold
-the loop for): the writer thread does, every CHECKPOINT_ROWS inline rows.
+The inline commit (SQLite): when the writer is idle, one turn of the event loop queued only a
+few rows and no other request is being served (a lone client), the loop commits them itself on a
+connection of its own, then resolves their futures: the same transaction on the same file,
+without waking the writer thread and waking the loop back (two thread wake-ups, about 0.1-0.2 ms
+of a 1 ms answer at one client) and without SQLAlchemy's per-statement work. Anything unusual
+(the file lock taken, an error, more rows, a shadow copy) leaves the rows to the writer thread,
+which handles it as before; a slow inline commit sends every batch to the writer for a while.
+That connection never checkpoints the WAL (a checkpoint writes and syncs the database file,
+too long to hold the loop for): the writer thread does, every CHECKPOINT_ROWS inline rows.
 """
 
 from __future__ import annotations
@@ -255,6 +255,7 @@ class PredictionLog:
         on_dropped: Callable[[str, int], None] | None = None,
         on_shadow_labeled: Callable[[dict[str, Any], int], None] | None = None,
         inline_rows: int = 8,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
         self.engine = engine
         self.tables = tables
@@ -277,6 +278,10 @@ class PredictionLog:
         self.dead_lettered = 0
         # The inline commit (SQLite only): batches of at most inline_rows rows, 0 for never.
         self.inline_rows = inline_rows if self.is_sqlite else 0
+        # The requests being served: the loop commits only when all of them wait for this
+        # commit (nobody else needs the loop); under load the writer thread commits in
+        # parallel with the loop, and that is faster (measured: docs/bench-scoring.md).
+        self._in_flight = in_flight
         self._flush_scheduled = False
         self._inline_conn: Any = None  # a DBAPI connection, used on the event loop only
         self._inline_after = 0.0  # monotonic time before which batches go to the writer
@@ -340,8 +345,10 @@ class PredictionLog:
         queued = len(self._queue)
         if not 0 < queued <= self.inline_rows or time.monotonic() < self._inline_after:
             return False
-        if self.last_error is not None:
-            return False  # the writer thread retries until the database is back
+        if self._in_flight is not None and self._in_flight() > queued:
+            return False  # other requests are being served: the loop is theirs
+        if self.last_error is not None or self._stop:
+            return False  # the writer thread retries until the database is back, or drains
         if any(row.get("shadow") for row, _, _ in self._queue):
             return False  # a shadow copy: the writer labels it if needed (see _insert)
         if self.busy_since is not None or not self.write_lock.acquire(blocking=False):
@@ -422,7 +429,8 @@ class PredictionLog:
         if self._thread is not None:
             self._thread.join(timeout_s)
         self._drain()
-        conn, self._inline_conn = self._inline_conn, None
+        with self.write_lock:  # not while the loop commits on it
+            conn, self._inline_conn = self._inline_conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()

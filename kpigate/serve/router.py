@@ -76,6 +76,9 @@ class RouterCore:
         self._stopping = threading.Event()
         self._poller: threading.Thread | None = None
         self.faults = Faults()
+        # Predictions being served (the prediction log commits on the loop only when all of
+        # them wait for that commit).
+        self.in_flight = 0
 
     # -- lifecycle (blocking; run in a thread) ---------------------------------------------
 
@@ -323,6 +326,13 @@ class RouterCore:
     # copy is scored and logged after the answer, which the client never waits for.
 
     async def predict(self, inst: Instance, started: float) -> dict[str, Any]:
+        self.in_flight += 1
+        try:
+            return await self._predict(inst, started)
+        finally:
+            self.in_flight -= 1
+
+    async def _predict(self, inst: Instance, started: float) -> dict[str, Any]:
         baseline, candidate = self.baseline, self.candidate
         if baseline is None:
             raise BaselineError("the router has not finished starting")
