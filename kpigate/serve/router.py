@@ -9,8 +9,9 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kpigate.serve.config import MODES, ServeConfig
 from kpigate.serve.instances import Instance, InstanceParser
@@ -23,6 +24,7 @@ from kpigate.serve.scoring import Batcher, ModelStopped
 from kpigate.serve.shared import Replica, SavedState, SharedState
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class BaselineError(RuntimeError):
@@ -367,26 +369,26 @@ class RouterCore:
         return answer
 
     async def _commit(self, row: dict[str, Any]) -> None:
-        """Until the row is committed, or LogUnavailable after the statement timeout. A row
-        whose wait timed out stays queued and may still be committed (never lost): the timer
-        only fails this request's future, which the log then leaves alone. One timer instead
-        of wait_for(shield(...)), which cost two more futures and their callbacks per request."""
+        """Until the row is committed, or LogUnavailable after the statement timeout; a row
+        whose wait timed out stays queued and may still be committed (see _within)."""
         started = time.perf_counter()
-        committed = self.predlog.submit(row)
         timeout = self.config.db_statement_timeout_s
-        timer = asyncio.get_running_loop().call_later(timeout, _expire, committed, timeout)
-        try:
-            await committed
-        finally:
-            timer.cancel()
+        await _within(
+            self.predlog.submit(row),
+            timeout,
+            lambda: LogUnavailable(f"the prediction log did not commit within {timeout:g}s"),
+        )
         self.metrics.commit_wait.observe(time.perf_counter() - started)
 
     async def _try_candidate(self, candidate: Batcher, inst: Instance) -> float | None:
         version = candidate.model.version
+        timeout = self.config.candidate_timeout_s
         try:
-            return await asyncio.wait_for(
-                self._faulty(candidate.score(inst.row)), self.config.candidate_timeout_s
-            )
+            scoring = candidate.score(inst.row)
+            faults = self.faults
+            if faults.candidate_delay_ms > 0 or faults.candidate_error_share > 0:
+                return await asyncio.wait_for(self._faulty(scoring), timeout)  # drills only
+            return await _within(scoring, timeout, TimeoutError)
         except TimeoutError:
             kind = "timeout"
         except ModelStopped:
@@ -463,8 +465,20 @@ class RouterCore:
         return answer, row
 
 
-def _expire(future: asyncio.Future[None], timeout: float) -> None:
+async def _within(
+    future: asyncio.Future[T], timeout: float, error: Callable[[], BaseException]
+) -> T:
+    """The future's result, or error() after `timeout` seconds. Only this waiter's future is
+    failed: whoever completes it later (the log's writer, a batcher) finds it done and leaves it,
+    and the work itself goes on (a row that timed out may still be committed, never lost). One
+    timer, where wait_for(shield(...)) cost a task or two more futures and their callbacks."""
+    timer = asyncio.get_running_loop().call_later(timeout, _fail, future, error)
+    try:
+        return await future
+    finally:
+        timer.cancel()
+
+
+def _fail(future: asyncio.Future[Any], error: Callable[[], BaseException]) -> None:
     if not future.done():
-        future.set_exception(
-            LogUnavailable(f"the prediction log did not commit within {timeout:g}s")
-        )
+        future.set_exception(error())
