@@ -128,8 +128,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.log_inline_rows,
         help="SQLite log: up to this many rows queued in one turn of the event loop, with the "
-        "writer thread idle, are committed on the loop itself, no thread hop (still before "
-        "the answer); 0: always the writer thread (default: %(default)s)",
+        "writer thread idle and no other prediction in flight, are committed on the loop "
+        "itself, no thread hop (still before the answer); 0: always the writer thread "
+        "(default: %(default)s)",
     )
     add(
         "--label-window-hours",

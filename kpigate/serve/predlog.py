@@ -254,7 +254,7 @@ class PredictionLog:
         on_written: Callable[[int], None] | None = None,
         on_dropped: Callable[[str, int], None] | None = None,
         on_shadow_labeled: Callable[[dict[str, Any], int], None] | None = None,
-        inline_rows: int = 8,
+        inline_rows: int = 1,
         in_flight: Callable[[], int] | None = None,
     ) -> None:
         self.engine = engine
