@@ -162,3 +162,16 @@ def test_the_report_warns_when_the_machine_was_busy() -> None:
     busy = [rr.Run(1, 1, rr.KPIGATE, 64, measured(300), load1=11.5)]
     note = rr.load_note(busy, cores=2)
     assert note is not None and "11.5 on 2 cores" in note
+
+
+def test_the_scoring_page_keeps_its_hand_written_section(tmp_path: Path) -> None:
+    """bench/scoring.py rewrites docs/bench-scoring.md; the per-request-cost section, measured
+    by bench/router_ab.py, survives it."""
+    import scoring
+
+    page = tmp_path / "bench-scoring.md"
+    assert scoring.kept_section(page) == ""  # no page yet
+    page.write_text(f"# old\n\nold numbers\n\n{scoring.KEPT_HEADING} (issue 12)\n\nA/B table\n")
+    assert scoring.kept_section(page) == f"\n{scoring.KEPT_HEADING} (issue 12)\n\nA/B table\n"
+    page.write_text("# old\n\nno such section\n")
+    assert scoring.kept_section(page) == ""
