@@ -67,11 +67,11 @@ SEGMENT_MAX = 32
 # widths (kpigate/serve/schema.py; docs/prediction-log.md). The names are the fraud demo's.
 SEGMENT_SLOTS = ("region", "payment_method", "amount_band")
 SEGMENT_WIDTHS = {"region": SEGMENT_MAX, "payment_method": SEGMENT_MAX, "amount_band": 16}
-# Every column a look's queries read besides created_at (kpigate/sources/predlog.py): on
-# PostgreSQL the cohort index carries them, so a day-long cohort is read from the index alone.
 # The columns of a logged row, as the router fills them (kpigate/serve/router.py).
 ROW_COLUMNS = ("request_id", "entity_key", "model_version", "arm", "shadow", "fallback", "score",
                "decision", *SEGMENT_SLOTS, "latency_ms", "created_at")  # fmt: skip
+# Every column a look's queries read besides created_at (kpigate/sources/predlog.py): on
+# PostgreSQL the cohort index carries them, so a day-long cohort is read from the index alone.
 COHORT_COLUMNS = ("arm", "model_version", "shadow", "fallback", "decision", "score", "region",
                   "payment_method", "amount_band", "latency_ms", "label", "labeled_at")  # fmt: skip
 
