@@ -376,7 +376,7 @@ def measure_all(
                 m = run.measurement
                 print(
                     f"  {m.rps:,.0f} req/s, p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms, "
-                    f"{m.errors} errors, load {run.load1:.2f}",
+                    f"{rr.error_text(m.non_2xx, m.socket_errors)}, load {run.load1:.2f}",
                     file=sys.stderr,
                 )
                 bench.runs.append(run)

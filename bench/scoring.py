@@ -201,6 +201,21 @@ def report(
     return "\n".join(lines)
 
 
+# A section of the page measured by another command (bench/router_ab.py), kept when this
+# script rewrites the page: from this heading to the end.
+KEPT_HEADING = "## The router's per-request cost"
+
+
+def kept_section(page: Path) -> str:
+    """The hand-written section from KEPT_HEADING on, if the page has one."""
+    try:
+        text = page.read_text()
+    except OSError:
+        return ""
+    at = text.find(KEPT_HEADING)
+    return "\n" + text[at:] if at >= 0 else ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=5000)
@@ -235,7 +250,7 @@ def main() -> int:
     text = report(booster, paths, router, args, (load0, os.getloadavg()[0]))
     print(text)
     if args.write:
-        args.write.write_text(text)
+        args.write.write_text(text + kept_section(args.write))
     return 0
 
 

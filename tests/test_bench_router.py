@@ -136,7 +136,24 @@ def test_p99_and_errors_are_targets_too() -> None:
     results = rr.checks(runs, {})
     assert check(results, "64 clients: kpigate p99 <= 50 ms").met  # median 45 ms
     errors = check(results, "every kpigate request answered 2xx")
-    assert not errors.met and errors.measured == "2 errors in 3,000 requests"
+    assert not errors.met
+    assert errors.measured == "2 non-2xx answers, 0 socket errors in 3,000 requests"
+
+
+def test_socket_errors_and_non_2xx_answers_are_reported_apart() -> None:
+    timed_out = Measurement(500, 1.0, 10.0, requests=1000, non_2xx=0, socket_errors=32)
+    refused = Measurement(500, 1.0, 10.0, requests=1000, non_2xx=3, socket_errors=0)
+    runs = [
+        rr.Run(1, 1, rr.KPIGATE, 16, timed_out, 0.5),
+        rr.Run(2, 2, rr.KPIGATE, 16, refused, 0.5),
+    ]
+    errors = check(rr.checks(runs, {}), "every kpigate request answered 2xx")
+    assert not errors.met
+    assert errors.measured == "3 non-2xx answers, 32 socket errors in 2,000 requests"
+    row = next(line for line in rr.configuration_table(runs, [rr.KPIGATE], {}) if "| 16 |" in line)
+    assert "| 3 | 32 | 2 |" in row  # non-2xx, socket errors, runs
+    table = rr.runs_table(runs)
+    assert "| 0 | 32 | 0.50 |" in table[2] and "| 3 | 0 | 0.50 |" in table[3]
 
 
 def test_the_report_warns_when_the_machine_was_busy() -> None:
@@ -145,3 +162,16 @@ def test_the_report_warns_when_the_machine_was_busy() -> None:
     busy = [rr.Run(1, 1, rr.KPIGATE, 64, measured(300), load1=11.5)]
     note = rr.load_note(busy, cores=2)
     assert note is not None and "11.5 on 2 cores" in note
+
+
+def test_the_scoring_page_keeps_its_hand_written_section(tmp_path: Path) -> None:
+    """bench/scoring.py rewrites docs/bench-scoring.md; the per-request-cost section, measured
+    by bench/router_ab.py, survives it."""
+    import scoring
+
+    page = tmp_path / "bench-scoring.md"
+    assert scoring.kept_section(page) == ""  # no page yet
+    page.write_text(f"# old\n\nold numbers\n\n{scoring.KEPT_HEADING} (issue 12)\n\nA/B table\n")
+    assert scoring.kept_section(page) == f"\n{scoring.KEPT_HEADING} (issue 12)\n\nA/B table\n"
+    page.write_text("# old\n\nno such section\n")
+    assert scoring.kept_section(page) == ""

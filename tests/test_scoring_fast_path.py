@@ -98,3 +98,30 @@ def test_a_slow_inline_booster_goes_back_to_the_thread() -> None:
     assert scores == [0.2] * (SLOW_STREAK + 2)
     assert batcher.inline_batches == SLOW_STREAK and batcher.batches == SLOW_STREAK + 2
     batcher.close()
+
+
+def test_the_xgboost_dense_call_equals_inplace_predict_or_is_not_used(
+    registered_models: RegisteredModels,
+) -> None:
+    """The champion scores through XGBoosterPredictFromDense with its config built once, which
+    gives exactly Booster.inplace_predict's scores; a call that disagrees at load is not used."""
+    from kpigate.serve.loader import _xgb_dense
+
+    model = MlflowAliasLoader(registered_models.name, registered_models.tracking_uri).load(
+        "champion"
+    )
+    assert isinstance(model, LoadedModel) and model.native is not None
+    assert "_xgb_dense" in model.native.__qualname__
+    booster = model.estimator.get_booster()
+    schema = InstanceSchema.build(model.inputs, ENTITY_KEY, SEGMENTS)
+    rows = np.asarray(
+        [InstanceParser(schema).parse(tx).row for tx in transactions(300, seed=12)], np.float32
+    )
+    for matrix in (rows, rows[:1], rows[5:69]):
+        expected = booster.inplace_predict(matrix, validate_features=False)
+        assert np.array_equal(model.native(matrix), expected)
+
+    def off_by_a_little(matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return np.asarray(booster.inplace_predict(matrix, validate_features=False)) + 1e-7
+
+    assert _xgb_dense(booster, off_by_a_little) is None

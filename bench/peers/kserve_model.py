@@ -4,13 +4,16 @@ Runs in its own environment (kserve, xgboost-cpu, numpy only; no kpigate). Reque
 KServe's V1 protocol, POST /v1/models/fraud:predict with {"instances": [[9 numbers]]}, feature
 codes as the router computes them; the answer is {"predictions": [P(fraud)]}. One XGBoost
 thread, as in the router. The harness sets KSERVE_LOGLEVEL=WARNING and turns off the latency
-log line, so KServe, like kpigate, writes no log line per request.
+log line, and this script quiets uvicorn's access log (kserve's logging configuration sets it
+to INFO whatever KSERVE_LOGLEVEL says: before, every request wrote an access line to stdout),
+so KServe, like kpigate, writes no log line per request.
 
 usage: python kserve_model.py MODEL_FILE HTTP_PORT
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -40,6 +43,8 @@ def main() -> None:
     server = kserve.ModelServer(
         http_port=port, workers=1, enable_grpc=False, enable_latency_logging=False
     )
+    # After ModelServer(), which configures logging (uvicorn.access at INFO).
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     server.start([FraudModel(model_file)])
 
 

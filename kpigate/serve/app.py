@@ -66,6 +66,8 @@ def create_app(config: ServeConfig, loader: ModelLoader | None = None) -> Starle
         Tables(config.table_prefix),
         max_batch_rows=config.log_max_batch_rows,
         max_pending_rows=config.log_max_pending_rows,
+        inline_rows=config.log_inline_rows,
+        in_flight=lambda: core.in_flight,
         on_written=metrics.committed,
         on_dropped=lambda reason, n: metrics.log_dropped.labels(reason).inc(n),
         on_shadow_labeled=lambda row, label: metrics.count_outcome(row, label, None),

@@ -124,6 +124,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "loop, no thread hop; 0: always in the worker thread (default: %(default)s)",
     )
     add(
+        "--log-inline-rows",
+        type=int,
+        default=d.log_inline_rows,
+        help="SQLite log: up to this many rows queued in one turn of the event loop, with the "
+        "writer thread idle and no other prediction in flight, are committed on the loop "
+        "itself, no thread hop (still before the answer); 0: always the writer thread "
+        "(default: %(default)s)",
+    )
+    add(
         "--label-window-hours",
         type=float,
         default=d.label_window_s / 3600,
@@ -203,6 +212,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         candidate_timeout_s=args.candidate_timeout_ms / 1000.0,
         max_batch=args.max_batch,
         inline_rows=args.inline_rows,
+        log_inline_rows=args.log_inline_rows,
         label_window_s=args.label_window_hours * 3600.0,
         hash_salt=args.hash_salt,
         label_horizon_s=args.label_horizon,

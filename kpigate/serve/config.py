@@ -54,6 +54,11 @@ class ServeConfig:
     # log_max_pending_rows queued rows, /predict answers 503 instead of queueing more.
     log_max_batch_rows: int = 2000
     log_max_pending_rows: int = 50_000
+    # SQLite: a turn of the event loop that queued at most this many rows, with the writer
+    # idle and no other prediction in flight, commits them on the loop itself
+    # (kpigate/serve/predlog.py); 0: always the writer thread. 1 (a lone request): under load
+    # the writer thread, committing in parallel with the loop, did as well or better.
+    log_inline_rows: int = 1
     # Database timeouts: connecting, and any statement (a prediction waits this long for its
     # commit before a 503; /feedback and /readyz likewise).
     db_connect_timeout_s: float = 3.0

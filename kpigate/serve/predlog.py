@@ -7,6 +7,16 @@ for. A batch the database refuses for its data (a poison row) is retried row by 
 rows are committed, the refused ones are dead-lettered (counted, logged without their values)
 and never block the others. A database that is down or too slow fails the waiting rows with
 LogUnavailable, which the router answers with 503. SQLite by default; PostgreSQL at scale.
+
+The inline commit (SQLite): when the writer is idle, one turn of the event loop queued only a
+few rows and no other request is being served (a lone client), the loop commits them itself on a
+connection of its own, then resolves their futures: the same transaction on the same file,
+without waking the writer thread and waking the loop back (two thread wake-ups, about 0.1-0.2 ms
+of a 1 ms answer at one client) and without SQLAlchemy's per-statement work. Anything unusual
+(the file lock taken, an error, more rows, a shadow copy) leaves the rows to the writer thread,
+which handles it as before; a slow inline commit sends every batch to the writer for a while.
+That connection never checkpoints the WAL (a checkpoint writes and syncs the database file,
+too long to hold the loop for): the writer thread does, every CHECKPOINT_ROWS inline rows.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import operator
 import threading
 import time
 from collections import deque
@@ -56,6 +67,9 @@ SEGMENT_MAX = 32
 # widths (kpigate/serve/schema.py; docs/prediction-log.md). The names are the fraud demo's.
 SEGMENT_SLOTS = ("region", "payment_method", "amount_band")
 SEGMENT_WIDTHS = {"region": SEGMENT_MAX, "payment_method": SEGMENT_MAX, "amount_band": 16}
+# The columns of a logged row, as the router fills them (kpigate/serve/router.py).
+ROW_COLUMNS = ("request_id", "entity_key", "model_version", "arm", "shadow", "fallback", "score",
+               "decision", *SEGMENT_SLOTS, "latency_ms", "created_at")  # fmt: skip
 # Every column a look's queries read besides created_at (kpigate/sources/predlog.py): on
 # PostgreSQL the cohort index carries them, so a day-long cohort is read from the index alone.
 COHORT_COLUMNS = ("arm", "model_version", "shadow", "fallback", "decision", "score", "region",
@@ -219,6 +233,16 @@ def redacted(exc: BaseException) -> str:
 
 Pending = tuple[dict[str, Any], "asyncio.Future[None] | None", "asyncio.AbstractEventLoop | None"]
 
+# SLOW_STREAK inline commits in a row slower than INLINE_COMMIT_MAX_S (wall time: the event loop
+# was held; a slow disk, not one preempted commit on a busy machine) send every batch to the
+# writer thread for INLINE_COOLDOWN_S; so does a failed one. The WAL is checkpointed by the
+# writer thread after every CHECKPOINT_ROWS rows committed inline (single-row commits write about
+# four pages each, so this is about SQLite's own 1000-page auto-checkpoint).
+INLINE_COMMIT_MAX_S = 0.002
+SLOW_STREAK = 3
+INLINE_COOLDOWN_S = 1.0
+CHECKPOINT_ROWS = 250
+
 
 class PredictionLog:
     def __init__(
@@ -230,6 +254,8 @@ class PredictionLog:
         on_written: Callable[[int], None] | None = None,
         on_dropped: Callable[[str, int], None] | None = None,
         on_shadow_labeled: Callable[[dict[str, Any], int], None] | None = None,
+        inline_rows: int = 1,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
         self.engine = engine
         self.tables = tables
@@ -250,6 +276,28 @@ class PredictionLog:
         self.busy_since: float | None = None  # a commit in progress since (for /readyz)
         self.written = 0
         self.dead_lettered = 0
+        # The inline commit (SQLite only): batches of at most inline_rows rows, 0 for never.
+        self.inline_rows = inline_rows if self.is_sqlite else 0
+        # The requests being served: the loop commits only when all of them wait for this
+        # commit (nobody else needs the loop); under load the writer thread commits in
+        # parallel with the loop, and that is faster (measured: docs/bench-scoring.md).
+        self._in_flight = in_flight
+        self._flush_scheduled = False
+        self._inline_conn: Any = None  # a DBAPI connection, used on the event loop only
+        self._inline_after = 0.0  # monotonic time before which batches go to the writer
+        self._slow_streak = 0  # consecutive inline commits slower than INLINE_COMMIT_MAX_S
+        self._uncheckpointed = 0  # rows committed inline since the last checkpoint request
+        self._checkpoint_due = False
+        self.inline_commits = 0
+        self.checkpoints = 0
+        compiled = insert(tables.predictions).compile(
+            dialect=engine.dialect, column_keys=list(ROW_COLUMNS), for_executemany=True
+        )
+        # One INSERT of a row's ROW_COLUMNS in the driver's own parameter style, used by the
+        # writer thread and by the inline commit alike.
+        self._insert_sql = compiled.string
+        self._positional = compiled.positional
+        self._params = operator.itemgetter(*(compiled.positiontup or ROW_COLUMNS))
 
     @property
     def is_sqlite(self) -> bool:
@@ -277,8 +325,94 @@ class PredictionLog:
             future.set_exception(LogUnavailable("the prediction log is not accepting rows"))
             return future
         self._queue.append((row, future, loop))
-        self._wake.set()
+        if self.inline_rows <= 0:
+            self._wake.set()
+        elif not self._flush_scheduled:
+            # Once per turn of the loop: every row this turn queues commits together.
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         return future
+
+    def _flush(self) -> None:
+        """On the event loop, after the turn that queued rows: commit them here when that is
+        cheap and safe, else wake the writer thread."""
+        self._flush_scheduled = False
+        if self._commit_inline():
+            return
+        self._wake.set()
+
+    def _commit_inline(self) -> bool:
+        queued = len(self._queue)
+        if not 0 < queued <= self.inline_rows or time.monotonic() < self._inline_after:
+            return False
+        if self._in_flight is not None and self._in_flight() > queued:
+            return False  # other requests are being served: the loop is theirs
+        if self.last_error is not None or self._stop:
+            return False  # the writer thread retries until the database is back, or drains
+        if any(row.get("shadow") for row, _, _ in self._queue):
+            return False  # a shadow copy: the writer labels it if needed (see _insert)
+        if self.busy_since is not None or not self.write_lock.acquire(blocking=False):
+            return False  # the writer is committing (or /feedback writing): join its next batch
+        batch: list[Pending] = []
+        try:
+            while self._queue and len(batch) < queued:
+                batch.append(self._queue.popleft())
+            if not batch:
+                return True  # the writer took them meanwhile
+            started = time.perf_counter()
+            try:
+                conn = self._inline_connection()
+                conn.cursor().executemany(self._insert_sql, self._bind([r for r, _, _ in batch]))
+                conn.commit()
+            except Exception as exc:
+                # The writer thread retries them and classifies the error (unavailable or
+                # poison): one place decides what a failed row gets.
+                self._drop_inline_connection()
+                self._inline_after = time.monotonic() + INLINE_COOLDOWN_S
+                log.info("inline commit failed (%s): the writer thread takes over", redacted(exc))
+                self._queue.extendleft(reversed(batch))
+                return False
+            slow = time.perf_counter() - started > INLINE_COMMIT_MAX_S
+            self._slow_streak = self._slow_streak + 1 if slow else 0
+            if self._slow_streak >= SLOW_STREAK:
+                self._slow_streak = 0
+                self._inline_after = time.monotonic() + INLINE_COOLDOWN_S
+        finally:
+            self.write_lock.release()
+        self.inline_commits += 1
+        self.written += len(batch)
+        self._on_written(len(batch))
+        self._uncheckpointed += len(batch)
+        if self._uncheckpointed >= CHECKPOINT_ROWS:
+            self._uncheckpointed = 0
+            self._checkpoint_due = True
+            self._wake.set()
+        _settle([(future, None) for _, future, _ in batch if future is not None])
+        return True
+
+    def _bind(self, rows: list[dict[str, Any]]) -> list[Any]:
+        if self._positional:
+            return [self._params(row) for row in rows]
+        return [{k: row[k] for k in ROW_COLUMNS} for row in rows]
+
+    def _inline_connection(self) -> Any:
+        if self._inline_conn is None:
+            conn = self.engine.raw_connection()  # WAL and synchronous=NORMAL, as every one
+            cursor = conn.cursor()
+            # Never wait for the file lock on the event loop, never checkpoint there.
+            cursor.execute("PRAGMA busy_timeout=0")
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
+            cursor.close()
+            self._inline_conn = conn
+        return self._inline_conn
+
+    def _drop_inline_connection(self) -> None:
+        conn, self._inline_conn = self._inline_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            with contextlib.suppress(Exception):
+                conn.invalidate()
 
     def append(self, row: dict[str, Any]) -> None:
         """Queue a row nobody waits for (a shadow copy: its answer has already left)."""
@@ -295,6 +429,11 @@ class PredictionLog:
         if self._thread is not None:
             self._thread.join(timeout_s)
         self._drain()
+        with self.write_lock:  # not while the loop commits on it
+            conn, self._inline_conn = self._inline_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _run(self) -> None:
         while not self._stop:
@@ -303,6 +442,20 @@ class PredictionLog:
             if not woken and self.last_error is not None:
                 self._recheck()
             self._drain()
+            if self._checkpoint_due:
+                self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL back into the database file for the inline commits, whose connection
+        never does. PASSIVE: it neither waits for nor blocks a writer."""
+        self._checkpoint_due = False
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
+        except Exception as exc:
+            log.warning("prediction log checkpoint failed: %s", redacted(exc))
+            return
+        self.checkpoints += 1
 
     def _recheck(self) -> None:
         """With no traffic nothing would clear an old error, and a replica kept out of the
@@ -379,7 +532,9 @@ class PredictionLog:
         if shadow_ids:
             served = and_(table.c.request_id.in_(shadow_ids), table.c.shadow.is_(False))
             conn.execute(select(table.c.id).where(served).with_for_update()).all()
-        conn.execute(insert(table), rows)
+        # The precompiled INSERT (see __init__): SQLAlchemy's errors, none of its per-statement
+        # compile and cache-key work, which cost about 40 us of GIL per commit.
+        conn.exec_driver_sql(self._insert_sql, self._bind(rows))
         if not shadow_ids:
             return []
         found = conn.execute(
