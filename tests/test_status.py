@@ -165,7 +165,7 @@ def test_status_reads_an_argo_rollouts_evidence_from_mlflow_artifacts(
 
 def test_prometheus_scrapes_the_gate_state(tmp_path: Path, prometheus: PrometheusServer) -> None:
     policy = load_policy(POLICY)
-    path = _evidence(tmp_path, "bad", upto=3)
+    path = _evidence(tmp_path, "bad")  # recall has bounds (early windows are in burn-in)
     port = free_port()
     server, thread = start_server(lambda: read_status(policy, str(path)), port)
     try:
