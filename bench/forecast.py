@@ -5,7 +5,10 @@ computed as `kpigate plan` prints it, then >= 2,000 rollouts are simulated windo
 Poisson trials at the setting's traffic and stage share, binomial successes, each window judged
 by the real engine, the stage advancing only on PROMOTE, a rollout ending on ROLLBACK, on a
 timeout after max_holds, or promoted at 100%. With a `labels` horizon a label KPI's window
-carries the oldest cohort whose labels have matured (as the forecast assumes). Identical
+carries the oldest cohort whose labels have matured (as the forecast assumes). Before each
+rollout the judge takes the policy's A/A calibration windows (`calibration.windows`, 24 by
+default): the baseline's traffic of one first-stage interval, Poisson trials split in two
+halves, binomial successes at the baseline rate, as the forecast assumes them. Identical
 candidates give the time to certify each stage's first KPI and to promote each stage and the
 whole rollout; a second run with the drop gives the time to roll back. Both sides read their
 medians with forecast.spread_quantile. Target: every forecast median within +-25% of the
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from simulate import fmt as _fmt  # the benchmarks' shared number format
+from simulate import halves
 
 from kpigate.engine import (
     Cohort,
@@ -125,10 +129,30 @@ class Simulated:
     last_interval: np.ndarray  # (rollouts,)
 
 
+def _calibration(
+    setting: Setting, policy: Policy, rng: np.random.Generator
+) -> list[dict[str, Observation]]:
+    """The policy's A/A calibration windows: before the rollout every request is the
+    baseline's; each half of a first-stage interval's trials at the baseline rate."""
+    out = []
+    for _ in range(policy.calibration.windows):
+        observed: dict[str, Observation] = {}
+        for k in setting.kpis:
+            n_a, n_b = halves(int(rng.poisson(setting.rps * policy.stages[0].interval * k.base)))
+            observed[k.name] = Observation(
+                baseline=Rate(float(rng.binomial(n_b, k.value)), float(n_b)),
+                candidate=Rate(float(rng.binomial(n_a, k.value)), float(n_a)),
+            )
+        out.append(observed)
+    return out
+
+
 def _rollouts(setting: Setting, drop: float, rollouts: int, seed: int) -> Simulated:
     policy = setting.policy()
     plan = compile_plan(policy)
     rng = np.random.default_rng(seed)
+    # Calibration from its own generator: the rollouts' traffic is the same with and without.
+    calibration_rng = np.random.default_rng((seed, 1))
     n_stages = len(policy.stages)
     first = setting.kpis[0].name
     out = Simulated(
@@ -142,6 +166,11 @@ def _rollouts(setting: Setting, drop: float, rollouts: int, seed: int) -> Simula
     horizon = setting.horizon
     for r in range(rollouts):
         state, s, now, start, index = RolloutState(), 0, 0.0, 0.0, 0
+        before = _calibration(setting, policy, calibration_rng)
+        for i, halves_of in enumerate(before):
+            aa = Window(i - len(before), policy.stages[0].traffic, halves_of, calibration=True)
+            state, _ = judge(plan, state, aa)
+        assert state.calibration_windows == len(before)
         served: list[tuple[int, float, float, dict[str, Observation]]] = []
         out.reached[0, r] = True
         while True:

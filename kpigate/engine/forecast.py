@@ -33,6 +33,7 @@ from kpigate.engine.forecast_sim import (
     Paths,
     StagePlan,
     Traffic,
+    calibration_info,
     kpi_models,
     simulate,
     stage_plans,
@@ -307,8 +308,9 @@ def forecast(
             raise ForecastError(f"--drop {name}: the drop must be a positive number (KPI units)")
         index = _drop_index(models, name)
         worse_improvements[index] = -size
-    same = simulate(policy, models, plans, improvements, paths, seed)
-    worse = simulate(policy, models, plans, worse_improvements, paths, seed + 1)
+    calibration = calibration_info(policy, models, traffic)
+    same = simulate(policy, models, plans, improvements, paths, seed, calibration)
+    worse = simulate(policy, models, plans, worse_improvements, paths, seed + 1, calibration)
     intervals = np.array([p.interval for p in plans])
     stages = _stage_forecasts(policy, models, plans, same, worse)
     warnings = _stage_warnings(policy, models, stages, same)

@@ -5,6 +5,14 @@ engine's own reader (evidence.compare) on expected counts. Under a true improvem
 running weighted sum A is a Gaussian random walk with mean u I and variance I (sequential.py),
 so a rollout is simulated on (A, I) alone, look by look, with the gate's rules and the exact
 boundaries of sequential.py solved for A at each I.
+
+As in the engine (classify.update), each window's variance is its model variance v_w plus the
+between-window component tau^2 estimated from the earlier windows (plan.pooled_tau2): the
+policy's A/A calibration windows before the rollout and the rollout's own earlier windows. The
+forecast's traffic is binomial, so the true tau^2 is 0, but the estimate is often positive; each
+simulated rollout therefore draws its windows' differences u_w ~ N(u, v_w), keeps the spread
+sums as the engine does (plan.SpreadArrays) and adds the estimate to each window's variance
+before the window enters (A, I).
 """
 
 from __future__ import annotations
@@ -12,13 +20,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
+from scipy.special import log_ndtr
 
 from kpigate.engine import sequential as seq
 from kpigate.engine.classify import Unused, sizes_of
 from kpigate.engine.evidence import ArmData, Histogram, Rate, ScoreHistograms, compare
-from kpigate.engine.plan import Hypothesis, compile_plan
+from kpigate.engine.plan import Hypothesis, SpreadArrays, compile_plan, pooled_tau2_arrays
 from kpigate.policy import Action, KpiType, Method, Policy, Scope
 
 FORECAST_TYPES = (KpiType.RATE, KpiType.AUC)
@@ -68,6 +78,27 @@ class KpiModel:
         """The weighted sum below which the harm bound falls under -delta_r (a failure)."""
         upper = seq.upper_bound(0.0, info, self.rho, self.hyp.log_harm_threshold)
         return info * (-self.delta_r - upper)
+
+    def certifies(self, weighted: np.ndarray, info: np.ndarray) -> np.ndarray:
+        """weighted > certify_level(info), entry by entry (info > 0; elsewhere False)."""
+        positive = info > 0
+        safe = np.where(positive, info, 1.0)
+        # sequential.lower_bound is plain arithmetic: it takes the array as it takes a float.
+        lower = seq.lower_bound(
+            0.0, cast(float, safe), self.theta, self.hyp.log_noninferiority_threshold
+        )
+        return positive & (weighted > safe * (-self.margin - lower))
+
+    def harms(self, weighted: np.ndarray, info: np.ndarray) -> np.ndarray:
+        """weighted < harm_level(info), entry by entry (info > 0; elsewhere False): the harm
+        e-value of s = -weighted - delta_r info exceeds its threshold, the same condition as
+        the harm bound (sequential.upper_bound) under -delta_r, as the e-value grows with s."""
+        positive = info > 0
+        safe = np.where(positive, info, 1.0)
+        total = safe + self.rho
+        z = (-weighted - self.delta_r * safe) / np.sqrt(total)
+        log_e = math.log(2.0) + 0.5 * np.log(self.rho / total) + 0.5 * z * z + log_ndtr(z)
+        return np.asarray(positive & (log_e > self.hyp.log_harm_threshold), dtype=bool)
 
 
 def kpi_models(policy: Policy, traffic: Traffic) -> tuple[list[KpiModel], list[str]]:
@@ -222,6 +253,16 @@ class Paths:
     stage_start: np.ndarray  # (stages, paths): time from the rollout's start, inf if unreached
 
 
+def calibration_info(policy: Policy, models: list[KpiModel], traffic: Traffic) -> tuple[float, ...]:
+    """Information of one A/A calibration window per KPI: the baseline's traffic of one
+    first-stage interval before the rollout (every request the baseline's), split in two
+    halves, read as the engine reads it (classify.calibrate); () under calibration.windows 0."""
+    if policy.calibration.windows <= 0:
+        return ()
+    half = traffic.rps * policy.stages[0].interval / 2.0
+    return tuple(window_info(m, half, half) for m in models)
+
+
 def simulate(
     policy: Policy,
     models: list[KpiModel],
@@ -229,12 +270,15 @@ def simulate(
     improvements: list[float],
     paths: int,
     seed: int,
+    calibration: tuple[float, ...] = (),
 ) -> Paths:
     """Rollouts on the sufficient statistics, look by look, by the gate's rules (gate.py).
 
     improvements[k] is KPI k's true improvement (candidate minus baseline, signed so that
     positive is better). KPIs are independent here; label KPIs are judged on one matured
     cohort per look, the oldest first, a label horizon after the cohort's window ended.
+    `calibration` (calibration_info) gives each KPI policy.calibration.windows A/A windows
+    before the rollout, mean 0, that feed the between-window component only.
     """
     rng = np.random.default_rng(seed)
     n_stages, n_kpis = len(plans), len(models)
@@ -278,6 +322,16 @@ def simulate(
     first_judged = np.full((n_stages, n_kpis, paths), np.inf)
     blocking = np.zeros((n_kpis, paths), dtype=bool)
     rows = np.arange(paths)
+    # The between-window component, as the engine estimates it (classify.between_window_variance).
+    calibrated = SpreadArrays.zeros((n_kpis, paths))
+    spread = SpreadArrays.zeros((n_kpis, paths))
+    if calibration:
+        cal_variance = 1.0 / np.array(calibration, dtype=float)[:, None]
+        everywhere = np.ones((n_kpis, paths), dtype=bool)
+        cal_variance = np.broadcast_to(cal_variance, (n_kpis, paths))
+        for _ in range(policy.calibration.windows):
+            aa = np.sqrt(cal_variance) * rng.standard_normal((n_kpis, paths))
+            calibrated.add(aa, cal_variance, everywhere)
 
     for _ in range(max_looks):
         active = ended == RUNNING
@@ -294,21 +348,21 @@ def simulate(
         next_cohort = next_cohort + matured
         has_data = np.where(labelled[:, None], matured[None, :], active[None, :])
         source = np.where(labelled[:, None], cohort_stage[None, :], stage[None, :])
-        added = np.where(has_data, info_of[source, np.arange(n_kpis)[:, None]], 0.0)
-        noise = rng.standard_normal((n_kpis, paths))
-        weighted += drift[:, None] * added + np.sqrt(added) * noise
-        info += added
+        model_info = info_of[source, np.arange(n_kpis)[:, None]]  # 1 / v_w
+        model_variance = 1.0 / model_info
+        difference = drift[:, None] + np.sqrt(model_variance) * rng.standard_normal((n_kpis, paths))
+        variance = model_variance + pooled_tau2_arrays((calibrated, spread))
+        weighted += np.where(has_data, difference / variance, 0.0)
+        info += np.where(has_data, 1.0 / variance, 0.0)
+        spread.add(difference, model_variance, has_data)
         cand_n += np.where(has_data, cand_of[source, np.arange(n_kpis)[:, None]], 0.0)
         base_n += np.where(has_data, base_of[source, np.arange(n_kpis)[:, None]], 0.0)
         judged = has_data & (cand_n >= min_samples[:, None]) & (base_n >= min_samples[:, None])
         passed = np.zeros_like(judged)
         failed = np.zeros_like(judged)
         for k, model in enumerate(models):
-            levels, inverse = np.unique(info[k], return_inverse=True)
-            cert = np.array([model.certify_level(i) if i > 0 else np.inf for i in levels])
-            harm = np.array([model.harm_level(i) if i > 0 else -np.inf for i in levels])
-            failed[k] = judged[k] & (weighted[k] < harm[inverse])
-            passed[k] = judged[k] & ~failed[k] & (weighted[k] > cert[inverse])
+            failed[k] = judged[k] & model.harms(weighted[k], info[k])
+            passed[k] = judged[k] & ~failed[k] & model.certifies(weighted[k], info[k])
         since = now - start
         for record, event in ((first_pass, passed), (first_judged, judged)):
             earlier = record[stage, :, rows].T  # (kpis, paths) at each path's stage

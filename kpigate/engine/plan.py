@@ -7,12 +7,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kpigate.engine import sequential as seq
 from kpigate.engine.control import ControlLimits
 from kpigate.engine.evidence import ArmData, Contrast
 from kpigate.policy import Action, Direction, Kpi, KpiType, Policy, Stage
+
+if TYPE_CHECKING:  # numpy only for the forecast's arrays; the gate itself never imports it
+    import numpy as np
+    from numpy.typing import NDArray
 
 
 class Decision(StrEnum):
@@ -212,6 +216,65 @@ def pooled_tau2(groups: Sequence[Spread]) -> float:
     q = sum(g.q for g in groups)
     estimate = max(0.0, (q - df) / c)
     return estimate * (1.0 + 2.0 / df)
+
+
+@dataclass(slots=True)
+class SpreadArrays:
+    """Spread's running sums for many simulated rollouts at once (the forecast, forecast_sim.py):
+    each field an array of one shape, one entry per rollout (and KPI); `add` takes a window where
+    `mask` is true, exactly as Spread.add does, and pooled_tau2_arrays is pooled_tau2 entry by
+    entry (tests/test_forecast.py checks the two agree)."""
+
+    windows: NDArray[np.float64]
+    w: NDArray[np.float64]
+    w2: NDArray[np.float64]
+    wu: NDArray[np.float64]
+    wu2: NDArray[np.float64]
+
+    @classmethod
+    def zeros(cls, shape: tuple[int, ...]) -> SpreadArrays:
+        import numpy as np
+
+        return cls(*(np.zeros(shape) for _ in range(5)))
+
+    def add(
+        self,
+        difference: NDArray[np.float64],
+        model_variance: NDArray[np.float64],
+        mask: NDArray[np.bool_],
+    ) -> None:
+        import numpy as np
+
+        w = np.divide(1.0, model_variance, out=np.zeros_like(self.w), where=mask)
+        self.windows += mask
+        self.w += w
+        self.w2 += w * w
+        self.wu += w * difference
+        self.wu2 += w * difference * difference
+
+    def q_c_df(self) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """Spread.q, Spread.c and Spread.df, entry by entry."""
+        import numpy as np
+
+        two = (self.windows >= 2) & (self.w > 0)
+        safe = np.where(two, self.w, 1.0)
+        q = np.where(two, self.wu2 - self.wu * self.wu / safe, 0.0)
+        c = np.where(two, self.w - self.w2 / safe, 0.0)
+        return q, c, np.maximum(self.windows - 1, 0)
+
+
+def pooled_tau2_arrays(groups: Sequence[SpreadArrays]) -> NDArray[np.float64]:
+    """pooled_tau2 entry by entry, over SpreadArrays of one shape."""
+    import numpy as np
+
+    parts = [g.q_c_df() for g in groups]
+    q = sum((p[0] for p in parts), np.zeros_like(groups[0].w))
+    c = sum((p[1] for p in parts), np.zeros_like(groups[0].w))
+    df = sum((p[2] for p in parts), np.zeros_like(groups[0].w))
+    valid = (df >= 1) & (c > 0)
+    safe_c, safe_df = np.where(valid, c, 1.0), np.where(valid, df, 1.0)
+    estimate = np.maximum(0.0, (q - safe_df) / safe_c) * (1.0 + 2.0 / safe_df)
+    return np.where(valid, estimate, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
