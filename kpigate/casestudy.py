@@ -145,6 +145,13 @@ class TrafficProcess:
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
+    def hand_over(self) -> None:
+        """Stop sending but keep posting every label already scheduled, at its time (SIGUSR1),
+        while a new replayer takes over the sending: the predictions served so far keep their
+        labels. close() later reads the summary (and ends the wait if it still runs)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGUSR1)
+
     def close(self) -> dict[str, Any]:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -235,17 +242,27 @@ class RunnerTrigger:
         self.threads[key] = thread
         return f"local runner for {model_name} version {model_version}"
 
-    def wait(self, model_name: str, model_version: str, timeout_s: float) -> Outcome:
+    def wait(
+        self, model_name: str, model_version: str, timeout_s: float | Callable[[], float]
+    ) -> Outcome:
+        """The rollout's outcome. `timeout_s` may be a function, asked again while waiting: the
+        demo's bound grows when it lengthens the rollout's windows."""
         key = (model_name, model_version)
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+
+        def deadline() -> float:
+            return started + (timeout_s() if callable(timeout_s) else timeout_s)
+
         while key not in self.threads:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline():
                 raise TimeoutError(
                     f"no rollout of {model_name} version {model_version} started: did the "
                     "MLflow webhook reach the relay?"
                 )
             time.sleep(0.1)
-        self.threads[key].join(max(0.0, deadline - time.monotonic()))
+        thread = self.threads[key]
+        while thread.is_alive() and time.monotonic() < deadline():
+            thread.join(min(1.0, max(0.0, deadline() - time.monotonic())))
         if key in self.errors:
             raise RuntimeError(f"the rollout failed: {self.errors[key]!r}") from self.errors[key]
         if key not in self.outcomes:

@@ -13,6 +13,10 @@ Label delays per class (--fraud-delay-dist, --legit-delay-dist):
   never      the label is never sent (legitimate only): silence means legitimate, as in
              production fraud feeds; pair it with a policy whose labels.unlabeled is negative
 
+Signals: SIGTERM stops sending, posts the labels already due (all pending ones unless
+--no-wait) and prints the summary; SIGUSR1 hands over to another replayer: sending stops and
+every pending label is still posted at its time, even with --no-wait (a later SIGTERM ends that).
+
 examples:
   kpigate traffic --url http://127.0.0.1:8080 --count 5000 --rate 200 --concurrency 16
   kpigate traffic --url http://127.0.0.1:8080 --count 2000 --fraud-delay 2 --maturity 5
@@ -118,6 +122,10 @@ class TrafficOptions:
     progress: bool = True
     fraud_share: float | None = None  # enrich the stream in fraud (demos); None = as generated
     stop: threading.Event | None = None  # set it to end a long replay early
+    # Set with `stop` to hand over to another replayer: sending ends, but every label already
+    # scheduled is still posted at its time (even with wait_for_labels off), so the predictions
+    # this replayer served keep their labels. Cleared again, the replay ends at once.
+    drain: threading.Event | None = None
     fraud_delay_kind: str = "uniform"  # around fraud_delay_s; see LabelDelay
     legit_delay_kind: str = "fixed"  # around maturity_s
     delay_sigma: float = 0.5
@@ -272,11 +280,15 @@ async def replay(opts: TrafficOptions) -> TrafficSummary:
             tasks.append(asyncio.create_task(progress(all_done)))
         await asyncio.gather(*(worker() for _ in range(max(1, opts.concurrency))))
         summary.elapsed_s = time.monotonic() - started
-        if opts.wait_for_labels:
-            while labels.heap:
-                await labels.post_due()
-                wait = labels.heap[0][0] - time.monotonic() if labels.heap else 0.0
-                await asyncio.sleep(min(0.2, max(0.0, wait)))
+
+        def waiting() -> bool:
+            draining = opts.drain is not None and opts.drain.is_set()
+            return bool(labels.heap) and (opts.wait_for_labels or draining)
+
+        while waiting():
+            await labels.post_due()
+            wait = labels.heap[0][0] - time.monotonic() if labels.heap else 0.0
+            await asyncio.sleep(min(0.2, max(0.0, wait)))
         sending_done.set()
         all_done.set()
         await asyncio.gather(*tasks)
@@ -369,9 +381,23 @@ def run(args: argparse.Namespace) -> int:
         print("--fraud-share must be in (0, 1)", file=sys.stderr)
         return 2
     # SIGTERM (an orchestrator ending the replay) stops sending, posts the labels already due
-    # and still prints the summary.
-    opts.stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: opts.stop.set() if opts.stop else None)
+    # and still prints the summary. SIGUSR1 hands over to another replayer: sending stops, every
+    # label already scheduled is still posted at its time, then the summary (`kpigate demo`
+    # does this when it lengthens its windows mid-rollout); with --no-wait a SIGTERM after it
+    # ends that wait.
+    stop, drain = threading.Event(), threading.Event()
+    opts.stop, opts.drain = stop, drain
+
+    def terminate(*_: object) -> None:
+        drain.clear()
+        stop.set()
+
+    def hand_over(*_: object) -> None:
+        drain.set()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGUSR1, hand_over)
     summary = asyncio.run(replay(opts))
     print(format_summary(summary))
     if args.json_path:
