@@ -139,10 +139,11 @@ def resized_window(rate: float, fraud_share: float, interval_s: float) -> float 
 
 def achieved_rate(samples: Sequence[tuple[float, float]], windows: int = 2) -> float | None:
     """Requests/s over the last `windows` windows, from (seconds, answers served so far) taken
-    at the end of each window since the traffic last (re)started; None before one window."""
-    if len(samples) < 2:
+    when the rollout started and at the end of each window; None before `windows` windows, so
+    that one slow moment does not stretch the rest of the rollout."""
+    if len(samples) <= windows:
         return None
-    (t0, n0), (t1, n1) = samples[max(0, len(samples) - 1 - windows)], samples[-1]
+    (t0, n0), (t1, n1) = samples[-1 - windows], samples[-1]
     return (n1 - n0) / max(t1 - t0, 1e-9)
 
 
@@ -159,7 +160,7 @@ class Pacer:
     samples: list[tuple[float, float]] = field(default_factory=list)
 
     def restart(self, interval_s: float) -> None:
-        """Traffic flows (again) for windows of `interval_s`: count from here."""
+        """A rollout starts with windows of `interval_s`: count from here."""
         self.interval_s = interval_s
         self.samples = [(self.clock(), self.served())]
 
@@ -384,7 +385,6 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
         TrafficProcess,
         measure_rate,
         served_count,
-        wait_for_traffic,
     )
     from kpigate.fraud.data import generate
     from kpigate.fraud.models import (
@@ -506,9 +506,8 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
                     "interval_s": longer, "horizon_s": longer_policy.labels.horizon,
                     "fraud_label_s": delays[0], "legit_label_s": delays[1]})  # fmt: skip
                 source.labels = longer_policy.labels
-                start_traffic(delays)
-                wait_for_traffic(router.url)
-                pacer.restart(longer)
+                traffic.set_delays(delays)
+                pacer.interval_s = longer
                 return longer_policy
 
             return LocalRunner(
@@ -537,20 +536,14 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
         stack.add(relay.close)
         register_webhook(uri, relay.url + WEBHOOK_PATH, secret)
         say(f"relay at {relay.url} registered as the MLflow webhook (alias and tag events)")
-        replayers: list[TrafficProcess] = []
 
-        def start_traffic(delays: tuple[float, float]) -> None:
-            """A replayer with these label delays takes over the sending; the one before it
-            stops sending but still posts the labels it scheduled, at their times, so the
-            predictions it served are labelled as the cohorts they belong to expect."""
-            if replayers:
-                replayers[-1].hand_over()
-            replayers.append(TrafficProcess(workdir, router.url, args.rate, args.fraud_share,
-                                            delays, part=len(replayers) + 1))  # fmt: skip
-
-        stack.add(lambda: [r.close() for r in replayers])
+        # One replayer for the whole demo: when the windows change (per rollout, or when the
+        # machine slows) it is told the new label delays, and the labels it already scheduled
+        # keep their times, so every cohort gets the labels its horizon expects.
+        traffic = TrafficProcess(workdir, router.url, args.rate, args.fraud_share,
+                                 label_delays(rollout_policy))  # fmt: skip
+        stack.add(traffic.close)
         pacer = Pacer(args.fraud_share, interval, lambda: served_count(router.url))
-        start_traffic(label_delays(rollout_policy))
         say(f"traffic: {args.rate:g} transactions/s asked for, drifted, labels posted later "
             f"than a window: fraud about {FRAUD_DELAY_WINDOWS:g}, legitimate "
             f"{LEGIT_DELAY_WINDOWS:g} windows after the prediction")  # fmt: skip
@@ -572,9 +565,7 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
             rollout_policy = scaled_policy(policy, interval)
             assert rollout_policy.labels is not None
             delays = label_delays(rollout_policy)
-            if delays != replayers[-1].delays:
-                start_traffic(delays)
-                wait_for_traffic(router.url)
+            traffic.set_delays(delays)
             pacer.restart(interval)
             say(f"labels: fraud {delays[0]:g} s (0.5x to 1.5x), legitimate {delays[1]:g} s after "
                 f"the prediction; a cohort matures {rollout_policy.labels.horizon:g} s after "
@@ -603,15 +594,11 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
             attach_to_registry(MlflowRegistry(uri), MODEL, ref.version, audit.path, rollout_id)
             serving = router.admin("GET", "/admin/state")["baseline"].get("version")
             say(f"the router's baseline is now version {serving} ('{CHAMPION}')")
-        summaries = [replayer.close() for replayer in replayers]
-        replayers.clear()
-        answered = sum(part["ok"] for part in summaries)
-        elapsed = sum(part["elapsed_s"] for part in summaries)
-        failed = sum(sum(part["failed"].values()) for part in summaries)
+        summary = traffic.close()
+        answered, elapsed = summary["ok"], summary["elapsed_s"]
         say(f"traffic: {answered} answered ({answered / max(elapsed, 1e-9):.0f}/s), "
-            f"{failed} failed, {sum(part['fallbacks'] for part in summaries)} candidate "
-            f"fallbacks, {sum(part['feedback'].get('joined', 0) for part in summaries)} labels "
-            "joined")  # fmt: skip
+            f"{sum(summary['failed'].values())} failed, {summary['fallbacks']} candidate "
+            f"fallbacks, {summary['feedback'].get('joined', 0)} labels joined")  # fmt: skip
         print("\ndecision trail:", file=out)
         for scenario in scenarios:
             print_trail(scenario, trails.get(scenario, []), out)
