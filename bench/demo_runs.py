@@ -45,7 +45,7 @@ class Run:
         return self.exit_code == 0 and self.good and self.bad
 
 
-def one_run(number: int, rate: float, timeout_s: float) -> Run:
+def one_run(number: int, rate: float, timeout_s: float, logs: Path | None = None) -> Run:
     with tempfile.TemporaryDirectory(prefix="kpigate-demo-bench-") as work:
         start = time.monotonic()
         log = Path(work) / "demo.log"
@@ -60,6 +60,9 @@ def one_run(number: int, rate: float, timeout_s: float) -> Run:
                 demo.terminate()  # SIGTERM: the demo stops every server it started
                 code = demo.wait(120)
         out = log.read_text(errors="replace")
+        if logs is not None:  # a failed run is explained by its output, not guessed at
+            logs.mkdir(parents=True, exist_ok=True)
+            (logs / f"run-{number}.log").write_text(out)
         seconds = time.monotonic() - start
     sized = SIZED.findall(out)
     resized = [f"{r}/s: {w} s" for r, w in RESIZED.findall(out)]
@@ -104,12 +107,13 @@ def main() -> int:
     parser.add_argument("--until", type=float, default=0.0,
                         help="start no run after this Unix time (a deadline)")  # fmt: skip
     parser.add_argument("--write", type=Path, help="write the Markdown report here")
+    parser.add_argument("--logs", type=Path, help="keep each run's output here (run-N.log)")
     args = parser.parse_args()
     runs: list[Run] = []
     for number in range(1, args.runs + 1):
         if args.until and time.time() > args.until:
             break
-        runs.append(one_run(number, args.rate, args.timeout))
+        runs.append(one_run(number, args.rate, args.timeout, args.logs))
         last = runs[-1]
         print(f"run {number}: {'pass' if last.passed else 'FAIL'} in {last.seconds:.0f} s",
               flush=True)  # fmt: skip
