@@ -248,3 +248,75 @@ def test_label_ids_and_logged_ids_agree_and_fit_the_log_column() -> None:
     assert len(log_id(long)) == 32 and log_id(long) == log_id(long)
     assert log_id(long) != log_id(long + "0")
     assert all(len(log_id(f"{rid}:{i}")) <= 32 for i in (0, 999))
+
+
+def test_labels_waiting_for_their_prediction_are_capped_and_the_dropped_ones_counted(
+    start_collector: Callable[..., CollectorServer],
+) -> None:
+    """At most --max-parked-labels labels wait for predictions not logged yet: a label feed for
+    traffic this collector never sees cannot fill the database. The rest are answered unknown,
+    say why, and are counted; a parked one is still joined when its prediction lands."""
+    collector = start_collector("kserve", max_parked_labels=2)
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    # Served (ce-time) before its label was given, logged after.
+    served = kserve_event("request", ids[0], _v1(1))
+    with collector.client() as client:
+        labels = [{"request_id": rid, "label": 1} for rid in ids]
+        report = client.post("/feedback", json={"labels": labels}).json()
+        assert (report["pending"], report["unknown"], report["joined"]) == (2, 1, 0)
+        [problem] = [p for p in report["problems"] if p["result"] == "unknown"]
+        assert problem["index"] == 2 and "--max-parked-labels" in problem["detail"]
+        again = client.post("/feedback", json={"request_id": ids[0], "label": 1}).json()
+        assert again["duplicate"] == 1  # waiting already: not dropped, not parked twice
+        assert post(client, served).status_code == 200
+        landed = post(client, kserve_event("response", ids[0], {"predictions": [0.9]}))
+        assert landed.json() == {"result": "logged", "predictions": 1}
+        # Its label was joined when it landed, which made room for one more.
+        later = client.post("/feedback", json={"request_id": ids[2], "label": 0}).json()
+        assert later["pending"] == 1
+        text = client.get("/metrics").text
+    assert metric_value(text, "kpigate_collector_labels_dropped_total") == 1
+    assert metric_value(text, "kpigate_collector_parked_labels") == 2
+    assert metric_value(text, "kpigate_feedback_labels_total", result="joined") == 1
+    assert [r["label"] for r in _rows(collector.config)] == [1]
+
+
+def test_landed_pairs_and_lone_halves_are_pruned_after_the_retention(
+    start_collector: Callable[..., CollectorServer],
+) -> None:
+    """Pair rows do not pile up: a landed pair and a request whose response never came are
+    deleted once older than --pair-retention, a pair that waits to be landed again is kept;
+    a half redelivered after its pair was pruned never writes its predictions twice."""
+    from kpigate.collector.store import CollectorTables
+
+    collector = start_collector(
+        "kserve", pair_retention_s=0.3, prune_interval_s=0.05, reland_interval_s=3600.0
+    )
+    landed, lone = str(uuid.uuid4()), str(uuid.uuid4())
+    with collector.client() as client:
+        assert post(client, kserve_event("request", landed, _v1(1))).status_code == 200
+        assert (
+            post(client, kserve_event("response", landed, {"predictions": [0.2]})).json()["result"]
+            == "logged"
+        )
+        assert post(client, kserve_event("request", lone, _v1(1, seed=4))).json() == {
+            "result": "stored"
+        }
+    engine = make_engine(collector.config.db_url)
+    pairs = CollectorTables(collector.config.table_prefix).pairs
+    deadline = time.monotonic() + 30  # a bound on waiting, not a timed assertion
+    with engine.connect() as conn:
+        while conn.execute(select(pairs.c.pair_id)).first() is not None:
+            assert time.monotonic() < deadline, "the pair rows were never pruned"
+            time.sleep(0.05)
+    engine.dispose()
+    with collector.client() as client:
+        text = client.get("/metrics").text
+        # The logger redelivers the landed pair long after: no second row.
+        post(client, kserve_event("request", landed, _v1(1)))
+        again = post(client, kserve_event("response", landed, {"predictions": [0.2]})).json()
+    assert again == {"result": "logged", "predictions": 0}
+    assert metric_value(text, "kpigate_collector_pairs_pruned_total", state="landed") == 1
+    assert metric_value(text, "kpigate_collector_pairs_pruned_total", state="unpaired") == 1
+    assert metric_value(text, "kpigate_collector_waiting_pairs") == 0
+    assert len(_rows(collector.config)) == 1

@@ -81,6 +81,19 @@ class CollectorMetrics:
             "kpigate_collector_parked_labels",
             "Labels received before their prediction was logged, waiting for it.", registry=r,
         )  # fmt: skip
+        self.labels_dropped = Counter(
+            "kpigate_collector_labels_dropped_total",
+            "Labels for predictions not logged yet that were not parked: the collector held "
+            "--max-parked-labels already (they were answered unknown).", registry=r,
+        )  # fmt: skip
+        self.pairs_pruned = Counter(
+            "kpigate_collector_pairs_pruned_total",
+            "Pair rows deleted after --pair-retention: landed (its predictions are logged) or "
+            "unpaired (a lone request or response whose other half never came).",
+            ["state"], registry=r,
+        )  # fmt: skip
+        for state in ("landed", "unpaired"):
+            self.pairs_pruned.labels(state)
         # The router's routing gauges would claim a weight and a state the collector has no
         # view of: left out. (Labelled series without children export nothing.)
         for gauge in (self.router.weight, self.router.state_version):
@@ -110,7 +123,7 @@ def create_app(config: CollectorConfig) -> Starlette:
     tables = CollectorTables(config.table_prefix)
     store = PairStore(predlog.engine, tables, predlog.tables.predictions, lock)
     cutoff = config.label_window_s if config.label_horizon_s is None else config.label_horizon_s
-    desk = LabelDesk(FeedbackJoiner(predlog, cutoff), store, cutoff)
+    desk = LabelDesk(FeedbackJoiner(predlog, cutoff), store, cutoff, config.max_parked_labels)
     maturity = None
     if config.label_horizon_s is not None:
         m.label_horizon.set(config.label_horizon_s)
@@ -200,6 +213,19 @@ def create_app(config: CollectorConfig) -> Starlette:
             count_labels(await run_in_threadpool(desk.joiner.join, parked, time.time()))
         return len(new)
 
+    async def prune() -> None:
+        """Delete pair rows past their retention (CollectorConfig.pair_retention_s)."""
+        while True:
+            await asyncio.sleep(config.prune_interval_s)
+            try:
+                async with pairing:
+                    before = time.time() - config.pair_retention_s
+                    landed, unpaired = await run_in_threadpool(store.prune, before)
+                metrics.pairs_pruned.labels("landed").inc(landed)
+                metrics.pairs_pruned.labels("unpaired").inc(unpaired)
+            except Exception as exc:
+                log.warning("pruning old pairs failed, will retry: %s", redacted(exc))
+
     async def reland() -> None:
         """Land the pairs whose landing failed (the log was down): the loggers do not retry."""
         while True:
@@ -287,7 +313,7 @@ def create_app(config: CollectorConfig) -> Starlette:
             )  # fmt: skip
         async with pairing:
             try:
-                report, pending = await run_in_threadpool(desk.receive, items, time.time())
+                report, pending, dropped = await run_in_threadpool(desk.receive, items, time.time())
             except Exception as exc:
                 return JSONResponse(
                     {"error": f"could not join labels: the prediction log is unavailable "
@@ -295,6 +321,7 @@ def create_app(config: CollectorConfig) -> Starlette:
                     status_code=503,
                 )  # fmt: skip
         count_labels(report, pending)
+        metrics.labels_dropped.inc(dropped)
         return JSONResponse({**report.as_dict(), "pending": pending})
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -326,11 +353,12 @@ def create_app(config: CollectorConfig) -> Starlette:
         await run_in_threadpool(tables.create, predlog.engine)
         if maturity is not None:
             await run_in_threadpool(maturity.start)
-        relander = asyncio.create_task(reland())
+        relander, pruner = asyncio.create_task(reland()), asyncio.create_task(prune())
         try:
             yield
         finally:
             relander.cancel()
+            pruner.cancel()
             if maturity is not None:
                 await run_in_threadpool(maturity.stop)
             await run_in_threadpool(predlog.close)

@@ -199,20 +199,31 @@ class PairStore:
 
     # -- labels waiting for their prediction ----------------------------------------------
 
-    def park(self, items: list[dict[str, Any]], now: float) -> set[str]:
-        """Park labels by request id; returns the ids that were parked already (not changed)."""
+    def park(
+        self, items: list[dict[str, Any]], now: float, limit: int
+    ) -> tuple[set[str], set[str]]:
+        """Park labels by request id, at most `limit` parked in all; returns the ids parked
+        already (not changed) and those dropped for want of room."""
+        from sqlalchemy import func
+
         lab = self.tables.labels
         again: set[str] = set()
+        dropped: set[str] = set()
         with self.write_lock, self.engine.begin() as conn:
             ids = [i["request_id"] for i in items]
             known = {
                 r
                 for (r,) in conn.execute(select(lab.c.request_id).where(lab.c.request_id.in_(ids)))
             }
+            room = limit - int(conn.execute(select(func.count()).select_from(lab)).scalar_one())
             for item in items:
                 if item["request_id"] in known:
                     again.add(item["request_id"])
                     continue
+                if room <= 0:
+                    dropped.add(item["request_id"])
+                    continue
+                room -= 1
                 known.add(item["request_id"])
                 conn.execute(
                     insert(lab).values(
@@ -220,7 +231,22 @@ class PairStore:
                         labeled_at=item["labeled_at"], parked_at=now,
                     )
                 )  # fmt: skip
-        return again
+        return again, dropped
+
+    def prune(self, before: float) -> tuple[int, int]:
+        """Delete landed pairs landed before `before`, and lone halves received before it;
+        returns (landed, unpaired) deleted. Pairs with both halves (their landing failed) stay:
+        they are landed again."""
+        t = self.tables.pairs
+        lone = (t.c.request.is_(None)) | (t.c.response.is_(None))
+        with self.write_lock, self.engine.begin() as conn:
+            landed = conn.execute(
+                delete(t).where(t.c.landed_at.is_not(None), t.c.landed_at < before)
+            ).rowcount
+            unpaired = conn.execute(
+                delete(t).where(t.c.landed_at.is_(None), lone, t.c.received_at < before)
+            ).rowcount
+        return int(landed or 0), int(unpaired or 0)
 
     def expire_parked(self, before: float) -> int:
         lab = self.tables.labels
