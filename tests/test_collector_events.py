@@ -320,3 +320,75 @@ def test_landed_pairs_and_lone_halves_are_pruned_after_the_retention(
     assert metric_value(text, "kpigate_collector_pairs_pruned_total", state="unpaired") == 1
     assert metric_value(text, "kpigate_collector_waiting_pairs") == 0
     assert len(_rows(collector.config)) == 1
+
+
+def test_seldon_shadow_copies_are_logged_as_shadow_rows_under_the_served_ids(
+    tmp_path: Path,
+) -> None:
+    """A Seldon predictor with `shadow: true` (--candidate-shadow): its events carry the served
+    request's Seldon-Puid, so its pair is kept apart from the served one, its predictions are
+    shadow rows under the same request ids, and one label labels both, whichever lands first:
+    a label parked before either waits for the served row, and a shadow copy landing after its
+    request was labelled is labelled on insert."""
+    from dataclasses import replace
+
+    from kpigate.collector.config import ArmRule
+
+    arms = (
+        ArmRule("baseline", "2", equals=(("endpoint", "baseline"),)),
+        ArmRule("candidate", "3", equals=(("endpoint", "candidate"),), shadow=True),
+    )
+    config = replace(
+        collector_config("seldon", f"sqlite:///{tmp_path / 'c.db'}", "kpigate_"), arms=arms
+    )
+    collector = CollectorServer(config).start()
+    early, late = "tx-early-1", "tx-late-2"
+
+    def events(puid: str, seed: int) -> dict[str, tuple[dict[str, str], bytes]]:
+        body = _v1(1, seed)
+        return {
+            "served request": seldon_event("request", puid, body, "baseline"),
+            "served response": seldon_event("response", puid, {"predictions": [0.9]}, "baseline"),
+            "shadow request": seldon_event("request", puid, body, "candidate"),
+            "shadow response": seldon_event("response", puid, {"predictions": [0.1]}, "candidate"),
+        }
+
+    try:
+        first, second = events(early, 1), events(late, 2)
+        with collector.client() as client:
+            # Labelled before either copy is logged; the shadow copy lands first.
+            assert (
+                client.post("/feedback", json={"request_id": early, "label": 1}).json()["pending"]
+                == 1
+            )
+            for name in ("shadow request", "shadow response", "shadow response"):
+                post(client, first[name])
+            assert metric_value(client.get("/metrics").text, "kpigate_collector_parked_labels") == 1
+            for name in ("served response", "served request"):
+                post(client, first[name])
+            # The served copy first, labelled, then its shadow copy lands.
+            for name in ("served request", "served response"):
+                post(client, second[name])
+            assert (
+                client.post("/feedback", json={"request_id": late, "label": 0}).json()["joined"]
+                == 1
+            )
+            for name in ("shadow response", "shadow request"):
+                assert post(client, second[name]).status_code == 200
+            text = client.get("/metrics").text
+    finally:
+        collector.stop()
+    rows = {(r["request_id"], r["shadow"]): r for r in _rows(config)}
+    assert set(rows) == {(early, False), (early, True), (late, False), (late, True)}
+    assert [(rows[k]["arm"], rows[k]["model_version"], rows[k]["label"]) for k in sorted(rows)] == [
+        ("baseline", "2", 1), ("candidate", "3", 1), ("baseline", "2", 0), ("candidate", "3", 0)
+    ]  # fmt: skip
+    decisions = "kpigate_decisions_total"
+    assert metric_value(text, decisions, shadow="true", arm="candidate") == 2
+    assert metric_value(text, decisions, shadow="false", arm="baseline") == 2
+    outcomes = "kpigate_outcomes_total"
+    assert metric_value(text, outcomes, shadow="true", segment="all", outcome="fn") == 1
+    assert metric_value(text, outcomes, shadow="true", segment="all", outcome="tn") == 1
+    assert metric_value(text, outcomes, shadow="false", segment="all") == 2
+    assert metric_value(text, "kpigate_collector_parked_labels") == 0
+    assert metric_value(text, "kpigate_collector_events_total", result="duplicate") == 1

@@ -118,6 +118,8 @@ def create_app(config: CollectorConfig) -> Starlette:
         Tables(config.table_prefix),
         on_written=m.committed,
         on_dropped=lambda reason, n: m.log_dropped.labels(reason).inc(n),
+        # A shadow copy landing after its served request was labelled is labelled on insert.
+        on_shadow_labeled=lambda row, label: m.count_outcome(row, label, None),
     )
     lock = predlog.write_lock if predlog.is_sqlite else contextlib.nullcontext()
     tables = CollectorTables(config.table_prefix)
@@ -154,12 +156,12 @@ def create_app(config: CollectorConfig) -> Starlette:
             return None
         data = json_body(body, request.headers.get("content-type", ""), config.max_json_depth)
         now = time.time()
+        # Check this half on its own now: a bad half is refused, never stored.
+        rule = config.arm_of(attributes)
         event = LoggedEvent(
             config.backend, kind, pair_key(pair), attributes,
-            event_time(attributes, now, config.future_skew_s), data,
+            event_time(attributes, now, config.future_skew_s), data, rule.shadow,
         )  # fmt: skip
-        # Check this half on its own now: a bad half is refused, never stored.
-        config.arm_of(attributes)
         if kind == "request":
             for i, instance in enumerate(payloads.instances(data)):
                 keyed(instance, i, "-")
@@ -189,7 +191,7 @@ def create_app(config: CollectorConfig) -> Starlette:
             k = keyed(instance, i, rid)
             rows.append({
                 "request_id": rid, "entity_key": k.entity_key, "model_version": rule.version,
-                "arm": rule.arm, "shadow": False, "fallback": False, "score": score,
+                "arm": rule.arm, "shadow": rule.shadow, "fallback": False, "score": score,
                 "decision": "decline" if score >= rule.threshold else "approve",
                 "region": k.region, "payment_method": k.payment_method,
                 "amount_band": k.amount_band, "latency_ms": latency_ms, "created_at": created,
@@ -201,14 +203,17 @@ def create_app(config: CollectorConfig) -> Starlette:
         now = time.time()
         rows = rows_of(request, response, now)
         ids = [r["request_id"] for r in rows]
-        logged = await run_in_threadpool(store.logged, ids)
+        logged = await run_in_threadpool(store.logged, ids, request.shadow)
         new = [r for r in rows if r["request_id"] not in logged]
         await asyncio.gather(*(predlog.submit(r) for r in new))
         for r in new:
-            m.count_decision(r["arm"], r["model_version"], r["decision"], False)
-            if backend.EXACT_TIMES:
+            m.count_decision(r["arm"], r["model_version"], r["decision"], request.shadow)
+            if backend.EXACT_TIMES and not request.shadow:
                 m.observe_served(r["arm"], r["model_version"], r["latency_ms"] / 1000.0)
-        parked = await run_in_threadpool(store.landed, request.pair_id, len(rows), ids, now)
+        # Labels parked for these ids wait for the served rows: a shadow copy leaves them
+        # (joining the served row labels its shadow copies, feedback.py).
+        mine = [] if request.shadow else ids
+        parked = await run_in_threadpool(store.landed, request.key, len(rows), mine, now)
         if parked:
             count_labels(await run_in_threadpool(desk.joiner.join, parked, time.time()))
         return len(new)
@@ -239,7 +244,7 @@ def create_app(config: CollectorConfig) -> Starlette:
                             await land(request, response)
                         except (EventError, RowRefused) as exc:
                             log.error("stored pair %s cannot be logged: %s", request.pair_id, exc)
-                            await run_in_threadpool(store.forget, request.pair_id, "response")
+                            await run_in_threadpool(store.forget, request.key, "response")
             except Exception as exc:
                 log.warning("landing stored pairs failed, will retry: %s", redacted(exc))
 
@@ -271,7 +276,7 @@ def create_app(config: CollectorConfig) -> Starlette:
                 written = await land(stored.request, stored.response)
             except (EventError, RowRefused) as exc:
                 # This half does not fit the stored one: refused, and forgotten.
-                await run_in_threadpool(store.forget, event.pair_id, event.kind)
+                await run_in_threadpool(store.forget, event.key, event.kind)
                 metrics.event(kind, "invalid")
                 message = (
                     exc.message

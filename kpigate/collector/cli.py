@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=0.5,
             help=f"the {arm}'s decision threshold: score >= it is a decline (%(default)s)",
         )
+    add(
+        "--candidate-shadow",
+        action="store_true",
+        help="the candidate's events are shadow copies (a Seldon predictor with shadow: true): "
+        "logged as shadow rows under the served request's ids, which its labels name",
+    )
     add("--db-url", default=None, help=secret_help(DB_URL_ENV, "a sqlite: URL of the log"))
     add("--table-prefix", default=d.table_prefix, help="table name prefix (%(default)s)")
     add("--score-output", default=None, help="V2 output tensor with the scores (the first)")
@@ -98,7 +104,8 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"--{arm}-threshold must be in [0, 1], got {threshold}")
         version = getattr(args, f"{arm}_version")
-        arms.append(ArmRule(arm, version, equals, prefixes, threshold))
+        shadow = arm == "candidate" and args.candidate_shadow
+        arms.append(ArmRule(arm, version, equals, prefixes, threshold, shadow))
     db_url = args.db_url or read_secret(DB_URL_ENV) or CollectorConfig().db_url
     return CollectorConfig(
         backend=args.backend,

@@ -21,6 +21,9 @@ class ArmRule:
     equals: tuple[tuple[str, str], ...] = ()
     prefixes: tuple[tuple[str, str], ...] = ()
     threshold: float = 0.5
+    # The arm's events are shadow copies (Seldon `shadow: true`): logged as shadow rows under
+    # the served request's ids, so a label for the served request labels them too.
+    shadow: bool = False
 
     def matches(self, attributes: dict[str, str]) -> bool:
         return all(attributes.get(k) == v for k, v in self.equals) and all(

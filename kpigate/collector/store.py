@@ -63,14 +63,18 @@ class CollectorTables:
 
 def _half(event: LoggedEvent) -> str:
     return json.dumps(
-        {"attributes": event.attributes, "time": event.time, "body": event.body},
+        {"attributes": event.attributes, "time": event.time, "body": event.body,
+         "pair": event.pair_id, "shadow": event.shadow},
         separators=(",", ":"),
-    )
+    )  # fmt: skip
 
 
-def _event(text: str, backend: str, kind: Any, pair_id: str) -> LoggedEvent:
+def _event(text: str, backend: str, kind: Any, key: str) -> LoggedEvent:
     data = json.loads(text)
-    return LoggedEvent(backend, kind, pair_id, data["attributes"], data["time"], data["body"])
+    return LoggedEvent(
+        backend, kind, data.get("pair", key), data["attributes"], data["time"], data["body"],
+        bool(data.get("shadow", False)),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,10 @@ class PairStore:
         redelivered half whose first landing failed, so that a retry completes it)."""
         t = self.tables.pairs
         with self.write_lock, self.engine.begin() as conn:
-            row = conn.execute(
-                select(t).where(t.c.pair_id == event.pair_id).with_for_update()
-            ).first()
+            row = conn.execute(select(t).where(t.c.pair_id == event.key).with_for_update()).first()
             if row is None:
                 values = {event.kind: _half(event)}
-                conn.execute(insert(t).values(pair_id=event.pair_id, received_at=now, **values))
+                conn.execute(insert(t).values(pair_id=event.key, received_at=now, **values))
                 return Stored(False)
             if row.landed_at is not None:
                 return Stored(True)
@@ -113,25 +115,21 @@ class PairStore:
             text = getattr(row, other)
             if not duplicate:
                 conn.execute(
-                    update(t)
-                    .where(t.c.pair_id == event.pair_id)
-                    .values(**{event.kind: _half(event)})
+                    update(t).where(t.c.pair_id == event.key).values(**{event.kind: _half(event)})
                 )
             if text is None:
                 return Stored(duplicate)
-            partner = _event(text, event.backend, other, event.pair_id)
+            partner = _event(text, event.backend, other, event.key)
         request, response = (event, partner) if event.kind == "request" else (partner, event)
         return Stored(duplicate, request, response)
 
-    def forget(self, pair_id: str, kind: str) -> None:
+    def forget(self, key: str, kind: str) -> None:
         """Drop a half that does not fit its pair (refused with 422), so the right one can
-        still complete it."""
+        still complete it. `key`: LoggedEvent.key."""
         t = self.tables.pairs
         with self.write_lock, self.engine.begin() as conn:
             conn.execute(
-                update(t)
-                .where(t.c.pair_id == pair_id, t.c.landed_at.is_(None))
-                .values(**{kind: None})
+                update(t).where(t.c.pair_id == key, t.c.landed_at.is_(None)).values(**{kind: None})
             )
 
     def unlanded(self, backend: str, limit: int = 100) -> list[tuple[LoggedEvent, LoggedEvent]]:
@@ -154,24 +152,25 @@ class PairStore:
             for r in rows
         ]
 
-    def logged(self, request_ids: list[str]) -> set[str]:
-        """Which of these request ids the prediction log already holds (served rows)."""
+    def logged(self, request_ids: list[str], shadow: bool = False) -> set[str]:
+        """Which of these request ids the prediction log already holds (served rows, or
+        shadow copies)."""
         p = self.predictions
         with self.engine.connect() as conn:
             query = select(p.c.request_id).where(
-                p.c.request_id.in_(request_ids), p.c.shadow.is_(False)
+                p.c.request_id.in_(request_ids), p.c.shadow.is_(shadow)
             )
             return {r for (r,) in conn.execute(query)}
 
-    def landed(self, pair_id: str, rows: int, request_ids: list[str], now: float) -> list[Any]:
+    def landed(self, key: str, rows: int, request_ids: list[str], now: float) -> list[Any]:
         """Mark the pair landed (its halves cleared); remove and return the labels parked for
-        its predictions, in the same transaction."""
+        `request_ids`, in the same transaction. `key`: LoggedEvent.key."""
         t, lab = self.tables.pairs, self.tables.labels
         parked: list[dict[str, Any]] = []
         with self.write_lock, self.engine.begin() as conn:
             conn.execute(
                 update(t)
-                .where(t.c.pair_id == pair_id)
+                .where(t.c.pair_id == key)
                 .values(landed_at=now, rows=rows, request=None, response=None)
             )
             for start in range(0, len(request_ids), 500):
