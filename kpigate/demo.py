@@ -483,8 +483,9 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
 
             def retime(stage: float, look: int) -> Policy | None:
                 """Longer windows for the looks to come when the traffic slowed (Pacer): the
-                policy, its file, the source's horizon, the trail and the label delays all
-                follow, and the replayer hands over so earlier predictions keep their labels."""
+                policy, its file, the source's horizon, the trail and the replayer's label
+                delays all follow; labels already scheduled keep their times, and the longer
+                horizon still covers them, so earlier cohorts count every label."""
                 found = None if args.interval is not None else pacer.slowed()
                 if found is None:
                     return None
