@@ -235,3 +235,29 @@ def test_a_longer_window_keeps_the_rules_and_every_label_inside_the_horizon() ->
     assert after.labels.horizon > before.labels.horizon
     changed = policy.model_copy(update={"max_holds": policy.max_holds + 1})
     assert changed.rules() != policy.rules()
+
+
+def test_waiting_for_a_rollout_asks_its_timeout_again(tmp_path: Path) -> None:
+    """The demo's bound on a rollout grows when its windows do: wait() asks for it while it
+    waits, and gives up only when the bound it is given now has passed."""
+    release = threading.Event()
+
+    class BlockedRunner:
+        def run(self, version: str) -> Outcome:
+            release.wait(60)
+            return Outcome("promote", version, "fine")
+
+    trigger = RunnerTrigger(lambda name, version: BlockedRunner(), tmp_path)  # type: ignore[arg-type,return-value]
+    trigger.start("m", "2")
+    with pytest.raises(TimeoutError, match="did not finish in time"):
+        trigger.wait("m", "2", timeout_s=lambda: 0.0)
+    asked: list[float] = []
+
+    def growing() -> float:
+        asked.append(1.0)
+        if len(asked) == 3:
+            release.set()  # the rollout ends while the bound is 60 s
+        return 60.0
+
+    assert trigger.wait("m", "2", timeout_s=growing) == Outcome("promote", "2", "fine")
+    assert len(asked) >= 3
