@@ -3,7 +3,8 @@
 Each run is `kpigate demo --rate R` in a fresh workdir, one after the other (never two at once:
 they would share the machine). A run passes when it exits 0, the good candidate is promoted to
 100% and the bad one is rolled back for harm on recall. The report lists every run: its
-duration, the rate the router reached, the window length the demo chose, and the two outcomes.
+duration, the rate the router reached, the window length the demo chose, every mid-rollout
+resize (the machine slowed: the rate achieved and the new window), and the two outcomes.
 
 Run: make bench-demo   (or: python bench/demo_runs.py --runs 10 --rate 50 --write docs/...)
 """
@@ -25,6 +26,7 @@ from machine import describe
 GOOD = "good: promoted to 100%"
 BAD = re.compile(r"bad: rolled back for harm on recall")
 SIZED = re.compile(r"answers (\d+) requests/s here \(.*?\): windows of ([\d.]+) s")
+RESIZED = re.compile(r"machine slowed to (\d+) req/s: windows now ([\d.]+) s")
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Run:
     exit_code: int
     rates: list[str]
     windows: list[str]
+    resized: list[str]  # "31/s: 25.8 s" per mid-rollout resize
     good: bool
     bad: bool
 
@@ -42,7 +45,7 @@ class Run:
         return self.exit_code == 0 and self.good and self.bad
 
 
-def one_run(number: int, rate: float, timeout_s: float) -> Run:
+def one_run(number: int, rate: float, timeout_s: float, logs: Path | None = None) -> Run:
     with tempfile.TemporaryDirectory(prefix="kpigate-demo-bench-") as work:
         start = time.monotonic()
         log = Path(work) / "demo.log"
@@ -57,9 +60,13 @@ def one_run(number: int, rate: float, timeout_s: float) -> Run:
                 demo.terminate()  # SIGTERM: the demo stops every server it started
                 code = demo.wait(120)
         out = log.read_text(errors="replace")
+        if logs is not None:  # a failed run is explained by its output, not guessed at
+            logs.mkdir(parents=True, exist_ok=True)
+            (logs / f"run-{number}.log").write_text(out)
         seconds = time.monotonic() - start
     sized = SIZED.findall(out)
-    return Run(number, seconds, code, [r for r, _ in sized], [w for _, w in sized],
+    resized = [f"{r}/s: {w} s" for r, w in RESIZED.findall(out)]
+    return Run(number, seconds, code, [r for r, _ in sized], [w for _, w in sized], resized,
                GOOD in out, bool(BAD.search(out)))  # fmt: skip
 
 
@@ -67,6 +74,7 @@ def report(runs: list[Run], rate: float, asked: int) -> str:
     rows = "".join(
         f"| {r.number} | {'pass' if r.passed else 'FAIL'} | {r.seconds:.0f} s | "
         f"{', '.join(r.rates) or '-'} | {', '.join(r.windows) or '-'} | "
+        f"{'; '.join(r.resized) or 'none'} | "
         f"{'promoted' if r.good else 'not promoted'} | "
         f"{'rolled back on recall' if r.bad else 'not rolled back on recall'} | {r.exit_code} |\n"
         for r in runs
@@ -83,8 +91,9 @@ def report(runs: list[Run], rate: float, asked: int) -> str:
             if asked > len(runs)
             else ""
         )
-        + ".\n\n| run | result | time | requests/s reached (per rollout) | window (s) | good | "
-        "bad | exit |\n|---|---|---|---|---|---|---|---|\n"
+        + ".\n\n| run | result | time | requests/s reached (per rollout) | window (s) | "
+        "resized mid-rollout (achieved rate: new window) | good | bad | exit |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
         + rows
         + f"\nMachine: {describe('numpy', shared=True)}.\n"
     )
@@ -98,12 +107,13 @@ def main() -> int:
     parser.add_argument("--until", type=float, default=0.0,
                         help="start no run after this Unix time (a deadline)")  # fmt: skip
     parser.add_argument("--write", type=Path, help="write the Markdown report here")
+    parser.add_argument("--logs", type=Path, help="keep each run's output here (run-N.log)")
     args = parser.parse_args()
     runs: list[Run] = []
     for number in range(1, args.runs + 1):
         if args.until and time.time() > args.until:
             break
-        runs.append(one_run(number, args.rate, args.timeout))
+        runs.append(one_run(number, args.rate, args.timeout, args.logs))
         last = runs[-1]
         print(f"run {number}: {'pass' if last.passed else 'FAIL'} in {last.seconds:.0f} s",
               flush=True)  # fmt: skip

@@ -125,11 +125,12 @@ class TrafficProcess:
         part: int = 1,
     ) -> None:
         """`delays`: seconds until a fraud label is sent (uniform, 0.5x to 1.5x) and until a
-        legitimate one is (fixed). `part` numbers the replayers of one demo (restarted when
-        the windows, and so the delays, change), each with its own log and summary."""
+        legitimate one is (fixed); set_delays() changes them while it runs. `part` numbers the
+        replayers of one workdir, each with its own log and summary."""
         self.delays = delays
         self.summary_path = workdir / f"traffic-summary-{part}.json"
         self.log_path = workdir / f"traffic-{part}.log"
+        self.delays_path = workdir / f"traffic-delays-{part}.json"
         fraud_s, legit_s = delays
         command = [
             sys.executable, "-m", "kpigate.cli", "traffic", "--url", url,
@@ -138,12 +139,22 @@ class TrafficProcess:
             "--maturity", f"{legit_s:g}", "--legit-delay-dist", "fixed",
             "--seed", str(10 + part), "--drift", "0.5",
             "--fraud-share", f"{fraud_share:g}", "--quiet", "--no-wait",
-            "--json", str(self.summary_path),
+            "--json", str(self.summary_path), "--delays-file", str(self.delays_path),
         ]  # fmt: skip
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+
+    def set_delays(self, delays: tuple[float, float]) -> None:
+        """Label delays for the predictions answered from now on (the file, then SIGHUP); the
+        labels already scheduled keep their times, so the cohorts served so far keep theirs."""
+        from kpigate.traffic import write_delays
+
+        write_delays(str(self.delays_path), *delays)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)
+        self.delays = delays
 
     def close(self) -> dict[str, Any]:
         if self.process.poll() is None:
@@ -235,17 +246,27 @@ class RunnerTrigger:
         self.threads[key] = thread
         return f"local runner for {model_name} version {model_version}"
 
-    def wait(self, model_name: str, model_version: str, timeout_s: float) -> Outcome:
+    def wait(
+        self, model_name: str, model_version: str, timeout_s: float | Callable[[], float]
+    ) -> Outcome:
+        """The rollout's outcome. `timeout_s` may be a function, asked again while waiting: the
+        demo's bound grows when it lengthens the rollout's windows."""
         key = (model_name, model_version)
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+
+        def deadline() -> float:
+            return started + (timeout_s() if callable(timeout_s) else timeout_s)
+
         while key not in self.threads:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline():
                 raise TimeoutError(
                     f"no rollout of {model_name} version {model_version} started: did the "
                     "MLflow webhook reach the relay?"
                 )
             time.sleep(0.1)
-        self.threads[key].join(max(0.0, deadline - time.monotonic()))
+        thread = self.threads[key]
+        while thread.is_alive() and time.monotonic() < deadline():
+            thread.join(min(1.0, max(0.0, deadline() - time.monotonic())))
         if key in self.errors:
             raise RuntimeError(f"the rollout failed: {self.errors[key]!r}") from self.errors[key]
         if key not in self.outcomes:

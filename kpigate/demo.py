@@ -16,7 +16,11 @@ Time is compressed and sized to the machine: before each rollout the demo measur
 rate the router actually answers here, then sets each evaluation window's length so that it holds
 about 400 labelled frauds across both arms (2 s at 400 requests/s, 16 s at 50/s), and says how
 long the rollouts will take; --interval fixes it instead. Every duration of the demo policy is
-scaled to that window length (its file is written for nominal 10 s windows).
+scaled to that window length (its file is written for nominal 10 s windows). It keeps measuring
+the rate the traffic achieves over the last two windows: when the machine slows so that a window
+would hold fewer than 3/4 of those frauds, the windows of the looks to come are lengthened (never
+shortened within a rollout), and it says so ("machine slowed to 31 req/s: windows now 26 s"),
+with the label delays and the horizon scaled alike; the trail records it (resize-windows).
 
 Labels come later than a window, as in production but in seconds: a fraud label about one window
 after its prediction (uniform, 0.5 to 1.5 windows), a legitimate one 2.5 windows after; the
@@ -48,11 +52,11 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from kpigate.cause import HARM, LABELS, cause_of
 from kpigate.engine import Cause, Decision, GateDecision, KpiReport, Verdict
@@ -66,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--scenario", choices=["good", "bad", "all"], default="all", help="default: all")
     add("--interval", type=float, default=None,
-        help="seconds per window (default: sized to the measured request rate)")  # fmt: skip
+        help="seconds per window, fixed (default: sized to the measured request rate and "
+             "lengthened when it falls)")  # fmt: skip
     add("--rate", type=float, default=400.0, help="requests/s asked for (%(default)s)")
     add("--fraud-share", type=float, default=0.5, help="fraud in the traffic (%(default)s)")
     add("--workdir", default="", help="keep everything here (default: a temp dir)")
@@ -78,10 +83,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # Labelled frauds per window, both arms together, at which the live demo tells its story: the
 # good candidate certified at 50% within the soak and max_holds, the bad one rolled back on
-# recall (measured: 400 requests/s, 2 s windows, fraud share 0.5).
+# recall (measured: 400 requests/s, 2 s windows, fraud share 0.5). With 150 to 300 (the rate
+# fell after the windows were sized: a CI run beside another test worker) the bad candidate's
+# 4.7pp recall drop timed out at 50% instead.
 POSITIVES_PER_WINDOW = 400.0
 MIN_INTERVAL_S = 2.0
 SLOW_INTERVAL_S = 30.0  # beyond this the demo takes too long to watch: say so
+MAX_INTERVAL_S = 120.0  # a stalled machine must not stretch a window without end
+# A rollout's windows are lengthened when, at the rate the traffic achieved over the last
+# windows, the next one would hold fewer than this share of POSITIVES_PER_WINDOW.
+RESIZE_BELOW = 0.75
 
 
 @dataclass(frozen=True)
@@ -96,13 +107,72 @@ class Sizing:
         return (self.looks[0] * self.interval_s / 60, self.looks[1] * self.interval_s / 60)
 
 
+def window_for(rate: float, fraud_share: float) -> float:
+    """Seconds a window needs at `rate` requests/s to hold POSITIVES_PER_WINDOW labelled frauds
+    (to 0.1 s, within MIN_INTERVAL_S and MAX_INTERVAL_S)."""
+    wanted = POSITIVES_PER_WINDOW / max(rate * fraud_share, 1e-9)
+    return round(min(MAX_INTERVAL_S, max(MIN_INTERVAL_S, wanted)), 1)
+
+
 def size_windows(rate: float, fraud_share: float, policy: Policy) -> Sizing:
     """Window length so each holds POSITIVES_PER_WINDOW labelled frauds at this rate."""
-    wanted = POSITIVES_PER_WINDOW / max(rate * fraud_share, 1e-9)
-    interval = max(MIN_INTERVAL_S, wanted)
+    interval = window_for(rate, fraud_share)
     fewest = sum(stage.looks for stage in policy.stages)
     most = fewest + len(policy.stages) * policy.max_holds
-    return Sizing(rate, round(interval, 1), (fewest, most), slow=interval > SLOW_INTERVAL_S)
+    return Sizing(rate, interval, (fewest, most), slow=interval > SLOW_INTERVAL_S)
+
+
+def resized_window(rate: float, fraud_share: float, interval_s: float) -> float | None:
+    """The longer window the rest of a rollout needs once the machine slowed, or None while a
+    window of `interval_s` at the achieved `rate` still holds RESIZE_BELOW x
+    POSITIVES_PER_WINDOW labelled frauds.
+
+    Never shorter than `interval_s`: the label horizon is three windows and grows with them,
+    and a horizon shorter than the delays the traffic already scheduled (legitimate labels 2.5
+    old windows late) would count those labels as missing. A faster machine is used by the
+    next rollout, which is sized afresh."""
+    if rate * fraud_share * interval_s >= RESIZE_BELOW * POSITIVES_PER_WINDOW:
+        return None
+    longer = window_for(rate, fraud_share)
+    return longer if longer > interval_s else None
+
+
+def achieved_rate(samples: Sequence[tuple[float, float]], windows: int = 2) -> float | None:
+    """Requests/s over the last `windows` windows, from (seconds, answers served so far) taken
+    when the rollout started and at the end of each window; None before `windows` windows, so
+    that one slow moment does not stretch the rest of the rollout."""
+    if len(samples) <= windows:
+        return None
+    (t0, n0), (t1, n1) = samples[-1 - windows], samples[-1]
+    return (n1 - n0) / max(t1 - t0, 1e-9)
+
+
+@dataclass
+class Pacer:
+    """Keeps a rollout's windows holding the labelled frauds the story needs on a machine whose
+    load changes: the answers served so far are sampled at the end of every window, and
+    `slowed()` says, before a look, whether the windows to come must be longer."""
+
+    fraud_share: float
+    interval_s: float  # the windows the rollout runs now
+    served: Callable[[], float]  # answers the router has served so far
+    clock: Callable[[], float] = time.monotonic
+    samples: list[tuple[float, float]] = field(default_factory=list)
+
+    def restart(self, interval_s: float) -> None:
+        """A rollout starts with windows of `interval_s`: count from here."""
+        self.interval_s = interval_s
+        self.samples = [(self.clock(), self.served())]
+
+    def sample(self, record: object = None) -> None:
+        """At the end of a window (LocalRunner.on_window)."""
+        self.samples.append((self.clock(), self.served()))
+
+    def slowed(self) -> tuple[float, float] | None:
+        """(achieved requests/s, the longer window) when the windows must grow, else None."""
+        rate = achieved_rate(self.samples)
+        longer = None if rate is None else resized_window(rate, self.fraud_share, self.interval_s)
+        return None if rate is None or longer is None else (rate, longer)
 
 
 # --- label delays longer than a window ----------------------------------------------------------
@@ -314,7 +384,7 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
         Stack,
         TrafficProcess,
         measure_rate,
-        wait_for_traffic,
+        served_count,
     )
     from kpigate.fraud.data import generate
     from kpigate.fraud.models import (
@@ -349,9 +419,11 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
     trails: dict[str, list[GateDecision]] = {}
     outcomes: dict[str, str] = {}
     reports: dict[str, Path] = {}
-    # Sized once traffic flows, per rollout; the policy a rollout runs is scaled to it.
+    # Sized once traffic flows, per rollout, and lengthened mid-rollout when the machine slows
+    # (Pacer); the policy a rollout runs is scaled to its windows.
     interval: float = args.interval or MIN_INTERVAL_S
     rollout_policy = scaled_policy(policy, interval)
+    resizes: dict[str, list[str]] = {}
     policy_path = Path(str(resources.files("kpigate") / "examples" / "demo-policy.yaml"))
     try:
         say(f"working in {workdir}")
@@ -383,7 +455,7 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
         def make_runner(model_name: str, version: str) -> LocalRunner:
             label = label_of(version)
             trail = trails.setdefault(label, [])
-            policy = rollout_policy
+            scaled = rollout_policy
 
             def on_decision(decision: GateDecision) -> None:
                 trail.append(decision)
@@ -396,8 +468,51 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
                     router.admin("PUT", "/admin/faults", {"candidate_delay_ms": 0})
                     say("  (the latency spike is over)")
 
+            source = PredlogSource(
+                PredlogReader.from_url(router.db_url, candidate_version=version), scaled.labels
+            )
+            journal = Journal(
+                trail=audit,
+                notifier=dispatcher,
+                policy=scaled,
+                policy_digest=policy_hash(policy_path),
+                model_name=model_name,
+                rollout_id=f"{label}-v{version}",
+                actor=default_actor(),
+            )
+
+            def retime(stage: float, look: int) -> Policy | None:
+                """Longer windows for the looks to come when the traffic slowed (Pacer): the
+                policy, its file, the source's horizon, the trail and the replayer's label
+                delays all follow; labels already scheduled keep their times, and the longer
+                horizon still covers them, so earlier cohorts count every label."""
+                found = None if args.interval is not None else pacer.slowed()
+                if found is None:
+                    return None
+                rate, longer = found
+                before = pacer.interval_s
+                longer_policy = scaled_policy(policy, longer)
+                assert longer_policy.labels is not None
+                delays = label_delays(longer_policy)
+                text = f"machine slowed to {rate:.0f} req/s: windows now {longer:g} s"
+                say(f"  ({text}, were {before:g} s, so each holds about "
+                    f"{POSITIVES_PER_WINDOW:.0f} labelled frauds again; labels: fraud "
+                    f"{delays[0]:g} s, legitimate {delays[1]:g} s, cohorts mature "
+                    f"{longer_policy.labels.horizon:g} s after their window)")  # fmt: skip
+                resizes.setdefault(label, []).append(f"{text} at {stage:g}% look {look}")
+                path = write_policy(longer_policy, workdir / f"policy-{label}.yaml")
+                journal.policy_digest = policy_hash(path)
+                journal.action("resize-windows", stage, detail={
+                    "look": look, "achieved_rps": round(rate, 1), "interval_s_before": before,
+                    "interval_s": longer, "horizon_s": longer_policy.labels.horizon,
+                    "fraud_label_s": delays[0], "legit_label_s": delays[1]})  # fmt: skip
+                source.labels = longer_policy.labels
+                traffic.set_delays(delays)
+                pacer.interval_s = longer
+                return longer_policy
+
             return LocalRunner(
-                policy=policy,
+                policy=scaled,
                 registry=MlflowRegistry(uri),
                 backend=make_backend(
                     # generous: on a busy two-core machine the admin API can take seconds
@@ -407,23 +522,14 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
                 ),
                 # Immediate KPIs per serving window and label KPIs per matured cohort, both
                 # with SQL on the router's prediction log.
-                source=PredlogSource(
-                    PredlogReader.from_url(router.db_url, candidate_version=version),
-                    policy.labels,
-                ),
+                source=source,
                 store=FileStore(workdir / f"evidence-{label}-v{version}.jsonl"),
                 model_name=model_name,
                 rollout_id=f"{label}-v{version}",
                 on_decision=on_decision,
-                journal=Journal(
-                    trail=audit,
-                    notifier=dispatcher,
-                    policy=policy,
-                    policy_digest=policy_hash(policy_path),
-                    model_name=model_name,
-                    rollout_id=f"{label}-v{version}",
-                    actor=default_actor(),
-                ),
+                on_window=pacer.sample,
+                retime=retime,
+                journal=journal,
             )
 
         trigger = RunnerTrigger(make_runner, workdir / "locks")
@@ -431,18 +537,14 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
         stack.add(relay.close)
         register_webhook(uri, relay.url + WEBHOOK_PATH, secret)
         say(f"relay at {relay.url} registered as the MLflow webhook (alias and tag events)")
-        summaries: list[dict[str, Any]] = []
-        replayers: list[TrafficProcess] = []
 
-        def start_traffic(delays: tuple[float, float]) -> None:
-            """(Re)start the replayer with these label delays; the old one's summary is kept."""
-            if replayers:
-                summaries.append(replayers.pop().close())
-            replayers.append(TrafficProcess(workdir, router.url, args.rate, args.fraud_share,
-                                            delays, part=len(summaries) + 1))  # fmt: skip
-
-        stack.add(lambda: [r.close() for r in replayers])
-        start_traffic(label_delays(rollout_policy))
+        # One replayer for the whole demo: when the windows change (per rollout, or when the
+        # machine slows) it is told the new label delays, and the labels it already scheduled
+        # keep their times, so every cohort gets the labels its horizon expects.
+        traffic = TrafficProcess(workdir, router.url, args.rate, args.fraud_share,
+                                 label_delays(rollout_policy))  # fmt: skip
+        stack.add(traffic.close)
+        pacer = Pacer(args.fraud_share, interval, lambda: served_count(router.url))
         say(f"traffic: {args.rate:g} transactions/s asked for, drifted, labels posted later "
             f"than a window: fraud about {FRAUD_DELAY_WINDOWS:g}, legitimate "
             f"{LEGIT_DELAY_WINDOWS:g} windows after the prediction")  # fmt: skip
@@ -464,15 +566,18 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
             rollout_policy = scaled_policy(policy, interval)
             assert rollout_policy.labels is not None
             delays = label_delays(rollout_policy)
-            if delays != replayers[-1].delays:
-                start_traffic(delays)
-                wait_for_traffic(router.url)
+            traffic.set_delays(delays)
+            pacer.restart(interval)
             say(f"labels: fraud {delays[0]:g} s (0.5x to 1.5x), legitimate {delays[1]:g} s after "
                 f"the prediction; a cohort matures {rollout_policy.labels.horizon:g} s after "
                 "its window (labels.horizon)")  # fmt: skip
             policy_path = write_policy(rollout_policy, workdir / f"policy-{scenario}.yaml")
-            # A rollout's most looks (every stage soaked and held to max_holds), plus set-up.
-            timeout_s = sizing.looks[1] * interval * 1.5 + 180
+
+            # A rollout's most looks (every stage soaked and held to max_holds), plus set-up;
+            # asked again while waiting, as the windows may grow.
+            def timeout_s(most_looks: int = sizing.looks[1]) -> float:
+                return most_looks * pacer.interval_s * 1.5 + 180
+
             version = str(int(max(MlflowRegistry(uri).get_aliases(MODEL).values(), key=int)) + 1)
             scenario_of[version] = scenario
             ref = register_model(model, tracking_uri=uri, eval_frame=evaluation, name=MODEL,
@@ -490,17 +595,16 @@ def run_live(args: argparse.Namespace, policy: Policy, out: TextIO) -> int:
             attach_to_registry(MlflowRegistry(uri), MODEL, ref.version, audit.path, rollout_id)
             serving = router.admin("GET", "/admin/state")["baseline"].get("version")
             say(f"the router's baseline is now version {serving} ('{CHAMPION}')")
-        summaries.append(replayers.pop().close())
-        answered = sum(part["ok"] for part in summaries)
-        elapsed = sum(part["elapsed_s"] for part in summaries)
-        failed = sum(sum(part["failed"].values()) for part in summaries)
+        summary = traffic.close()
+        answered, elapsed = summary["ok"], summary["elapsed_s"]
         say(f"traffic: {answered} answered ({answered / max(elapsed, 1e-9):.0f}/s), "
-            f"{failed} failed, {sum(part['fallbacks'] for part in summaries)} candidate "
-            f"fallbacks, {sum(part['feedback'].get('joined', 0) for part in summaries)} labels "
-            "joined")  # fmt: skip
+            f"{sum(summary['failed'].values())} failed, {summary['fallbacks']} candidate "
+            f"fallbacks, {summary['feedback'].get('joined', 0)} labels joined")  # fmt: skip
         print("\ndecision trail:", file=out)
         for scenario in scenarios:
             print_trail(scenario, trails.get(scenario, []), out)
+            for change in resizes.get(scenario, []):
+                print(f"  {scenario}: {change}", file=out)
         check = verify(audit.path)
         intact = "intact" if check.ok else "NOT intact: " + "; ".join(check.problems)
         say(

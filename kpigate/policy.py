@@ -412,6 +412,21 @@ class Policy(_Strict):
                 out.append(stage)
         return out
 
+    def rules(self) -> dict[str, Any]:
+        """Everything the gate decides by except the clock: the policy without its durations
+        (soaks, intervals, max_staleness, labels.horizon), each stage with its number of looks.
+        A running rollout may change its durations between looks (`kpigate demo` lengthens its
+        windows when the machine slows) but never its rules: the engine counts looks and
+        stratifies per window, so earlier windows are judged alike under either policy."""
+        data = self.model_dump(mode="json")
+        for stage, spec in zip(data["stages"], self.stages, strict=True):
+            del stage["soak"], stage["interval"]
+            stage["looks"] = spec.looks
+        del data["max_staleness"]
+        if data.get("labels") is not None:
+            del data["labels"]["horizon"]
+        return data
+
     def stage_for(self, traffic: float) -> Stage | None:
         return next((s for s in self.stages if s.traffic == traffic), None)
 

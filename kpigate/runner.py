@@ -153,6 +153,10 @@ class LocalRunner:
     retry_delay_s: float = 1.0  # first backoff when the registry is unreachable
     control_dir: Path | None = None  # where `kpigate pause|resume|abort|promote` write
     control_poll_s: float = 1.0  # how often a paused runner rereads its control file
+    # Before each look, (stage, look) -> the policy for it, or None to keep the current one:
+    # the durations may change (kpigate demo lengthens its windows when the machine slows),
+    # the rules may not (Policy.rules); ValueError if they do.
+    retime: Callable[[float, int], Policy | None] | None = None
     _promote_full: bool = field(default=False, init=False)  # an operator's `promote --full`
 
     def _step(self, name: str) -> None:
@@ -170,14 +174,15 @@ class LocalRunner:
 
     def _judge_stage(self, traffic: float) -> GateDecision:
         """Collect look by look until the gate stops holding (the soak is part of the loop)."""
-        stage = self.policy.stage_for(traffic)
-        assert stage is not None
-        interval = self.interval_s if self.interval_s is not None else stage.interval
         looks = 1
         while True:
             ordered = self._heed_operator(traffic)
             if ordered is not None:
                 return ordered
+            self._retime(traffic, looks)
+            stage = self.policy.stage_for(traffic)
+            assert stage is not None
+            interval = self.interval_s if self.interval_s is not None else stage.interval
             self._step(f"soak-and-collect@{traffic:g}")
             soak(
                 self.policy,
@@ -201,6 +206,16 @@ class LocalRunner:
             if decision.suspend:
                 return decision
             looks = sum(1 for r in records if r.stage == traffic) + 1
+
+    def _retime(self, traffic: float, look: int) -> None:
+        policy = self.retime(traffic, look) if self.retime is not None else None
+        if policy is None or policy == self.policy:
+            return
+        if policy.rules() != self.policy.rules():
+            raise ValueError("a running rollout may change its policy's durations, not its rules")
+        self.policy = policy
+        if self.journal is not None:
+            self.journal.policy = policy
 
     def _order(self) -> Order | None:
         if self.control_dir is None:

@@ -13,6 +13,11 @@ Label delays per class (--fraud-delay-dist, --legit-delay-dist):
   never      the label is never sent (legitimate only): silence means legitimate, as in
              production fraud feeds; pair it with a policy whose labels.unlabeled is negative
 
+--delays-file FILE lets another program change both delays while the replay runs: on SIGHUP the
+replayer rereads FILE ({"fraud_delay": seconds, "maturity": seconds}) and schedules the labels
+of the predictions answered from then on with the new delays; labels already scheduled keep
+their times (`kpigate demo` does this when it lengthens its windows mid-rollout).
+
 examples:
   kpigate traffic --url http://127.0.0.1:8080 --count 5000 --rate 200 --concurrency 16
   kpigate traffic --url http://127.0.0.1:8080 --count 2000 --fraud-delay 2 --maturity 5
@@ -28,6 +33,7 @@ import contextlib
 import heapq
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -313,6 +319,27 @@ def format_summary(summary: TrafficSummary) -> str:
     return "\n".join(lines)
 
 
+def read_delays(path: str) -> tuple[float, float]:
+    """(fraud delay, maturity) from a --delays-file; ValueError when unreadable or negative."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        fraud, maturity = float(data["fraud_delay"]), float(data["maturity"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: cannot read the label delays ({exc})") from None
+    if not (math.isfinite(fraud) and math.isfinite(maturity)) or fraud < 0 or maturity < 0:
+        raise ValueError(f"{path}: label delays must be finite seconds >= 0")
+    return fraud, maturity
+
+
+def write_delays(path: str, fraud_delay_s: float, maturity_s: float) -> None:
+    """The file read_delays() reads, written whole and then renamed into place, so a SIGHUP
+    never finds half of it."""
+    with open(f"{path}.tmp", "w", encoding="utf-8") as fh:
+        json.dump({"fraud_delay": fraud_delay_s, "maturity": maturity_s}, fh)
+    os.replace(f"{path}.tmp", path)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrafficOptions(url="")
     add = parser.add_argument
@@ -329,6 +356,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how fraud delays spread around --fraud-delay (%(default)s; see above)")  # fmt: skip
     add("--legit-delay-dist", choices=DELAY_KINDS, default=d.legit_delay_kind,
         help="how legitimate delays spread around --maturity, or never (%(default)s)")  # fmt: skip
+    add("--delays-file", default=None,
+        help="on SIGHUP, reread both delays from this JSON file (see above)")  # fmt: skip
     add("--delay-sigma", type=float, default=d.delay_sigma,
         help="spread of lognormal delays on the log scale (%(default)s)")  # fmt: skip
     add("--no-labels", action="store_true", help="do not post labels")
@@ -372,6 +401,16 @@ def run(args: argparse.Namespace) -> int:
     # and still prints the summary.
     opts.stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: opts.stop.set() if opts.stop else None)
+    if args.delays_file:
+        path = args.delays_file
+
+        def reread(*_: object) -> None:
+            try:
+                opts.fraud_delay_s, opts.maturity_s = read_delays(path)
+            except ValueError as exc:  # keep the delays it had: the replay goes on
+                print(f"kpigate traffic: {exc}; delays unchanged", file=sys.stderr)
+
+        signal.signal(signal.SIGHUP, reread)
     summary = asyncio.run(replay(opts))
     print(format_summary(summary))
     if args.json_path:

@@ -248,3 +248,147 @@ def test_label_ids_and_logged_ids_agree_and_fit_the_log_column() -> None:
     assert len(log_id(long)) == 32 and log_id(long) == log_id(long)
     assert log_id(long) != log_id(long + "0")
     assert all(len(log_id(f"{rid}:{i}")) <= 32 for i in (0, 999))
+
+
+def test_labels_waiting_for_their_prediction_are_capped_and_the_dropped_ones_counted(
+    start_collector: Callable[..., CollectorServer],
+) -> None:
+    """At most --max-parked-labels labels wait for predictions not logged yet: a label feed for
+    traffic this collector never sees cannot fill the database. The rest are answered unknown,
+    say why, and are counted; a parked one is still joined when its prediction lands."""
+    collector = start_collector("kserve", max_parked_labels=2)
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    # Served (ce-time) before its label was given, logged after.
+    served = kserve_event("request", ids[0], _v1(1))
+    with collector.client() as client:
+        labels = [{"request_id": rid, "label": 1} for rid in ids]
+        report = client.post("/feedback", json={"labels": labels}).json()
+        assert (report["pending"], report["unknown"], report["joined"]) == (2, 1, 0)
+        [problem] = [p for p in report["problems"] if p["result"] == "unknown"]
+        assert problem["index"] == 2 and "--max-parked-labels" in problem["detail"]
+        again = client.post("/feedback", json={"request_id": ids[0], "label": 1}).json()
+        assert again["duplicate"] == 1  # waiting already: not dropped, not parked twice
+        assert post(client, served).status_code == 200
+        landed = post(client, kserve_event("response", ids[0], {"predictions": [0.9]}))
+        assert landed.json() == {"result": "logged", "predictions": 1}
+        # Its label was joined when it landed, which made room for one more.
+        later = client.post("/feedback", json={"request_id": ids[2], "label": 0}).json()
+        assert later["pending"] == 1
+        text = client.get("/metrics").text
+    assert metric_value(text, "kpigate_collector_labels_dropped_total") == 1
+    assert metric_value(text, "kpigate_collector_parked_labels") == 2
+    assert metric_value(text, "kpigate_feedback_labels_total", result="joined") == 1
+    assert [r["label"] for r in _rows(collector.config)] == [1]
+
+
+def test_landed_pairs_and_lone_halves_are_pruned_after_the_retention(
+    start_collector: Callable[..., CollectorServer],
+) -> None:
+    """Pair rows do not pile up: a landed pair and a request whose response never came are
+    deleted once older than --pair-retention, a pair that waits to be landed again is kept;
+    a half redelivered after its pair was pruned never writes its predictions twice."""
+    from kpigate.collector.store import CollectorTables
+
+    collector = start_collector(
+        "kserve", pair_retention_s=0.3, prune_interval_s=0.05, reland_interval_s=3600.0
+    )
+    landed, lone = str(uuid.uuid4()), str(uuid.uuid4())
+    with collector.client() as client:
+        assert post(client, kserve_event("request", landed, _v1(1))).status_code == 200
+        assert (
+            post(client, kserve_event("response", landed, {"predictions": [0.2]})).json()["result"]
+            == "logged"
+        )
+        assert post(client, kserve_event("request", lone, _v1(1, seed=4))).json() == {
+            "result": "stored"
+        }
+    engine = make_engine(collector.config.db_url)
+    pairs = CollectorTables(collector.config.table_prefix).pairs
+    deadline = time.monotonic() + 30  # a bound on waiting, not a timed assertion
+    with engine.connect() as conn:
+        while conn.execute(select(pairs.c.pair_id)).first() is not None:
+            assert time.monotonic() < deadline, "the pair rows were never pruned"
+            time.sleep(0.05)
+    engine.dispose()
+    with collector.client() as client:
+        text = client.get("/metrics").text
+        # The logger redelivers the landed pair long after: no second row.
+        post(client, kserve_event("request", landed, _v1(1)))
+        again = post(client, kserve_event("response", landed, {"predictions": [0.2]})).json()
+    assert again == {"result": "logged", "predictions": 0}
+    assert metric_value(text, "kpigate_collector_pairs_pruned_total", state="landed") == 1
+    assert metric_value(text, "kpigate_collector_pairs_pruned_total", state="unpaired") == 1
+    assert metric_value(text, "kpigate_collector_waiting_pairs") == 0
+    assert len(_rows(collector.config)) == 1
+
+
+def test_seldon_shadow_copies_are_logged_as_shadow_rows_under_the_served_ids(
+    tmp_path: Path,
+) -> None:
+    """A Seldon predictor with `shadow: true` (--candidate-shadow): its events carry the served
+    request's Seldon-Puid, so its pair is kept apart from the served one, its predictions are
+    shadow rows under the same request ids, and one label labels both, whichever lands first:
+    a label parked before either waits for the served row, and a shadow copy landing after its
+    request was labelled is labelled on insert."""
+    from dataclasses import replace
+
+    from kpigate.collector.config import ArmRule
+
+    arms = (
+        ArmRule("baseline", "2", equals=(("endpoint", "baseline"),)),
+        ArmRule("candidate", "3", equals=(("endpoint", "candidate"),), shadow=True),
+    )
+    config = replace(
+        collector_config("seldon", f"sqlite:///{tmp_path / 'c.db'}", "kpigate_"), arms=arms
+    )
+    collector = CollectorServer(config).start()
+    early, late = "tx-early-1", "tx-late-2"
+
+    def events(puid: str, seed: int) -> dict[str, tuple[dict[str, str], bytes]]:
+        body = _v1(1, seed)
+        return {
+            "served request": seldon_event("request", puid, body, "baseline"),
+            "served response": seldon_event("response", puid, {"predictions": [0.9]}, "baseline"),
+            "shadow request": seldon_event("request", puid, body, "candidate"),
+            "shadow response": seldon_event("response", puid, {"predictions": [0.1]}, "candidate"),
+        }
+
+    try:
+        first, second = events(early, 1), events(late, 2)
+        with collector.client() as client:
+            # Labelled before either copy is logged; the shadow copy lands first.
+            assert (
+                client.post("/feedback", json={"request_id": early, "label": 1}).json()["pending"]
+                == 1
+            )
+            for name in ("shadow request", "shadow response", "shadow response"):
+                post(client, first[name])
+            assert metric_value(client.get("/metrics").text, "kpigate_collector_parked_labels") == 1
+            for name in ("served response", "served request"):
+                post(client, first[name])
+            # The served copy first, labelled, then its shadow copy lands.
+            for name in ("served request", "served response"):
+                post(client, second[name])
+            assert (
+                client.post("/feedback", json={"request_id": late, "label": 0}).json()["joined"]
+                == 1
+            )
+            for name in ("shadow response", "shadow request"):
+                assert post(client, second[name]).status_code == 200
+            text = client.get("/metrics").text
+    finally:
+        collector.stop()
+    rows = {(r["request_id"], r["shadow"]): r for r in _rows(config)}
+    assert set(rows) == {(early, False), (early, True), (late, False), (late, True)}
+    assert [(rows[k]["arm"], rows[k]["model_version"], rows[k]["label"]) for k in sorted(rows)] == [
+        ("baseline", "2", 1), ("candidate", "3", 1), ("baseline", "2", 0), ("candidate", "3", 0)
+    ]  # fmt: skip
+    decisions = "kpigate_decisions_total"
+    assert metric_value(text, decisions, shadow="true", arm="candidate") == 2
+    assert metric_value(text, decisions, shadow="false", arm="baseline") == 2
+    outcomes = "kpigate_outcomes_total"
+    assert metric_value(text, outcomes, shadow="true", segment="all", outcome="fn") == 1
+    assert metric_value(text, outcomes, shadow="true", segment="all", outcome="tn") == 1
+    assert metric_value(text, outcomes, shadow="false", segment="all") == 2
+    assert metric_value(text, "kpigate_collector_parked_labels") == 0
+    assert metric_value(text, "kpigate_collector_events_total", result="duplicate") == 1

@@ -16,13 +16,18 @@ from kpigate.audit import read_records, verify
 from kpigate.casestudy import RunnerTrigger
 from kpigate.cli import main
 from kpigate.demo import (
+    MAX_INTERVAL_S,
     MIN_INTERVAL_S,
     POSITIVES_PER_WINDOW,
     SLOW_INTERVAL_S,
+    Pacer,
+    achieved_rate,
     describe,
     label_delays,
+    resized_window,
     scaled_policy,
     size_windows,
+    window_for,
     write_policy,
 )
 from kpigate.policy import load_policy
@@ -175,3 +180,84 @@ def test_the_rate_is_measured_on_the_routers_own_counter(start_router: Any) -> N
     assert (
         0 < served <= traffic.sent + 40
     )  # answers counted, shadow copies not (one batch in flight)
+
+
+def test_windows_grow_when_the_achieved_rate_falls_and_never_shrink_within_a_rollout() -> None:
+    """The resizing decision: sized for 50 requests/s (16 s windows), a machine that slowed to
+    31/s would give windows of 248 labelled frauds, so they grow to hold 400 again; at 40/s
+    they still hold 320 (3/4 of 400 is the threshold); a faster machine keeps them."""
+    assert window_for(50, 0.5) == 16.0
+    assert resized_window(31.0, 0.5, 16.0) == round(POSITIVES_PER_WINDOW / (31 * 0.5), 1) == 25.8
+    assert resized_window(40.0, 0.5, 16.0) is None  # 320 >= 300
+    assert resized_window(37.0, 0.5, 16.0) == 21.6  # 296 < 300
+    assert resized_window(400.0, 0.5, 16.0) is None  # never shorter within a rollout
+    assert resized_window(0.0, 0.5, 16.0) == MAX_INTERVAL_S  # a stalled machine: bounded
+    assert resized_window(0.0, 0.5, MAX_INTERVAL_S) is None
+    # the fraud share counts as much as the rate
+    assert resized_window(50.0, 0.25, 16.0) == 32.0
+
+
+def test_the_achieved_rate_is_taken_over_the_last_two_windows() -> None:
+    assert achieved_rate([]) is None and achieved_rate([(0.0, 0.0), (16.0, 800.0)]) is None
+    assert achieved_rate([(0.0, 0.0), (16.0, 800.0)], windows=1) == 50.0
+    samples = [(0.0, 0.0), (16.0, 800.0), (32.0, 1600.0), (48.0, 2000.0), (64.0, 2400.0)]
+    assert achieved_rate(samples) == 25.0  # (2400 - 1600) / 32: the first windows are past
+
+
+def test_the_pacer_lengthens_the_windows_once_the_traffic_slows() -> None:
+    clock, served = [0.0], [0.0]
+    pacer = Pacer(0.5, 16.0, served=lambda: served[0], clock=lambda: clock[0])
+    pacer.restart(16.0)
+    assert pacer.slowed() is None  # no window yet
+    for rate in (50.0, 50.0, 30.0):
+        clock[0] += 16.0
+        served[0] += rate * 16.0
+        pacer.sample()
+        assert pacer.slowed() is None  # one slow window of two: 40/s, 320 frauds, enough
+    clock[0] += 16.0
+    served[0] += 30.0 * 16.0
+    pacer.sample()
+    assert pacer.slowed() == (30.0, round(400 / 15, 1))
+    pacer.interval_s = 26.7  # the demo lengthens the windows
+    assert pacer.slowed() is None
+
+
+def test_a_longer_window_keeps_the_rules_and_every_label_inside_the_horizon() -> None:
+    """What a mid-rollout resize may change (durations: Policy.rules() is the same) and what it
+    must keep: labels scheduled for the old windows (legitimate 2.5 of them) still arrive within
+    the new, longer horizon, so a cohort served before the change counts all of them."""
+    policy = load_policy(EXAMPLES / "demo-policy.yaml")
+    before = scaled_policy(policy, 16.0)
+    after = scaled_policy(policy, resized_window(31.0, 0.5, 16.0) or 0.0)
+    assert after.rules() == before.rules() == policy.rules()
+    assert after.labels is not None and before.labels is not None
+    assert max(label_delays(before)[1], 1.5 * label_delays(before)[0]) < before.labels.horizon
+    assert after.labels.horizon > before.labels.horizon
+    changed = policy.model_copy(update={"max_holds": policy.max_holds + 1})
+    assert changed.rules() != policy.rules()
+
+
+def test_waiting_for_a_rollout_asks_its_timeout_again(tmp_path: Path) -> None:
+    """The demo's bound on a rollout grows when its windows do: wait() asks for it while it
+    waits, and gives up only when the bound it is given now has passed."""
+    release = threading.Event()
+
+    class BlockedRunner:
+        def run(self, version: str) -> Outcome:
+            release.wait(60)
+            return Outcome("promote", version, "fine")
+
+    trigger = RunnerTrigger(lambda name, version: BlockedRunner(), tmp_path)  # type: ignore[arg-type,return-value]
+    trigger.start("m", "2")
+    with pytest.raises(TimeoutError, match="did not finish in time"):
+        trigger.wait("m", "2", timeout_s=lambda: 0.0)
+    asked: list[float] = []
+
+    def growing() -> float:
+        asked.append(1.0)
+        if len(asked) == 3:
+            release.set()  # the rollout ends while the bound is 60 s
+        return 60.0
+
+    assert trigger.wait("m", "2", timeout_s=growing) == Outcome("promote", "2", "fine")
+    assert len(asked) >= 3

@@ -240,3 +240,53 @@ def test_the_runner_s_flags_are_the_steps_own_where_they_mean_the_same() -> None
             == (info.annotation, info.description)
         ]  # fmt: skip
         assert same, f"--{name} is defined in kpigate/runner.py, not taken from a step"
+
+
+def test_a_rollout_may_lengthen_its_windows_between_looks_but_not_change_its_rules(
+    start_router: Any, runner_model: tuple[str, str], tmp_path: Path
+) -> None:
+    """The retime hook (kpigate demo on a machine that slowed): from the 100% stage on, every
+    window lasts 1 s instead of 0.5 s and the decisions go on; a hook that changes a margin
+    stops the rollout before a window is judged under other rules."""
+    tracking_uri, name = runner_model
+    models = {
+        "champion": FixedModel("1", score=constant(0.9)),
+        "candidate": FixedModel("2", score=constant(0.9)),
+    }
+    router = start_router(models)
+    policy = policy_from_dict(POLICY)
+    data = policy.model_dump(mode="json")
+    longer = policy_from_dict(
+        {**data, "stages": [{**s, "soak": 2.0, "interval": 1.0} for s in data["stages"]]}
+    )
+    assert longer.rules() == policy.rules() and longer != policy
+    asked: list[tuple[float, int]] = []
+
+    def retime(stage: float, look: int) -> Policy | None:
+        asked.append((stage, look))
+        return longer if stage == 100 else None
+
+    runner = make_runner(policy, router, tmp_path, tracking_uri, name)
+    runner.retime = retime
+    with Traffic(router):
+        outcome = runner.run("candidate")
+    assert outcome.action == "promote", outcome.reason
+    assert runner.policy is longer
+    assert asked[0] == (50, 1) and (100, 1) in asked
+    records = FileStore(tmp_path / "evidence.jsonl").read()
+    lengths = {
+        r.stage: float(r.served_to) - float(r.served_from)
+        for r in records
+        if r.served_to is not None and r.served_from is not None
+    }
+    assert lengths[100] >= 1.0  # the last window at 100% slept the longer interval
+    MlflowRegistry(tracking_uri).set_alias(name, CHAMPION, "1")
+
+    data["kpis"][0]["margin"] = 0.2
+    other = policy_from_dict(data)
+    assert other.rules() != policy.rules()
+    runner = make_runner(policy, router, tmp_path / "other", tracking_uri, name)
+    runner.retime = lambda stage, look: other
+    with pytest.raises(ValueError, match="not its rules"):
+        runner.run("candidate")
+    assert FileStore(tmp_path / "other" / "evidence.jsonl").read() == []

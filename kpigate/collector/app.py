@@ -81,6 +81,19 @@ class CollectorMetrics:
             "kpigate_collector_parked_labels",
             "Labels received before their prediction was logged, waiting for it.", registry=r,
         )  # fmt: skip
+        self.labels_dropped = Counter(
+            "kpigate_collector_labels_dropped_total",
+            "Labels for predictions not logged yet that were not parked: the collector held "
+            "--max-parked-labels already (they were answered unknown).", registry=r,
+        )  # fmt: skip
+        self.pairs_pruned = Counter(
+            "kpigate_collector_pairs_pruned_total",
+            "Pair rows deleted after --pair-retention: landed (its predictions are logged) or "
+            "unpaired (a lone request or response whose other half never came).",
+            ["state"], registry=r,
+        )  # fmt: skip
+        for state in ("landed", "unpaired"):
+            self.pairs_pruned.labels(state)
         # The router's routing gauges would claim a weight and a state the collector has no
         # view of: left out. (Labelled series without children export nothing.)
         for gauge in (self.router.weight, self.router.state_version):
@@ -105,12 +118,14 @@ def create_app(config: CollectorConfig) -> Starlette:
         Tables(config.table_prefix),
         on_written=m.committed,
         on_dropped=lambda reason, n: m.log_dropped.labels(reason).inc(n),
+        # A shadow copy landing after its served request was labelled is labelled on insert.
+        on_shadow_labeled=lambda row, label: m.count_outcome(row, label, None),
     )
     lock = predlog.write_lock if predlog.is_sqlite else contextlib.nullcontext()
     tables = CollectorTables(config.table_prefix)
     store = PairStore(predlog.engine, tables, predlog.tables.predictions, lock)
     cutoff = config.label_window_s if config.label_horizon_s is None else config.label_horizon_s
-    desk = LabelDesk(FeedbackJoiner(predlog, cutoff), store, cutoff)
+    desk = LabelDesk(FeedbackJoiner(predlog, cutoff), store, cutoff, config.max_parked_labels)
     maturity = None
     if config.label_horizon_s is not None:
         m.label_horizon.set(config.label_horizon_s)
@@ -141,12 +156,12 @@ def create_app(config: CollectorConfig) -> Starlette:
             return None
         data = json_body(body, request.headers.get("content-type", ""), config.max_json_depth)
         now = time.time()
+        # Check this half on its own now: a bad half is refused, never stored.
+        rule = config.arm_of(attributes)
         event = LoggedEvent(
             config.backend, kind, pair_key(pair), attributes,
-            event_time(attributes, now, config.future_skew_s), data,
+            event_time(attributes, now, config.future_skew_s), data, rule.shadow,
         )  # fmt: skip
-        # Check this half on its own now: a bad half is refused, never stored.
-        config.arm_of(attributes)
         if kind == "request":
             for i, instance in enumerate(payloads.instances(data)):
                 keyed(instance, i, "-")
@@ -176,7 +191,7 @@ def create_app(config: CollectorConfig) -> Starlette:
             k = keyed(instance, i, rid)
             rows.append({
                 "request_id": rid, "entity_key": k.entity_key, "model_version": rule.version,
-                "arm": rule.arm, "shadow": False, "fallback": False, "score": score,
+                "arm": rule.arm, "shadow": rule.shadow, "fallback": False, "score": score,
                 "decision": "decline" if score >= rule.threshold else "approve",
                 "region": k.region, "payment_method": k.payment_method,
                 "amount_band": k.amount_band, "latency_ms": latency_ms, "created_at": created,
@@ -188,17 +203,33 @@ def create_app(config: CollectorConfig) -> Starlette:
         now = time.time()
         rows = rows_of(request, response, now)
         ids = [r["request_id"] for r in rows]
-        logged = await run_in_threadpool(store.logged, ids)
+        logged = await run_in_threadpool(store.logged, ids, request.shadow)
         new = [r for r in rows if r["request_id"] not in logged]
         await asyncio.gather(*(predlog.submit(r) for r in new))
         for r in new:
-            m.count_decision(r["arm"], r["model_version"], r["decision"], False)
-            if backend.EXACT_TIMES:
+            m.count_decision(r["arm"], r["model_version"], r["decision"], request.shadow)
+            if backend.EXACT_TIMES and not request.shadow:
                 m.observe_served(r["arm"], r["model_version"], r["latency_ms"] / 1000.0)
-        parked = await run_in_threadpool(store.landed, request.pair_id, len(rows), ids, now)
+        # Labels parked for these ids wait for the served rows: a shadow copy leaves them
+        # (joining the served row labels its shadow copies, feedback.py).
+        mine = [] if request.shadow else ids
+        parked = await run_in_threadpool(store.landed, request.key, len(rows), mine, now)
         if parked:
             count_labels(await run_in_threadpool(desk.joiner.join, parked, time.time()))
         return len(new)
+
+    async def prune() -> None:
+        """Delete pair rows past their retention (CollectorConfig.pair_retention_s)."""
+        while True:
+            await asyncio.sleep(config.prune_interval_s)
+            try:
+                async with pairing:
+                    before = time.time() - config.pair_retention_s
+                    landed, unpaired = await run_in_threadpool(store.prune, before)
+                metrics.pairs_pruned.labels("landed").inc(landed)
+                metrics.pairs_pruned.labels("unpaired").inc(unpaired)
+            except Exception as exc:
+                log.warning("pruning old pairs failed, will retry: %s", redacted(exc))
 
     async def reland() -> None:
         """Land the pairs whose landing failed (the log was down): the loggers do not retry."""
@@ -213,7 +244,7 @@ def create_app(config: CollectorConfig) -> Starlette:
                             await land(request, response)
                         except (EventError, RowRefused) as exc:
                             log.error("stored pair %s cannot be logged: %s", request.pair_id, exc)
-                            await run_in_threadpool(store.forget, request.pair_id, "response")
+                            await run_in_threadpool(store.forget, request.key, "response")
             except Exception as exc:
                 log.warning("landing stored pairs failed, will retry: %s", redacted(exc))
 
@@ -245,7 +276,7 @@ def create_app(config: CollectorConfig) -> Starlette:
                 written = await land(stored.request, stored.response)
             except (EventError, RowRefused) as exc:
                 # This half does not fit the stored one: refused, and forgotten.
-                await run_in_threadpool(store.forget, event.pair_id, event.kind)
+                await run_in_threadpool(store.forget, event.key, event.kind)
                 metrics.event(kind, "invalid")
                 message = (
                     exc.message
@@ -287,7 +318,7 @@ def create_app(config: CollectorConfig) -> Starlette:
             )  # fmt: skip
         async with pairing:
             try:
-                report, pending = await run_in_threadpool(desk.receive, items, time.time())
+                report, pending, dropped = await run_in_threadpool(desk.receive, items, time.time())
             except Exception as exc:
                 return JSONResponse(
                     {"error": f"could not join labels: the prediction log is unavailable "
@@ -295,6 +326,7 @@ def create_app(config: CollectorConfig) -> Starlette:
                     status_code=503,
                 )  # fmt: skip
         count_labels(report, pending)
+        metrics.labels_dropped.inc(dropped)
         return JSONResponse({**report.as_dict(), "pending": pending})
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -326,11 +358,12 @@ def create_app(config: CollectorConfig) -> Starlette:
         await run_in_threadpool(tables.create, predlog.engine)
         if maturity is not None:
             await run_in_threadpool(maturity.start)
-        relander = asyncio.create_task(reland())
+        relander, pruner = asyncio.create_task(reland()), asyncio.create_task(prune())
         try:
             yield
         finally:
             relander.cancel()
+            pruner.cancel()
             if maturity is not None:
                 await run_in_threadpool(maturity.stop)
             await run_in_threadpool(predlog.close)

@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=0.5,
             help=f"the {arm}'s decision threshold: score >= it is a decline (%(default)s)",
         )
+    add(
+        "--candidate-shadow",
+        action="store_true",
+        help="the candidate's events are shadow copies (a Seldon predictor with shadow: true): "
+        "logged as shadow rows under the served request's ids, which its labels name",
+    )
     add("--db-url", default=None, help=secret_help(DB_URL_ENV, "a sqlite: URL of the log"))
     add("--table-prefix", default=d.table_prefix, help="table name prefix (%(default)s)")
     add("--score-output", default=None, help="V2 output tensor with the scores (the first)")
@@ -70,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="label horizon (e.g. 30d): count predictions as matured this long after they were "
         "served (kpigate_matured_*); match the policy's labels.horizon (default: off)",
     )
+    add("--max-parked-labels", type=int, default=d.max_parked_labels,
+        help="labels held for predictions not logged yet, at most; more are dropped and "
+             "counted in kpigate_collector_labels_dropped_total (%(default)s)")  # fmt: skip
+    add("--pair-retention", type=duration_arg, default=d.pair_retention_s,
+        help="keep a landed pair (to spot a redelivered half) or a lone half this long, then "
+             "prune it (seconds or e.g. 1h; default %(default)gs)")  # fmt: skip
     add("--max-body-bytes", type=int, default=d.max_body_bytes, help="413 above (%(default)s)")
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -81,6 +93,8 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
             f"--db-url takes only a sqlite: URL; pass others in {DB_URL_ENV} or "
             f"{DB_URL_ENV}_FILE (argv is visible to every local user)"
         )
+    if args.max_parked_labels < 0 or args.pair_retention <= 0:
+        raise ValueError("--max-parked-labels must be >= 0 and --pair-retention > 0")
     backend = BACKENDS[args.backend]
     arms = []
     for arm in ("baseline", "candidate"):
@@ -90,7 +104,8 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"--{arm}-threshold must be in [0, 1], got {threshold}")
         version = getattr(args, f"{arm}_version")
-        arms.append(ArmRule(arm, version, equals, prefixes, threshold))
+        shadow = arm == "candidate" and args.candidate_shadow
+        arms.append(ArmRule(arm, version, equals, prefixes, threshold, shadow))
     db_url = args.db_url or read_secret(DB_URL_ENV) or CollectorConfig().db_url
     return CollectorConfig(
         backend=args.backend,
@@ -101,6 +116,8 @@ def config_from_args(args: argparse.Namespace) -> CollectorConfig:
         label_window_s=args.label_window_hours * 3600.0,
         label_horizon_s=args.label_horizon,
         max_body_bytes=args.max_body_bytes,
+        max_parked_labels=args.max_parked_labels,
+        pair_retention_s=args.pair_retention,
     )
 
 

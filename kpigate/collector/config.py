@@ -21,6 +21,9 @@ class ArmRule:
     equals: tuple[tuple[str, str], ...] = ()
     prefixes: tuple[tuple[str, str], ...] = ()
     threshold: float = 0.5
+    # The arm's events are shadow copies (Seldon `shadow: true`): logged as shadow rows under
+    # the served request's ids, so a label for the served request labels them too.
+    shadow: bool = False
 
     def matches(self, attributes: dict[str, str]) -> bool:
         return all(attributes.get(k) == v for k, v in self.equals) and all(
@@ -59,6 +62,14 @@ class CollectorConfig:
     maturity_interval_s: float = 1.0
     # How often pairs whose landing failed (the log was down) are landed again.
     reland_interval_s: float = 5.0
+    # Labels parked for predictions not logged yet, at most: beyond it a label is dropped and
+    # counted, so a label feed for traffic this collector never sees cannot fill the database.
+    max_parked_labels: int = 100_000
+    # A landed pair's row is kept this long, so a half the logger redelivers is recognised as a
+    # duplicate, then pruned; so is a lone half whose partner never came (KServe logs no
+    # response for a failed request). A pair with both halves waiting to land is kept.
+    pair_retention_s: float = 3600.0
+    prune_interval_s: float = 60.0
     db_connect_timeout_s: float = 3.0
     db_statement_timeout_s: float = 5.0
     # An event's ce-time this far ahead of the collector's clock is refused.

@@ -43,6 +43,18 @@ class LoggedEvent:
     attributes: dict[str, str]  # every ce-* attribute, without the prefix
     time: float | None  # ce-time in Unix seconds, when the logger set it
     body: Any  # the model's JSON request or response
+    # A shadow copy (the candidate's arm rule says so): its predictions are logged as shadow
+    # rows under the served request's ids, so its pair is stored apart from the served one.
+    shadow: bool = False
+
+    @property
+    def key(self) -> str:
+        """The pair's key in the collector's pairs table (at most 64 characters)."""
+        if not self.shadow:
+            return self.pair_id
+        import hashlib
+
+        return "shadow:" + hashlib.blake2b(self.pair_id.encode(), digest_size=16).hexdigest()
 
 
 def attributes_of(headers: Any) -> dict[str, str]:

@@ -36,18 +36,22 @@ def _mapped(item: Any) -> Any:
 
 
 class LabelDesk:
-    def __init__(self, joiner: FeedbackJoiner, store: PairStore, keep_s: float) -> None:
+    def __init__(
+        self, joiner: FeedbackJoiner, store: PairStore, keep_s: float, max_parked: int
+    ) -> None:
         self.joiner = joiner
         self.store = store
         self.keep_s = keep_s  # a parked label older than the label window is dropped
+        self.max_parked = max_parked  # beyond it a label that would be parked is dropped
 
-    def receive(self, items: list[Any], now: float) -> tuple[FeedbackReport, int]:
-        """Blocking. Join what can be joined, park labels of predictions not logged yet;
-        returns the combined report (its `unknown` are only the labels not parked) and how many
-        were parked."""
+    def receive(self, items: list[Any], now: float) -> tuple[FeedbackReport, int, int]:
+        """Blocking. Join what can be joined, park labels of predictions not logged yet (as
+        many as there is room for); returns the combined report (its `unknown` are the labels
+        neither joined nor parked), how many were parked and how many dropped for want of
+        room."""
         self.store.expire_parked(now - self.keep_s)
         total = FeedbackReport(received=len(items))
-        pending = 0
+        pending = dropped_total = 0
         # The joiner lists at most MAX_PROBLEMS_REPORTED problems per call; in chunks of that
         # size every unknown label is listed, and so can be parked.
         for start in range(0, len(items), MAX_PROBLEMS_REPORTED):
@@ -68,21 +72,27 @@ class LabelDesk:
                     })  # fmt: skip
                     waiting.append(problem)
                 problem["index"] += start
-            again = self.store.park(park, now) if park else set()
+            again, dropped = self.store.park(park, now, self.max_parked) if park else (set(), set())
             for problem, item in zip(waiting, park, strict=True):
                 if item["request_id"] in again:
                     problem["result"] = "duplicate"
                     problem["detail"] = "already waiting for its prediction"
+                elif item["request_id"] in dropped:
+                    problem["detail"] = (
+                        f"no prediction logged with this id, and {self.max_parked} labels "
+                        "already wait for theirs (--max-parked-labels): dropped"
+                    )
                 else:
                     problem["result"] = "pending"
                     problem["detail"] = "no prediction logged with this id yet: joined when it is"
-            parked = len(park) - len(again)
+            parked = len(park) - len(again) - len(dropped)
             pending += parked
+            dropped_total += len(dropped)
             for name in RESULTS:
                 setattr(total, name, getattr(total, name) + getattr(report, name))
-            total.unknown -= len(park)
+            total.unknown -= len(park) - len(dropped)
             total.duplicate += len(again)
             total.joined_rows += report.joined_rows
             room = MAX_PROBLEMS_REPORTED - len(total.problems)
             total.problems += report.problems[: max(room, 0)]
-        return total, pending
+        return total, pending, dropped_total

@@ -63,14 +63,18 @@ class CollectorTables:
 
 def _half(event: LoggedEvent) -> str:
     return json.dumps(
-        {"attributes": event.attributes, "time": event.time, "body": event.body},
+        {"attributes": event.attributes, "time": event.time, "body": event.body,
+         "pair": event.pair_id, "shadow": event.shadow},
         separators=(",", ":"),
-    )
+    )  # fmt: skip
 
 
-def _event(text: str, backend: str, kind: Any, pair_id: str) -> LoggedEvent:
+def _event(text: str, backend: str, kind: Any, key: str) -> LoggedEvent:
     data = json.loads(text)
-    return LoggedEvent(backend, kind, pair_id, data["attributes"], data["time"], data["body"])
+    return LoggedEvent(
+        backend, kind, data.get("pair", key), data["attributes"], data["time"], data["body"],
+        bool(data.get("shadow", False)),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,10 @@ class PairStore:
         redelivered half whose first landing failed, so that a retry completes it)."""
         t = self.tables.pairs
         with self.write_lock, self.engine.begin() as conn:
-            row = conn.execute(
-                select(t).where(t.c.pair_id == event.pair_id).with_for_update()
-            ).first()
+            row = conn.execute(select(t).where(t.c.pair_id == event.key).with_for_update()).first()
             if row is None:
                 values = {event.kind: _half(event)}
-                conn.execute(insert(t).values(pair_id=event.pair_id, received_at=now, **values))
+                conn.execute(insert(t).values(pair_id=event.key, received_at=now, **values))
                 return Stored(False)
             if row.landed_at is not None:
                 return Stored(True)
@@ -113,25 +115,21 @@ class PairStore:
             text = getattr(row, other)
             if not duplicate:
                 conn.execute(
-                    update(t)
-                    .where(t.c.pair_id == event.pair_id)
-                    .values(**{event.kind: _half(event)})
+                    update(t).where(t.c.pair_id == event.key).values(**{event.kind: _half(event)})
                 )
             if text is None:
                 return Stored(duplicate)
-            partner = _event(text, event.backend, other, event.pair_id)
+            partner = _event(text, event.backend, other, event.key)
         request, response = (event, partner) if event.kind == "request" else (partner, event)
         return Stored(duplicate, request, response)
 
-    def forget(self, pair_id: str, kind: str) -> None:
+    def forget(self, key: str, kind: str) -> None:
         """Drop a half that does not fit its pair (refused with 422), so the right one can
-        still complete it."""
+        still complete it. `key`: LoggedEvent.key."""
         t = self.tables.pairs
         with self.write_lock, self.engine.begin() as conn:
             conn.execute(
-                update(t)
-                .where(t.c.pair_id == pair_id, t.c.landed_at.is_(None))
-                .values(**{kind: None})
+                update(t).where(t.c.pair_id == key, t.c.landed_at.is_(None)).values(**{kind: None})
             )
 
     def unlanded(self, backend: str, limit: int = 100) -> list[tuple[LoggedEvent, LoggedEvent]]:
@@ -154,24 +152,25 @@ class PairStore:
             for r in rows
         ]
 
-    def logged(self, request_ids: list[str]) -> set[str]:
-        """Which of these request ids the prediction log already holds (served rows)."""
+    def logged(self, request_ids: list[str], shadow: bool = False) -> set[str]:
+        """Which of these request ids the prediction log already holds (served rows, or
+        shadow copies)."""
         p = self.predictions
         with self.engine.connect() as conn:
             query = select(p.c.request_id).where(
-                p.c.request_id.in_(request_ids), p.c.shadow.is_(False)
+                p.c.request_id.in_(request_ids), p.c.shadow.is_(shadow)
             )
             return {r for (r,) in conn.execute(query)}
 
-    def landed(self, pair_id: str, rows: int, request_ids: list[str], now: float) -> list[Any]:
+    def landed(self, key: str, rows: int, request_ids: list[str], now: float) -> list[Any]:
         """Mark the pair landed (its halves cleared); remove and return the labels parked for
-        its predictions, in the same transaction."""
+        `request_ids`, in the same transaction. `key`: LoggedEvent.key."""
         t, lab = self.tables.pairs, self.tables.labels
         parked: list[dict[str, Any]] = []
         with self.write_lock, self.engine.begin() as conn:
             conn.execute(
                 update(t)
-                .where(t.c.pair_id == pair_id)
+                .where(t.c.pair_id == key)
                 .values(landed_at=now, rows=rows, request=None, response=None)
             )
             for start in range(0, len(request_ids), 500):
@@ -199,20 +198,31 @@ class PairStore:
 
     # -- labels waiting for their prediction ----------------------------------------------
 
-    def park(self, items: list[dict[str, Any]], now: float) -> set[str]:
-        """Park labels by request id; returns the ids that were parked already (not changed)."""
+    def park(
+        self, items: list[dict[str, Any]], now: float, limit: int
+    ) -> tuple[set[str], set[str]]:
+        """Park labels by request id, at most `limit` parked in all; returns the ids parked
+        already (not changed) and those dropped for want of room."""
+        from sqlalchemy import func
+
         lab = self.tables.labels
         again: set[str] = set()
+        dropped: set[str] = set()
         with self.write_lock, self.engine.begin() as conn:
             ids = [i["request_id"] for i in items]
             known = {
                 r
                 for (r,) in conn.execute(select(lab.c.request_id).where(lab.c.request_id.in_(ids)))
             }
+            room = limit - int(conn.execute(select(func.count()).select_from(lab)).scalar_one())
             for item in items:
                 if item["request_id"] in known:
                     again.add(item["request_id"])
                     continue
+                if room <= 0:
+                    dropped.add(item["request_id"])
+                    continue
+                room -= 1
                 known.add(item["request_id"])
                 conn.execute(
                     insert(lab).values(
@@ -220,7 +230,22 @@ class PairStore:
                         labeled_at=item["labeled_at"], parked_at=now,
                     )
                 )  # fmt: skip
-        return again
+        return again, dropped
+
+    def prune(self, before: float) -> tuple[int, int]:
+        """Delete landed pairs landed before `before`, and lone halves received before it;
+        returns (landed, unpaired) deleted. Pairs with both halves (their landing failed) stay:
+        they are landed again."""
+        t = self.tables.pairs
+        lone = (t.c.request.is_(None)) | (t.c.response.is_(None))
+        with self.write_lock, self.engine.begin() as conn:
+            landed = conn.execute(
+                delete(t).where(t.c.landed_at.is_not(None), t.c.landed_at < before)
+            ).rowcount
+            unpaired = conn.execute(
+                delete(t).where(t.c.landed_at.is_(None), lone, t.c.received_at < before)
+            ).rowcount
+        return int(landed or 0), int(unpaired or 0)
 
     def expire_parked(self, before: float) -> int:
         lab = self.tables.labels
