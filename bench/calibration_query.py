@@ -13,10 +13,7 @@ default the test database on 127.0.0.1).
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import uuid
 from functools import partial
 
 import cohort_query as cq  # bench/cohort_query.py (the script's folder is on sys.path)
@@ -24,7 +21,6 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql
 
 from kpigate.policy import Kpi, Labels, Policy, Stage
-from kpigate.serve.predlog import Tables, make_engine
 from kpigate.sources.cohorts import ServedWindow
 from kpigate.sources.predlog import PredlogReader, PredlogSource
 from kpigate.sources.records import calibration_records
@@ -66,18 +62,8 @@ def _explain(engine: object, reader: PredlogReader, start: float, end: float) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the log (1M)")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
-    if args.rows < 1 or args.repeats < 1:
-        parser.error("--rows and --repeats must be at least 1")
-    engine = make_engine(os.environ.get("KPIGATE_DB_URL", cq.DEFAULT_PG))
-    tables = Tables(f"c{uuid.uuid4().hex[:8]}_")
-    try:
-        cq.fill(engine, tables, args.rows, chunk=50_000)
+    args = cq.size_arguments(__doc__, argv, repeats=5)
+    with cq.filled_log("c", args.rows) as (engine, tables):
         reader = PredlogReader(engine, tables, "1", "2")
         start = cq.T0 + cq.SPAN / 2  # the rollout starts mid-log
         print(
@@ -100,9 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nPlan of the split query (1 hour): {_explain(engine, reader, start - 3600, start)}"
         )
-    finally:
-        tables.drop(engine)
-        engine.dispose()
     return 0
 
 

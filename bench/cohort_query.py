@@ -24,7 +24,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -96,6 +97,33 @@ def fill(engine: Engine, tables: Tables, rows: int, chunk: int = 1_000_000) -> f
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text(f"VACUUM ANALYZE {name}" if postgres else "ANALYZE"))
     return time.perf_counter() - started
+
+
+def size_arguments(doc: str | None, argv: list[str] | None, repeats: int) -> argparse.Namespace:
+    """--rows and --repeats, the arguments of the smaller one-query benchmarks beside this one."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the log (1M)")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    args = parser.parse_args(argv)
+    if args.rows < 1 or args.repeats < 1:
+        parser.error("--rows and --repeats must be at least 1")
+    return args
+
+
+@contextmanager
+def filled_log(letter: str, rows: int) -> Iterator[tuple[Engine, Tables]]:
+    """A fresh `<letter><random>_predictions` table of `rows` rows in the PostgreSQL log
+    (KPIGATE_DB_URL, default the test database), dropped afterwards."""
+    engine = make_engine(os.environ.get("KPIGATE_DB_URL", DEFAULT_PG))
+    tables = Tables(f"{letter}{uuid.uuid4().hex[:8]}_")
+    try:
+        fill(engine, tables, rows, chunk=50_000)
+        yield engine, tables
+    finally:
+        tables.drop(engine)
+        engine.dispose()
 
 
 def timed(call: Callable[[], object], repeats: int) -> tuple[float, float]:

@@ -11,15 +11,11 @@ test database on 127.0.0.1).
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import uuid
 from functools import partial
 
 import cohort_query as cq  # bench/cohort_query.py (the script's folder is on sys.path)
 
-from kpigate.serve.predlog import Tables, make_engine
 from kpigate.sources.cohorts import ServedWindow
 from kpigate.sources.predlog import PredlogReader, PredlogSource
 
@@ -27,18 +23,8 @@ ROLLOUTS = (("1 hour", 3600.0), ("1 day", 86400.0), ("7 days", 7 * 86400.0))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the log (1M)")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    if args.rows < 1 or args.repeats < 1:
-        parser.error("--rows and --repeats must be at least 1")
-    engine = make_engine(os.environ.get("KPIGATE_DB_URL", cq.DEFAULT_PG))
-    tables = Tables(f"d{uuid.uuid4().hex[:8]}_")
-    try:
-        cq.fill(engine, tables, args.rows, chunk=50_000)
+    args = cq.size_arguments(__doc__, argv, repeats=3)
+    with cq.filled_log("d", args.rows) as (engine, tables):
         source = PredlogSource(PredlogReader(engine, tables, "1", "2"), labels=None)
         start = cq.T0 + cq.SPAN / 2
         print("| rollout so far | its rows | design effects (median / max s) |\n|---|---:|---:|")
@@ -48,9 +34,6 @@ def main(argv: list[str] | None = None) -> int:
             median, worst = cq.timed(call, args.repeats)
             rows = round(args.rows * length / cq.SPAN)
             print(f"| {name} | {rows:,} | {median:.3f} / {worst:.3f} |")
-    finally:
-        tables.drop(engine)
-        engine.dispose()
     return 0
 
 

@@ -1,7 +1,7 @@
 """Two or more builds of `kpigate serve` side by side: the same models, the same wrk load, runs
 interleaved, so a before/after comparison on a busy shared machine compares like with like.
 
-Each arm is NAME=KPIGATE_CLI[:FLAG,FLAG...], e.g. `main=/work/main/.venv/bin/kpigate` and
+Each arm is NAME=KPIGATE_CLI[:FLAG,FLAG...], e.g. `main=../main/.venv/bin/kpigate` and
 `this=.venv/bin/kpigate:--log-inline-rows=0`; every arm serves the XGBoost-100 champion of
 bench/router_bench.py at weight 0 (or --weight) with its own SQLite log (committed before each
 answer) and metrics on. Each repetition measures every arm at each concurrency back to back, the
