@@ -70,7 +70,7 @@ def test_windows_are_sized_to_the_measured_rate() -> None:
     assert capped.interval_s == POSITIVES_PER_WINDOW / (50 * 0.5) == 16.0
     assert capped.rate * 0.5 * capped.interval_s == POSITIVES_PER_WINDOW  # labelled frauds
     assert not capped.slow and crawl.slow
-    assert capped.looks == (24, 48)  # four stages of six looks; plus max_holds 6 each
+    assert capped.looks == (24, 64)  # four stages of six looks; plus max_holds 10 each
     assert "too slow for a short demo" in describe(crawl, 400)
     assert "answers 50 requests/s here (400 asked for): windows of 16 s" in describe(capped, 400)
 
