@@ -73,7 +73,7 @@ from kpigate.steps.inputs import (
 )
 from kpigate.steps.promote_or_rollback import Outcome, promote, rollback
 from kpigate.steps.registry_approval import approve
-from kpigate.steps.soak_and_collect import soak
+from kpigate.steps.soak_and_collect import soak, stage_windows
 from kpigate.steps.spec import StepInputs, add_flags, parse
 from kpigate.steps.spec import field as step_input
 from kpigate.store import EvidenceStore
@@ -205,7 +205,7 @@ class LocalRunner:
                 return decision
             if decision.suspend:
                 return decision
-            looks = sum(1 for r in records if r.stage == traffic) + 1
+            looks = stage_windows(records, traffic) + 1
 
     def _retime(self, traffic: float, look: int) -> None:
         policy = self.retime(traffic, look) if self.retime is not None else None

@@ -102,6 +102,12 @@ def window_record(
     return build_record(policy, source, collected, history, base)
 
 
+def stage_windows(records: Sequence[WindowRecord], stage: float) -> int:
+    """The rollout's windows at a stage so far: its looks. Calibration windows carry the first
+    stage's number but are no look (the gate counts them apart), so they are not counted."""
+    return sum(1 for r in records if r.stage == stage and not r.calibration)
+
+
 def soak(
     policy: Policy,
     store: EvidenceStore,
@@ -115,7 +121,7 @@ def soak(
 ) -> int:
     """Collect until the stage has `looks` windows; returns how many were added."""
     records = list(store.read())
-    have = sum(1 for r in records if r.stage == stage and not r.calibration)
+    have = stage_windows(records, stage)
     missing = max(0, looks - have)
     next_index = max(records[-1].window + 1, 1) if records else 1
     served_from = time.time()

@@ -3,6 +3,7 @@ uvicorn router with traffic and late labels flowing, its /metrics, and a JSONL e
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from itertools import count
@@ -14,6 +15,7 @@ import pytest
 
 from kpigate.backends import BackendSettings, make_backend
 from kpigate.engine import Decision
+from kpigate.evidence_record import parse_record
 from kpigate.fraud.registration import register_model
 from kpigate.policy import Policy, policy_from_dict
 from kpigate.registry.base import CANDIDATE, CHAMPION
@@ -21,7 +23,7 @@ from kpigate.registry.mlflow import MlflowRegistry
 from kpigate.runner import LocalRunner, RolloutBusy, model_lock
 from kpigate.sources.router import RouterScrapeSource
 from kpigate.steps.evaluate_gate import judge_evidence
-from kpigate.steps.soak_and_collect import soak
+from kpigate.steps.soak_and_collect import soak, stage_windows
 from kpigate.store.file import FileStore
 from kpigate.workflows.order import ordered_steps
 from tests.mlflow_fixtures import FraudFrames, TrainedModels
@@ -181,6 +183,42 @@ def test_soak_is_idempotent_and_a_dead_router_gives_stale_windows(tmp_path: Path
     decision = judge_evidence(policy, records, 50)
     assert decision.decision is Decision.HOLD
     assert decision.reasons[0].startswith("stale evidence: missing:")
+
+
+def test_calibration_windows_are_no_looks_of_the_first_stage(tmp_path: Path) -> None:
+    """The demo's bad candidate, rolled back by the gate at window 6, was judged again only at
+    window 26: the runner counted the 24 A/A calibration windows (stage 5, like the first
+    stage) as looks, so after its first decision it collected 25 windows before the next."""
+    policy = policy_from_dict(POLICY)
+    store = FileStore(tmp_path / "evidence.jsonl")
+    arms = {
+        "baseline": {"successes": 80, "trials": 100},
+        "candidate": {"successes": 81, "trials": 100},
+    }
+    for i in range(-24, 0):
+        store.append(parse_record(json.dumps(
+            {"window": i, "stage": 50, "kpis": {"recall": arms}, "calibration": True}
+        )))  # fmt: skip
+    decisions: list[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def on_decision(decision: Any) -> None:
+        decisions.append(decision.window)
+        if len(decisions) == 3:
+            raise Stop
+
+    runner = LocalRunner(
+        policy=policy, registry=None, backend=None,  # type: ignore[arg-type]
+        source=RouterScrapeSource("http://127.0.0.1:9"),  # nothing listens: stale windows
+        store=store, model_name="m", rollout_id="r", sleep=lambda s: None,
+        on_decision=on_decision,
+    )  # fmt: skip
+    with pytest.raises(Stop):
+        runner._judge_stage(50)
+    assert decisions == [1, 2, 3]  # a decision after every window, as soak_and_collect counts
+    assert stage_windows(store.read(), 50) == 3 and len(store.read()) == 27
 
 
 def test_one_rollout_per_model_at_a_time(tmp_path: Path) -> None:
