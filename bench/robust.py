@@ -124,7 +124,7 @@ def settings(rollouts: int) -> list[Setting]:
             label = f"latency p95 {p95:g} ms, {kpi} KPI, {who}"
             out.append(Setting("latency", label, who, rollouts, p95=p95, delta_ms=delta, kpi=kpi))
         short = latency_bound.bound(p95, LATENCY_REQUESTS, *_hold_test()).within < 0.95
-        if short and bucketed_shift(p95) > float(LATENCY_KPI["margin"]):  # type: ignore[arg-type]
+        if short:
             needed = latency_bound.requests_for(p95, BOUND_POWER, *_hold_test())
             for delta in (0.0, REGRESSION_MS):
                 who = "identical" if delta == 0 else f"+{delta:g} ms p95"
@@ -180,12 +180,6 @@ def _hold_test() -> tuple[float, float, float, float]:
     plan = compile_plan(sim.bench_policy(Kpi.model_validate(LATENCY_KPI | LATENCY_AS["hold"])))
     margin = float(LATENCY_KPI["margin"])  # type: ignore[arg-type]
     return float(sim.stage_weights()[0]), REGRESSION_MS, margin, plan.hypotheses[0].harm_z
-
-
-def bucketed_shift(p95: float) -> float:
-    """The +25 ms regression as histogram_quantile reads it on the default buckets."""
-    base = latency_bound.bucketed_p95(p95, sim.BOUNDS_MS)
-    return latency_bound.bucketed_p95(p95 + REGRESSION_MS, sim.BOUNDS_MS) - base
 
 
 def hold_bound(s: Setting) -> latency_bound.Bound:
@@ -321,18 +315,7 @@ def targets(results: list[Result], reference: Reference) -> list[tuple[str, bool
                 f"{sim.fmt(r.fail_within_3)}, mean first hold at look {sim.fmt(r.first_fail, 2)}"
             )
             limit = hold_bound(s).within
-            seen = bucketed_shift(s.p95)
-            if seen <= float(LATENCY_KPI["margin"]):  # type: ignore[arg-type]
-                checks.append(
-                    (
-                        f"held within 3 looks in >= 95% of rollouts ({s.label})",
-                        r.fail_within_3 >= 0.95,
-                        f"{measured}; the default buckets read the +{REGRESSION_MS:g} ms as "
-                        f"+{seen:.1f} ms (histogram_quantile), inside the "
-                        f"{LATENCY_KPI['margin']} ms margin at any traffic",
-                    )
-                )
-            elif limit < 0.95:
+            if limit < 0.95:
                 # No test on these requests could: judged at the traffic where one could.
                 checks.append(
                     (
@@ -414,9 +397,10 @@ def intro(reference: str) -> list[str]:
         "in at most the share the target row names. Those rows are judged against that bound, "
         f"and the hold is run again at the requests per window where exact data would catch "
         f"it {BOUND_POWER:.0%} of the time (the `N requests/window` rows), where the "
-        "95% target applies. At 900 ms no traffic helps: inside the 500 ms - 1 s bucket "
-        "Prometheus' histogram_quantile reads the +25 ms as +8.4 ms, less than the 10 ms "
-        "margin (docs/policy.md: an exceedance KPI on the 1 s bound is what sees it).",
+        "95% target applies. The engine reads a shift through the density at which the "
+        "interpolated share F(x) responds to it (docs/engine.md), so inside the 500 ms - 1 s "
+        "bucket the +25 ms at 900 ms reads as about +23 ms; histogram_quantile's reading, the "
+        "bucket's mean density, made it +8.4 ms, inside the 10 ms margin at any traffic.",
         f"- **fairness**: the recall gap a - b, direction lower, margin 0.02, {GAP_POSITIVES} "
         "positives per segment per window.",
         f"- **power**: binomial, 500 candidate positives per window at 5%; reference engine "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -43,6 +44,32 @@ def test_quantile_variance_matches_the_sampling_spread() -> None:
         estimates.append(c.difference)
         variances.append(c.variance)
     assert np.std(estimates) ** 2 == pytest.approx(np.mean(variances), rel=0.25)
+
+
+# Prometheus' default buckets in ms (client_golang DefBuckets, prometheus/histogram.go).
+DEFAULT_BUCKETS_MS = (5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+                      10000.0, math.inf)  # fmt: skip
+
+
+@pytest.mark.parametrize("p95", [300.0, 600.0, 900.0])
+def test_a_shift_inside_a_wide_bucket_reads_near_its_size(p95: float) -> None:
+    """+25 ms at a lognormal p95 on the default buckets, from exact bucket shares. The bucket's
+    mean density (histogram_quantile's assumption) read it as +8.9 ms at 900 ms (inside the
+    0.5-1 s bucket, below a 10 ms margin at any traffic) and +42 ms at 300 ms; the density at
+    which the interpolated share responds to a shift reads it within 15%."""
+    normal, n = NormalDist(), 1e7
+
+    def histogram(at: float) -> Histogram:
+        mu = math.log(at) - normal.inv_cdf(0.95) * 0.5
+        shares = [1.0 if math.isinf(b) else normal.cdf((math.log(b) - mu) / 0.5)
+                  for b in DEFAULT_BUCKETS_MS]  # fmt: skip
+        return Histogram(DEFAULT_BUCKETS_MS, tuple(share * n for share in shares))
+
+    base = histogram(p95)
+    c = compare(histogram(p95 + 25.0), base, 0.95, base, span=10.0)
+    assert c.difference == pytest.approx(25.0, rel=0.15)
+    same = compare(base, base, 0.95, base, span=10.0)
+    assert same.difference == 0.0 and same.variance > 0
 
 
 def test_auc_from_fine_histograms_matches_the_rank_statistic() -> None:
