@@ -45,6 +45,7 @@ from kpigate.steps.inputs import (
     RolloutId,
     TrackingUri,
 )
+from kpigate.steps.soak_and_collect import stage_windows
 from kpigate.steps.spec import StepInputs, add_flags, field, parse
 from kpigate.store import open_store
 
@@ -145,13 +146,13 @@ def run(namespace: argparse.Namespace) -> int:
         raise StepError(f"evidence {args.evidence} is corrupt: {exc}") from None
     if args.operator:
         decision = operator_decision(decision, args.operator)
-    stage_windows = sum(1 for r in records if r.stage == args.stage)
+    windows = stage_windows(records, args.stage)  # looks so far: no calibration window
     write_outputs(
         args.out_dir,
         decision=decision.decision.value,
         cause=decision.cause.value,
-        suspend=str(suspends(decision, stage_windows, args.grant_from, args.grant)).lower(),
-        looks=stage_windows + 1,
+        suspend=str(suspends(decision, windows, args.grant_from, args.grant)).lower(),
+        looks=windows + 1,
     )
     # The explanation goes to the log only: as an output it bloated the workflow status.
     say(json.dumps(decision_record("", decision), separators=(",", ":")))

@@ -239,3 +239,24 @@ def test_an_operator_s_choice_at_a_suspend_is_recorded_as_the_operator_s(
     decisions = [(r["decision"], r["cause"]) for r in records if r["type"] == "decision"]
     assert decisions == [("hold", "timeout"), ("rollback", "operator")]
     assert "rolled back at 5% (window 1) by an operator" in render_report(records)
+
+
+def test_evaluate_gate_s_looks_output_counts_no_calibration_window(tmp_path: Path) -> None:
+    """On Argo the next soak collects until the stage has `looks` windows: with the 24 A/A
+    calibration windows (stage 5, like the first stage) counted, it collected 25 windows
+    before the gate judged again."""
+    from kpigate.steps import evaluate_gate
+
+    arms = {"baseline": {"successes": 80, "trials": 100},
+            "candidate": {"successes": 81, "trials": 100}}  # fmt: skip
+    evidence = tmp_path / "evidence.jsonl"
+    lines = [{"window": i, "stage": 5, "kpis": {"recall": arms}, "calibration": True}
+             for i in range(-24, 0)]  # fmt: skip
+    lines.append({"window": 1, "stage": 5, "kpis": {"recall": arms}})
+    evidence.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    code = evaluate_gate.main(["--policy", str(EXAMPLES / "policy.yaml"), "--evidence",
+                               str(evidence), "--stage", "5", "--out-dir", str(out)])  # fmt: skip
+    assert code == 0
+    assert (out / "decision").read_text() == "hold"
+    assert (out / "looks").read_text() == "2"  # one window so far at 5%: the next makes two
