@@ -81,18 +81,3 @@ def requests_for(
         p95_sd(p95_ms, sigma, weight / 100.0), p95_sd(p95_ms, sigma, 1.0 - weight / 100.0)
     )
     return int(math.ceil((unit / needed_sd) ** 2 / 1000.0) * 1000)
-
-
-def bucketed_p95(p95_ms: float, bounds: tuple[float, ...], sigma: float = 0.5) -> float:
-    """The p95 as Prometheus' histogram_quantile reads it from exact bucket shares of a
-    lognormal latency: linear inside the bucket that holds it."""
-    mu = math.log(p95_ms) - float(norm.ppf(P)) * sigma
-    lower, below = 0.0, 0.0
-    for bound_ms in bounds:
-        share = 1.0 if math.isinf(bound_ms) else float(norm.cdf((math.log(bound_ms) - mu) / sigma))
-        if share >= P:
-            if math.isinf(bound_ms):
-                return lower
-            return lower + (P - below) / (share - below) * (bound_ms - lower)
-        lower, below = bound_ms, share
-    return lower

@@ -341,7 +341,9 @@ def load_note(runs: list[Run], cores: int) -> str | None:
         return None
     return (
         f"- **the machine was busy**: the one-minute load reached {peak:.1f} on {cores} cores "
-        "during the run (other jobs), so every server got a fraction of the machine and the "
-        "numbers measure contention as much as the servers; rerun on a quiet machine "
-        "(`make bench-router`) before quoting them."
+        "during the run: more runnable threads than cores, from wrk and the server under test "
+        "(its scoring and log threads, MLServer's worker) and any other jobs, so every server "
+        "got a fraction of the machine and the numbers measure contention as much as the "
+        "servers; with other jobs running, rerun on a quiet machine (`make bench-router`) "
+        "before quoting them."
     )
