@@ -3,7 +3,6 @@ uvicorn router with traffic and late labels flowing, its /metrics, and a JSONL e
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from itertools import count
@@ -15,7 +14,7 @@ import pytest
 
 from kpigate.backends import BackendSettings, make_backend
 from kpigate.engine import Decision
-from kpigate.evidence_record import parse_record
+from kpigate.evidence_record import record_of
 from kpigate.fraud.registration import register_model
 from kpigate.policy import Policy, policy_from_dict
 from kpigate.registry.base import CANDIDATE, CHAMPION
@@ -196,9 +195,9 @@ def test_calibration_windows_are_no_looks_of_the_first_stage(tmp_path: Path) -> 
         "candidate": {"successes": 81, "trials": 100},
     }
     for i in range(-24, 0):
-        store.append(parse_record(json.dumps(
-            {"window": i, "stage": 50, "kpis": {"recall": arms}, "calibration": True}
-        )))  # fmt: skip
+        store.append(
+            record_of({"window": i, "stage": 50, "kpis": {"recall": arms}, "calibration": True})
+        )
     decisions: list[int] = []
 
     class Stop(Exception):
